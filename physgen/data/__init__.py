@@ -1,0 +1,12 @@
+"""Trajectory datasets (Minari format): generation, loading, splits, windows, sequence chunks, normalizers."""
+
+from physgen.data.generate import dataset_id, datasets_root, generate_dataset
+from physgen.data.normalizer import Normalizer
+from physgen.data.trajectories import (Dataset, Trajectories, load_dataset, normalized_score, select_episodes,
+                                       split_episodes)
+from physgen.data.windows import (SequenceBatch, WindowBatch, sample_sequences, sample_windows, sequence_starts,
+                                  windows_at)
+
+__all__ = ["Dataset", "Normalizer", "SequenceBatch", "Trajectories", "WindowBatch", "dataset_id", "datasets_root",
+           "generate_dataset", "load_dataset", "normalized_score", "sample_sequences", "sample_windows",
+           "select_episodes", "sequence_starts", "split_episodes", "windows_at"]

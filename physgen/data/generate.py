@@ -1,0 +1,142 @@
+"""`physgen data`: roll out a task's demonstrator and write a Minari dataset, atomically.
+
+The dataset is built in a staging folder beside the Minari root and renamed into place only when complete, so an
+interrupted run leaves nothing half-written and an existing dataset is replaced whole or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import minari
+import numpy as np
+from minari.data_collector import EpisodeBuffer
+from minari.namespace import create_namespace, list_local_namespaces
+from minari.storage import get_dataset_path
+
+import physgen
+from physgen.envs import Task
+from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
+from physgen.errors import PhysgenError
+
+REFERENCE_EPISODES = 100
+POLICIES = ("expert", "random")
+
+
+def dataset_id(task: str, name: str = "expert-v0") -> str:
+    return f"physgen/{task}/{name}"
+
+
+def datasets_root() -> Path:
+    """Where Minari keeps datasets: `MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
+    return get_dataset_path()
+
+
+def has_expert(task: Task) -> bool:
+    return task.functional is not None or task.gym_expert is not None
+
+
+def rollout(task: Task, policy: str, seed: int, episodes: int) -> list[Episode]:
+    """Episodes of `policy` ("expert" or "random") on `task`."""
+    if policy not in POLICIES:
+        raise PhysgenError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    if policy == "expert" and not has_expert(task):
+        raise PhysgenError(f"task {task.name!r} has no expert policy yet ({task.demonstrations}); "
+                           f"use `physgen data --task {task.name} --policy random` meanwhile")
+    if task.functional is not None:
+        make = expert_policy if policy == "expert" else random_policy
+        return rollout_jax(task, make(task), seed, episodes)
+    return rollout_gym(task, task.gym_expert() if policy == "expert" else None, seed, episodes)
+
+
+def _buffer(index: int, episode: Episode) -> EpisodeBuffer:
+    # Minari stores one info row per observation (the reset included): the reset row has no events.
+    infos = {name: np.concatenate([[False], flags]) for name, flags in episode.events.items()}
+    return EpisodeBuffer(id=index, seed=episode.seed, observations=episode.observations,
+                         actions=episode.actions, rewards=episode.rewards.astype(np.float64),
+                         terminations=episode.terminations.astype(bool), truncations=episode.truncations.astype(bool),
+                         infos=infos)
+
+
+def mean_return(episodes: list[Episode]) -> float:
+    return float(np.mean([e.episode_return for e in episodes]))
+
+
+@contextlib.contextmanager
+def _minari_root(path: Path):
+    """Point Minari at another datasets root for the duration of the block."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+
+
+def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, policy: str = "expert",
+                     name: str | None = None) -> Path:
+    """Write `physgen/<task>/<policy>-v0` (or `name`) and return its folder.
+
+    Metadata holds the demonstrator, the seed, and reference scores for normalised returns: `ref_min_score` is the
+    mean return of uniform random actions and `ref_max_score` that of the expert, each over 100 episodes whose
+    seeds are disjoint from the dataset's.
+    """
+    episodes = task.dataset_episodes if episodes is None else episodes
+    if episodes < 1:
+        raise PhysgenError(f"--episodes must be at least 1, got {episodes}")
+    dataset = dataset_id(task.name, name or f"{policy}-v0")
+    data = rollout(task, policy, seed, episodes)
+    reference_seed = seed + 1_000_003  # a seed stream disjoint from the dataset's
+    ref_min = mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))
+    ref_max = None
+    if policy == "expert" and episodes >= REFERENCE_EPISODES:
+        ref_max = mean_return(data)
+    elif has_expert(task):
+        ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES))
+    return _write_atomically(task, dataset, data, seed, policy, ref_min, ref_max)
+
+
+def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, policy: str,
+                      ref_min: float, ref_max: float | None) -> Path:
+    root = datasets_root()
+    final = root / dataset
+    staging = Path(tempfile.mkdtemp(prefix=".physgen-staging-", dir=root.parent))
+    try:
+        with _minari_root(staging), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Minari warns about unset optional metadata such as author e-mail
+            created = minari.create_dataset_from_buffers(
+                dataset_id=dataset,
+                buffer=[_buffer(i, e) for i, e in enumerate(data)],
+                env=task.gym_id,
+                algorithm_name=f"physgen {policy}: {task.demonstrations if policy == 'expert' else 'uniform random actions'}",
+                author="physgen",
+                code_permalink=f"physgen {physgen.__version__}: physgen.data.generate",
+                ref_min_score=ref_min,
+                ref_max_score=ref_max,  # Minari records both reference scores only when this is set
+                num_episodes_average_score=REFERENCE_EPISODES,
+                description=f"{task.summary} Generated by `physgen data --task {task.name} --policy {policy} "
+                f"--episodes {len(data)} --seed {seed}`.",
+            )
+            created.storage.update_metadata({
+                "physgen_task": task.name, "physgen_policy": policy, "physgen_seed": seed,
+                "physgen_version": physgen.__version__, "physgen_events": list(task.events),
+                **({} if ref_max is not None else {"ref_min_score": ref_min}),
+            })
+        namespace = str(Path(dataset).parent)
+        if namespace not in list_local_namespaces():
+            create_namespace(namespace)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            final.rename(staging / "replaced")
+        (staging / dataset).rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final

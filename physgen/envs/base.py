@@ -1,0 +1,76 @@
+"""What a task declares: spaces, control rate, horizon, success rule, events, rendering and expert source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import gymnasium as gym
+import jax
+import numpy as np
+
+
+class TimeStep(NamedTuple):
+    """The result of one pure-JAX `step`: the new state and what the agent sees of it."""
+
+    state: Any
+    obs: jax.Array
+    reward: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+    events: dict[str, jax.Array]
+
+
+class FunctionalEnv(NamedTuple):
+    """A pure-JAX task: every function is jittable and vmappable except `render`.
+
+    reset(key) -> (state, obs)
+    step(state, action) -> TimeStep (a finished episode stays frozen: zero reward, same state)
+    expert(state, key) -> action (the scripted demonstrator; may read hidden state such as its chosen route)
+    render(state, size) -> uint8 RGB frame (numpy, not jitted)
+    """
+
+    reset: Callable
+    step: Callable
+    expert: Callable
+    render: Callable
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """Everything the rest of physgen needs to know about a task.
+
+    `events` names the per-step booleans recorded in datasets and used for failure analysis;
+    `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
+    `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
+    Demonstrations come from `functional.expert` (pure-JAX tasks) or `gym_expert()`, a factory of an
+    observation -> action callable (Gymnasium tasks); `dataset_episodes` is `physgen data`'s default size.
+    """
+
+    name: str
+    summary: str
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box
+    control_hz: float
+    horizon: int
+    success_rule: str
+    events: tuple[str, ...]
+    demonstrations: str
+    gym_id: str
+    make_env: Callable[..., gym.Env]
+    success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
+    functional: FunctionalEnv | None = None
+    gym_expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
+    dataset_episodes: int = 1000
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observation_space.shape[0])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.action_space.shape[0])
+
+
+def box(low, high, dim: int) -> gym.spaces.Box:
+    return gym.spaces.Box(low=np.float32(low), high=np.float32(high), shape=(dim,), dtype=np.float32)

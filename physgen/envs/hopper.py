@@ -1,0 +1,59 @@
+"""`hopper`: Gymnasium's `Hopper-v5` (MuJoCo), 125 Hz, 1000 steps.
+
+Success: the hopper does not fall (no unhealthy termination) for the full 1000-step episode and its return reaches
+at least 80% of the expert dataset's mean return. Frames come from MuJoCo's offscreen renderer: set `MUJOCO_GL`
+(`egl` with a GPU, `osmesa` on a CPU machine) before anything imports mujoco.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+from physgen.envs.base import Task, box
+from physgen.errors import PhysgenError
+
+GYM_ID = "Hopper-v5"
+HORIZON = 1000
+SUCCESS_RETURN_FRACTION = 0.8
+
+
+class FallEvents(gym.Wrapper):
+    """Adds `info["events"] = {"fall": ...}`: Hopper-v5 terminates exactly when the hopper becomes unhealthy."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "events": {"fall": False}}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "events": {"fall": bool(terminated)}}
+
+
+def make_env(render_mode: str | None = None) -> gym.Env:
+    return FallEvents(gym.make(GYM_ID, render_mode=render_mode))
+
+
+def success(events: dict[str, np.ndarray], episode_return: float, length: int, expert_return: float | None) -> bool:
+    if expert_return is None:
+        raise PhysgenError("hopper's success rule needs the expert dataset's mean return; generate the dataset with "
+                           "`physgen data --task hopper` and pass its ref_max_score")
+    return bool(length >= HORIZON and not np.any(events["fall"])
+                and episode_return >= SUCCESS_RETURN_FRACTION * expert_return)
+
+
+TASK = Task(
+    name="hopper",
+    summary="Gymnasium Hopper-v5 (MuJoCo): hop forward without falling.",
+    observation_space=box(-np.inf, np.inf, 11),
+    action_space=box(-1.0, 1.0, 3),
+    control_hz=125.0,
+    horizon=HORIZON,
+    success_rule="no fall for all 1000 steps and return >= 80% of the expert dataset's mean return",
+    events=("fall",),
+    demonstrations="PPO expert checkpoint shipped with physgen (not trained yet: until then use any policy)",
+    gym_id=GYM_ID,
+    make_env=make_env,
+    success=success,
+    dataset_episodes=100,
+)

@@ -1,0 +1,20 @@
+import pytest
+
+from physgen.data import generate_dataset
+from physgen.envs import get_task
+
+
+@pytest.fixture(scope="session", autouse=True)
+def minari_root(tmp_path_factory):
+    """Every test writes its Minari datasets under one temporary root, never under the user's."""
+    root = tmp_path_factory.mktemp("minari")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MINARI_DATASETS_PATH", str(root))
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def fork_dataset(minari_root):
+    """A small expert dataset of `fork` (20 episodes, seed 0), shared by the data tests."""
+    return generate_dataset(get_task("fork"), episodes=20, seed=0)

@@ -1,0 +1,155 @@
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from physgen import PhysgenError
+from physgen.envs import fork, get_task, list_tasks, maze
+from physgen.envs.rollout import episode_seeds, expert_policy, rollout_gym, rollout_jax
+
+
+def test_registry_lists_builtin_tasks_and_names_unknown_ones():
+    assert [t.name for t in list_tasks()] == ["fork", "hopper", "maze"]
+    with pytest.raises(PhysgenError, match="unknown task 'nope'.*fork, hopper, maze"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("name", ["fork", "maze"])
+def test_reset_and_step_are_pure_functions_of_key_and_state(name):
+    fns = get_task(name).functional
+    state_a, obs_a = fns.reset(jax.random.key(7))
+    state_b, obs_b = fns.reset(jax.random.key(7))
+    _, obs_c = fns.reset(jax.random.key(8))
+    np.testing.assert_array_equal(obs_a, obs_b)
+    assert not np.array_equal(obs_a, obs_c)
+    action = jnp.array([0.3, -0.7])
+    out_a, out_b = fns.step(state_a, action), fns.step(state_b, action)
+    for leaf_a, leaf_b in zip(jax.tree.leaves(out_a), jax.tree.leaves(out_b)):
+        np.testing.assert_array_equal(leaf_a, leaf_b)
+
+
+def test_fork_step_moves_at_commanded_velocity_and_flags_collision_and_goal():
+    state = fork.ForkState(jnp.array([1.0, -1.0]), jnp.array([0.0, 1.0]), jnp.float32(1), jnp.int32(0), jnp.bool_(False))
+    out = fork.step(state, jnp.array([1.0, 0.5]))
+    np.testing.assert_allclose(out.state.pos, [1.0 + fork.DT * fork.MAX_SPEED, -1.0 + 0.5 * fork.DT * fork.MAX_SPEED], rtol=1e-6)
+    assert not out.terminated and not out.events["collision"]
+    # One step into the obstacle: collision, reward = progress - 1, episode over and frozen afterwards.
+    near = state._replace(pos=jnp.array([0.0, -fork.OBSTACLE_RADIUS - 0.01]))
+    hit = fork.step(near, jnp.array([0.0, 1.0]))
+    assert hit.events["collision"] and hit.terminated and not hit.events["goal_reached"]
+    np.testing.assert_allclose(hit.reward, fork.DT * fork.MAX_SPEED - 1.0, rtol=1e-5)
+    after = fork.step(hit.state, jnp.array([0.0, 1.0]))
+    assert after.reward == 0 and not after.terminated and not after.events["collision"]
+    np.testing.assert_array_equal(after.state.pos, hit.state.pos)
+    at_goal = fork.step(state._replace(pos=jnp.array([0.0, 1.0 - fork.GOAL_RADIUS - 0.01])), jnp.array([0.0, 1.0]))
+    assert at_goal.events["goal_reached"] and at_goal.terminated
+
+
+def test_fork_expert_succeeds_and_is_bimodal():
+    task = get_task("fork")
+    episodes = rollout_jax(task, expert_policy(task), seed=0, episodes=400)
+    assert all(task.success(e.events, e.episode_return, e.length, None) for e in episodes)
+    # The x coordinate where each episode crosses the obstacle's height tells the side it passed on.
+    crossing_x = np.array([e.observations[np.argmax(e.observations[:, 1] >= 0), 0] for e in episodes])
+    assert np.all(np.abs(crossing_x) > fork.OBSTACLE_RADIUS)
+    left = np.mean(crossing_x < 0)
+    assert 0.42 < left < 0.58  # 1/2 within 3.2 binomial standard deviations for 400 episodes
+
+
+def test_fork_averaging_the_two_modes_drives_into_the_obstacle():
+    task = get_task("fork")
+
+    def mean_of_modes(state, obs, key):
+        return 0.5 * (fork.expert(state._replace(side=1.0), key) + fork.expert(state._replace(side=-1.0), key))
+
+    episodes = rollout_jax(task, mean_of_modes, seed=0, episodes=200)
+    collided = np.mean([e.events["collision"].any() for e in episodes])
+    assert collided > 0.9
+
+
+def test_maze_distance_field_counts_grid_steps():
+    goal = jnp.array([1, 1])  # bottom-left free cell
+    d = np.asarray(maze.distance_field(goal))
+    assert d[1, 1] == 0 and d[1, 7] == 6 and d[7, 1] == 6 and d[7, 7] == 12
+    assert d[0, 0] == maze.FAR and d[2, 2] == maze.FAR  # walls
+
+
+def test_maze_walls_stop_the_agent_and_flag_contact():
+    state, _ = maze.reset(jax.random.key(0))
+    state = state._replace(pos=jnp.array([1.5, 1.5]))  # centre of the bottom-left corner cell
+    out = maze.step(state, jnp.array([-1.0, 0.0]))  # towards the outer wall, 0.06 cells per step
+    for _ in range(10):
+        out = maze.step(out.state, jnp.array([-1.0, 0.0]))
+    np.testing.assert_allclose(out.state.pos[0], 1.0 + maze.AGENT_RADIUS, atol=0.061)
+    assert out.state.pos[0] >= 1.0 + maze.AGENT_RADIUS
+    assert out.events["wall_contact"]
+
+
+def test_maze_expert_reaches_random_goals_by_more_than_one_route():
+    task = get_task("maze")
+    episodes = rollout_jax(task, expert_policy(task), seed=0, episodes=200)
+    assert np.mean([task.success(e.events, e.episode_return, e.length, None) for e in episodes]) >= 0.99
+    assert max(e.length for e in episodes) < task.horizon
+
+    # Corner to opposite corner with different route choices: the sequences of visited cells differ.
+    state, _ = maze.reset(jax.random.key(0))
+    state = state._replace(pos=jnp.array([1.5, 1.5]), goal=jnp.array([7.5, 7.5]),
+                           distance=maze.distance_field(jnp.array([7, 7])))
+
+    def drive(tie_break):
+        def one_step(s, _):
+            s = maze.step(s, maze.expert(s, None)).state
+            return s, s.pos
+
+        final, positions = jax.lax.scan(one_step, state._replace(tie_break=tie_break), None, task.horizon)
+        return final.done, positions
+
+    tie_breaks = 0.5 * jax.random.uniform(jax.random.key(1), (8, *maze.WALLS.shape))
+    done, positions = jax.jit(jax.vmap(drive))(tie_breaks)
+    assert np.all(done)
+    assert np.all(np.linalg.norm(np.asarray(positions[:, -1]) - np.array([7.5, 7.5]), axis=1) < maze.GOAL_RADIUS)
+    routes = set()
+    for path in np.floor(np.asarray(positions)).astype(int):
+        changes = np.any(path[1:] != path[:-1], axis=1)
+        routes.add(tuple(map(tuple, path[np.concatenate([[True], changes])])))
+    assert len(routes) >= 2
+
+
+@pytest.mark.parametrize("name", ["fork", "maze"])
+def test_gymnasium_registration_passes_check_env_and_matches_rollout_seeds(name):
+    task = get_task(name)
+    env = gym.make(f"physgen/{name.capitalize()}-v0", render_mode="rgb_array")
+    check_env(env.unwrapped)
+    episode = rollout_jax(task, expert_policy(task), seed=5, episodes=1)[0]
+    obs, info = env.reset(seed=episode.seed)
+    np.testing.assert_array_equal(obs, episode.observations[0])
+    assert info["events"] == {e: False for e in task.events}
+    for action, expected in zip(episode.actions[:5], episode.observations[1:6]):
+        obs, *_ = env.step(action)
+        np.testing.assert_allclose(obs, expected, rtol=1e-6)
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert np.any(np.all(frame == (210, 60, 50), axis=-1))  # the agent is drawn
+
+
+def test_hopper_is_gymnasium_hopper_with_fall_events_and_seeded_resets():
+    task = get_task("hopper")
+    first = rollout_gym(task, None, seed=1, episodes=2)
+    again = rollout_gym(task, None, seed=1, episodes=2)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.observations, b.observations)
+        assert a.observations.shape[1] == task.obs_dim and a.actions.shape[1] == task.act_dim
+        np.testing.assert_array_equal(a.events["fall"], a.terminations)
+    assert [e.seed for e in first] == [int(s) for s in episode_seeds(1, 2)]
+
+
+def test_hopper_success_rule():
+    success = get_task("hopper").success
+    no_fall = {"fall": np.zeros(1000, bool)}
+    assert success(no_fall, 2400.0, 1000, 3000.0)
+    assert not success(no_fall, 2300.0, 1000, 3000.0)  # below 80% of the expert
+    assert not success({"fall": np.eye(1, 500, 499, dtype=bool)[0]}, 2900.0, 500, 3000.0)
+    with pytest.raises(PhysgenError, match="expert dataset's mean return"):
+        success(no_fall, 2400.0, 1000, None)
