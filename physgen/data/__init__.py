@@ -1,9 +1,9 @@
 """Trajectory datasets (Minari format): generation, loading, splits, windows, sequence chunks, normalizers."""
 
-from physgen.data.generate import dataset_id, datasets_root, generate_dataset
+from physgen.data.generate import generate_dataset
 from physgen.data.normalizer import Normalizer
-from physgen.data.trajectories import (Dataset, Trajectories, load_dataset, normalized_score, select_episodes,
-                                       split_episodes)
+from physgen.data.trajectories import (Dataset, Trajectories, dataset_id, datasets_root, load_dataset,
+                                       normalized_score, select_episodes, split_episodes)
 from physgen.data.windows import (SequenceBatch, WindowBatch, sample_sequences, sample_windows, sequence_starts,
                                   windows_at)
 

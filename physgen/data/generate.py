@@ -17,24 +17,15 @@ import minari
 import numpy as np
 from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
-from minari.storage import get_dataset_path
 
 import physgen
+from physgen.data.trajectories import dataset_id, datasets_root, flatten_episodes, write_array_cache
 from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
 
 REFERENCE_EPISODES = 100
 POLICIES = ("expert", "random")
-
-
-def dataset_id(task: str, name: str = "expert-v0") -> str:
-    return f"physgen/{task}/{name}"
-
-
-def datasets_root() -> Path:
-    """Where Minari keeps datasets: `MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
-    return get_dataset_path()
 
 
 def has_expert(task: Task) -> bool:
@@ -130,6 +121,7 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
                 "physgen_version": physgen.__version__, "physgen_events": list(task.events),
                 **({} if ref_max is not None else {"ref_min_score": ref_min}),
             })
+        write_array_cache(staging / dataset, flatten_episodes(task, data))
         namespace = str(Path(dataset).parent)
         if namespace not in list_local_namespaces():
             create_namespace(namespace)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import NamedTuple
+from pathlib import Path
+from typing import Iterable, NamedTuple
 
 import jax.numpy as jnp
 import minari
 import numpy as np
+from minari.storage import get_dataset_path
 
-from physgen.data.generate import dataset_id, datasets_root
 from physgen.envs import Task
 from physgen.errors import PhysgenError
+
+CACHE_NAME = "physgen_arrays.npz"
 
 
 class Trajectories(NamedTuple):
@@ -57,31 +61,87 @@ class Dataset:
     trajectories: Trajectories
 
 
+def dataset_id(task: str, name: str = "expert-v0") -> str:
+    return f"physgen/{task}/{name}"
+
+
+def datasets_root() -> Path:
+    """Where Minari keeps datasets: `MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
+    return get_dataset_path()
+
+
 def _missing(task: Task, name: str) -> PhysgenError:
     policy = name.rsplit("-v", 1)[0]
     return PhysgenError(f"dataset {dataset_id(task.name, name)} not found under {datasets_root()}; create it with "
                         f"`physgen data --task {task.name}" + ("`" if policy == "expert" else f" --policy {policy}`"))
 
 
-def _check_episode(task: Task, index: int, episode) -> None:
-    expected = {"observations": (len(episode.rewards) + 1, task.obs_dim),
-                "actions": (len(episode.rewards), task.act_dim)}
-    for field, shape in expected.items():
-        value = np.asarray(getattr(episode, field))
-        if value.shape != shape:
-            raise PhysgenError(f"episode {index}: {field} have shape {value.shape}, task {task.name!r} expects "
-                               f"{shape}; the dataset was made for another task or is corrupt: regenerate it with "
-                               f"`physgen data --task {task.name}`")
-    for field in ("observations", "actions", "rewards"):
-        value = np.asarray(getattr(episode, field))
-        if not np.all(np.isfinite(value)):
-            step = int(np.argwhere(~np.isfinite(value))[0][0])
-            raise PhysgenError(f"episode {index}: {field} hold NaN or Inf (first at step {step}); drop the episode "
-                               f"or regenerate the dataset with `physgen data --task {task.name}`")
+def flatten_episodes(task: Task, episodes: Iterable) -> dict[str, np.ndarray]:
+    """Concatenate episodes (anything with observations, actions, rewards, terminations), checking each one's shapes."""
+    columns = {key: [] for key in ("observations", "next_observations", "actions", "rewards", "terminals")}
+    lengths = []
+    for index, episode in enumerate(episodes):
+        steps = len(episode.rewards)
+        obs, actions = np.asarray(episode.observations), np.asarray(episode.actions)
+        for field, value, shape in (("observations", obs, (steps + 1, task.obs_dim)),
+                                    ("actions", actions, (steps, task.act_dim))):
+            if value.shape != shape:
+                raise PhysgenError(f"episode {index}: {field} have shape {value.shape}, task {task.name!r} expects "
+                                   f"{shape}; the dataset was made for another task or is corrupt: regenerate it "
+                                   f"with `physgen data --task {task.name}`")
+        columns["observations"].append(obs[:-1])
+        columns["next_observations"].append(obs[1:])
+        columns["actions"].append(actions)
+        columns["rewards"].append(episode.rewards)
+        columns["terminals"].append(episode.terminations)
+        lengths.append(steps)
+    dtypes = {"terminals": bool}
+    flat = {key: np.concatenate(parts).astype(dtypes.get(key, np.float32)) for key, parts in columns.items()}
+    return {**flat, "episode_lengths": np.asarray(lengths, np.int32)}
+
+
+def _stamp(dataset_dir: Path) -> np.ndarray:
+    """Sizes and modification times of the Minari data files: a cache made for other files is ignored."""
+    files = sorted((dataset_dir / "data").iterdir())
+    return np.asarray([[f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.name != "metadata.json"])
+
+
+def write_array_cache(dataset_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Save the flattened dataset beside the Minari files (atomically), so that loading skips per-episode reads."""
+    partial = dataset_dir / f".{CACHE_NAME}.partial"
+    with open(partial, "wb") as file:
+        np.savez(file, stamp=_stamp(dataset_dir), **arrays)
+    os.replace(partial, dataset_dir / CACHE_NAME)
+
+
+def _read_array_cache(dataset_dir: Path) -> dict[str, np.ndarray] | None:
+    path = dataset_dir / CACHE_NAME
+    if not path.exists():
+        return None
+    with np.load(path) as cache:
+        arrays = {key: cache[key] for key in cache.files}
+    stamp = arrays.pop("stamp")
+    return arrays if np.array_equal(stamp, _stamp(dataset_dir)) else None
+
+
+def _check_finite(arrays: dict[str, np.ndarray]) -> None:
+    starts = np.concatenate([[0], np.cumsum(arrays["episode_lengths"])])
+    for field in ("observations", "next_observations", "actions", "rewards"):
+        bad = np.flatnonzero(~np.isfinite(arrays[field].reshape(len(arrays[field]), -1)).all(axis=1))
+        if bad.size:
+            episode = int(np.searchsorted(starts, bad[0], side="right") - 1)
+            step = int(bad[0] - starts[episode]) + (field == "next_observations")
+            field = "observations" if field == "next_observations" else field
+            raise PhysgenError(f"episode {episode}: {field} hold NaN or Inf (first at step {step}); drop the "
+                               f"episode or regenerate the dataset with `physgen data`")
 
 
 def load_dataset(task: Task, name: str = "expert-v0") -> Dataset:
-    """Load `physgen/<task>/<name>` and check every episode's shapes and values against the task."""
+    """Load `physgen/<task>/<name>` and check its shapes and values against the task.
+
+    The first load of a dataset reads it episode by episode through Minari and caches the flat arrays beside it
+    (`physgen data` writes that cache at once); later loads read the cache while the Minari files are unchanged.
+    """
     ident = dataset_id(task.name, name)
     try:
         dataset = minari.load_dataset(ident)
@@ -93,19 +153,13 @@ def load_dataset(task: Task, name: str = "expert-v0") -> Dataset:
         raise PhysgenError(f"dataset {ident} was generated for task {owner!r}, not {task.name!r}")
     if dataset.total_episodes == 0:
         raise PhysgenError(f"dataset {ident} is empty; regenerate it with `physgen data --task {task.name}`")
-    observations, next_observations, actions, rewards, terminals, lengths = [], [], [], [], [], []
-    for index, episode in enumerate(dataset.iterate_episodes()):
-        _check_episode(task, index, episode)
-        obs = np.asarray(episode.observations, np.float32)
-        observations.append(obs[:-1])
-        next_observations.append(obs[1:])
-        actions.append(np.asarray(episode.actions, np.float32))
-        rewards.append(np.asarray(episode.rewards, np.float32))
-        terminals.append(np.asarray(episode.terminations, bool))
-        lengths.append(len(episode.rewards))
-    trajectories = Trajectories.from_steps(*(np.concatenate(x) for x in
-                                             (observations, actions, rewards, next_observations, terminals)), lengths)
-    return Dataset(ident, task.name, metadata, trajectories)
+    dataset_dir = datasets_root() / ident
+    arrays = _read_array_cache(dataset_dir)
+    if arrays is None:
+        arrays = flatten_episodes(task, dataset.iterate_episodes())
+        write_array_cache(dataset_dir, arrays)
+    _check_finite(arrays)
+    return Dataset(ident, task.name, metadata, Trajectories.from_steps(**arrays))
 
 
 def select_episodes(data: Trajectories, episodes: np.ndarray) -> Trajectories:

@@ -1,0 +1,35 @@
+import pytest
+
+from physgen.cli import main
+
+
+def test_tasks_lists_every_task_with_its_facts(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for fact in ("fork:", "maze:", "hopper:", "50 Hz, horizon 100", "125 Hz, horizon 1000", "events: collision",
+                 "success: no fall for all 1000 steps", "gymnasium id: physgen/Maze-v0"):
+        assert fact in out
+
+
+def test_data_writes_a_dataset_and_reports_it(capsys):
+    assert main(["data", "--task", "maze", "--episodes", "3", "--seed", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("wrote physgen/maze/expert-v0: 3 episodes") and "ref_max_score" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "--task", "nope"], "unknown task 'nope'"),
+    (["data", "--task", "fork", "--episodes", "0"], "--episodes must be at least 1"),
+    (["data", "--task", "hopper"], "task 'hopper' has no expert policy yet"),
+    (["data", "--task", "fork", "--policy", "oracle"], "unknown policy 'oracle'"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("physgen: error: ") and message in err and err.count("\n") == 1
+
+
+def test_argument_errors_exit_with_code_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["data"])
+    assert exit_info.value.code == 2

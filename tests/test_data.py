@@ -1,0 +1,252 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import minari
+import numpy as np
+import pytest
+
+from physgen import PhysgenError
+from physgen.data import (Normalizer, Trajectories, generate_dataset, load_dataset, normalized_score,
+                          sample_sequences, sample_windows, sequence_starts, split_episodes, windows_at)
+from physgen.data import generate as generate_module
+from physgen.data.trajectories import CACHE_NAME, write_array_cache
+from physgen.envs import get_task
+from physgen.envs.rollout import expert_policy, rollout_jax
+
+
+def test_minari_round_trip_holds_the_exact_rollout(fork_dataset):
+    task = get_task("fork")
+    expected = rollout_jax(task, expert_policy(task), seed=0, episodes=20)
+    dataset = minari.load_dataset("physgen/fork/expert-v0")  # plain Minari, no physgen code
+    assert dataset.total_episodes == 20 and dataset.total_steps == sum(e.length for e in expected)
+    for episode, want in zip(dataset.iterate_episodes(), expected):
+        np.testing.assert_array_equal(episode.observations, want.observations)
+        np.testing.assert_array_equal(episode.actions, want.actions)
+        np.testing.assert_array_equal(episode.rewards, want.rewards.astype(np.float64))
+        np.testing.assert_array_equal(episode.terminations, want.terminations)
+        np.testing.assert_array_equal(episode.truncations, want.truncations)
+        for name in task.events:
+            np.testing.assert_array_equal(episode.infos[name], np.concatenate([[False], want.events[name]]))
+    meta = dataset.storage.metadata
+    assert meta["physgen_task"] == "fork" and meta["physgen_seed"] == 0 and meta["physgen_policy"] == "expert"
+    assert "scripted expert" in meta["algorithm_name"]
+    assert meta["ref_min_score"] < 0.5 < meta["ref_max_score"]
+    env = dataset.recover_environment()
+    obs, _ = env.reset(seed=expected[3].seed)
+    np.testing.assert_array_equal(obs, expected[3].observations[0])
+
+
+def test_generation_is_seeded(minari_root):
+    task = get_task("fork")
+    paths = [generate_dataset(task, episodes=5, seed=s, name=f"seeded{i}-v0") for i, s in enumerate((3, 3, 4))]
+    loaded = [load_dataset(task, p.name).trajectories for p in paths]
+    np.testing.assert_array_equal(loaded[0].observations, loaded[1].observations)
+    np.testing.assert_array_equal(loaded[0].actions, loaded[1].actions)
+    assert loaded[0].observations.shape != loaded[2].observations.shape or not np.array_equal(
+        loaded[0].observations, loaded[2].observations)
+
+
+def test_random_policy_dataset_for_a_gymnasium_task(minari_root):
+    task = get_task("hopper")
+    path = generate_dataset(task, episodes=2, seed=0, policy="random")
+    dataset = load_dataset(task, path.name)
+    assert dataset.trajectories.num_episodes == 2
+    assert dataset.trajectories.observations.shape[1] == 11
+    assert "ref_min_score" in dataset.metadata and "ref_max_score" not in dataset.metadata
+    with pytest.raises(PhysgenError, match="no expert reference score"):
+        normalized_score(dataset.metadata, [1.0])
+    with pytest.raises(PhysgenError, match="no expert policy yet.*--policy random"):
+        generate_dataset(task, episodes=1)
+
+
+def test_loaded_arrays_line_up_with_episodes(fork_dataset):
+    data = load_dataset(get_task("fork")).trajectories
+    episodes = list(minari.load_dataset("physgen/fork/expert-v0").iterate_episodes())
+    lengths = [len(e.rewards) for e in episodes]
+    np.testing.assert_array_equal(data.episode_lengths, lengths)
+    np.testing.assert_array_equal(data.episode_starts, np.concatenate([[0], np.cumsum(lengths)[:-1]]))
+    second = slice(lengths[0], lengths[0] + lengths[1])
+    np.testing.assert_array_equal(data.observations[second], episodes[1].observations[:-1])
+    np.testing.assert_array_equal(data.next_observations[second], episodes[1].observations[1:])
+    np.testing.assert_array_equal(data.step_episodes[second], 1)
+    assert data.terminals[second][-1] and not data.terminals[second][:-1].any()
+
+
+def test_array_cache_is_trusted_only_while_the_minari_files_are_unchanged(minari_root):
+    task = get_task("fork")
+    path = generate_dataset(task, episodes=3, seed=0, name="cache-v0")
+    assert (path / CACHE_NAME).exists()
+    truth = load_dataset(task, "cache-v0").trajectories
+    with np.load(path / CACHE_NAME) as cache:
+        arrays = {key: cache[key] for key in cache.files if key != "stamp"}
+    write_array_cache(path, {**arrays, "actions": arrays["actions"] + 1})
+    np.testing.assert_array_equal(load_dataset(task, "cache-v0").trajectories.actions, truth.actions + 1)
+    data_file = next(f for f in (path / "data").iterdir() if f.suffix == ".hdf5")
+    os.utime(data_file, ns=(data_file.stat().st_atime_ns, data_file.stat().st_mtime_ns + 1))
+    np.testing.assert_array_equal(load_dataset(task, "cache-v0").trajectories.actions, truth.actions)
+    with np.load(path / CACHE_NAME) as cache:
+        np.testing.assert_array_equal(cache["actions"], truth.actions)
+
+
+def test_split_is_by_whole_episodes_and_seeded(fork_dataset):
+    data = load_dataset(get_task("fork")).trajectories
+    train, val = split_episodes(data, 0.25, seed=1)
+    assert (train.num_episodes, val.num_episodes) == (15, 5)
+    assert train.num_steps + val.num_steps == data.num_steps
+    rows = {tuple(r) for r in np.asarray(data.observations)}
+    train_rows, val_rows = ({tuple(r) for r in np.asarray(x.observations)} for x in (train, val))
+    assert train_rows | val_rows == rows and not train_rows & val_rows
+    again, _ = split_episodes(data, 0.25, seed=1)
+    np.testing.assert_array_equal(again.observations, train.observations)
+
+
+def _toy_trajectories() -> Trajectories:
+    """Two episodes of lengths 3 and 4; observation and action of global step i are (i,) and (10 + i,)."""
+    steps = np.arange(7, dtype=np.float32)[:, None]
+    return Trajectories.from_steps(steps, steps + 10, np.zeros(7, np.float32), steps + 1,
+                                   np.zeros(7, bool), [3, 4])
+
+
+def test_windows_repeat_the_edge_values_at_both_ends_of_an_episode():
+    data = _toy_trajectories()
+    batch = windows_at(data, jnp.array([0, 2, 3, 5]), obs_steps=3, action_steps=4)
+    np.testing.assert_array_equal(batch.observations[..., 0], [[0, 0, 0], [0, 1, 2], [3, 3, 3], [3, 4, 5]])
+    np.testing.assert_array_equal(batch.actions[..., 0], [[10, 11, 12, 12], [12, 12, 12, 12],
+                                                           [13, 14, 15, 16], [15, 16, 16, 16]])
+
+
+def test_window_sampler_is_seeded_and_normalizes(fork_dataset):
+    data = load_dataset(get_task("fork")).trajectories
+    obs_norm, act_norm = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
+    a = sample_windows(data, jax.random.key(0), 64, 2, 16, obs_norm, act_norm)
+    b = sample_windows(data, jax.random.key(0), 64, 2, 16, obs_norm, act_norm)
+    c = sample_windows(data, jax.random.key(1), 64, 2, 16, obs_norm, act_norm)
+    assert a.observations.shape == (64, 2, 4) and a.actions.shape == (64, 16, 2)
+    np.testing.assert_array_equal(a.actions, b.actions)
+    assert not np.array_equal(a.actions, c.actions)
+    assert np.all(np.abs(a.actions) <= 1 + 1e-6) and np.all(np.abs(a.observations) <= 1 + 1e-6)
+
+
+def test_sequence_chunks_stay_inside_one_episode():
+    data = _toy_trajectories()
+    starts = sequence_starts(data, 3)
+    np.testing.assert_array_equal(starts, [0, 3, 4])
+    batch = sample_sequences(data, jnp.asarray(starts), jax.random.key(0), 32, 3)
+    first = np.asarray(batch.observations[:, 0, 0]).astype(int)
+    assert set(first) <= {0, 3, 4}
+    np.testing.assert_array_equal(batch.observations[..., 0], first[:, None] + np.arange(3))
+    np.testing.assert_array_equal(batch.next_observations, batch.observations + 1)
+    with pytest.raises(PhysgenError, match="sequence length 5 .* longest episode \\(4 steps\\)"):
+        sequence_starts(data, 5)
+
+
+@pytest.mark.parametrize("mode", ["minmax", "gaussian"])
+def test_normalizer_round_trip_and_ranges(mode):
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(500, 3)).astype(np.float32)
+    x[:, 2] = 5.0  # a constant dimension
+    norm = Normalizer.fit(x, mode)
+    y = np.asarray(norm.normalize(x))
+    np.testing.assert_allclose(norm.unnormalize(y), x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y[:, 2], 0.0)
+    if mode == "minmax":
+        np.testing.assert_allclose(y[:, :2].min(0), -1.0, atol=1e-6)
+        np.testing.assert_allclose(y[:, :2].max(0), 1.0, atol=1e-6)
+    else:
+        np.testing.assert_allclose(y[:, :2].mean(0), 0.0, atol=1e-5)
+        np.testing.assert_allclose(y[:, :2].std(0), 1.0, atol=1e-5)
+
+
+def test_normalized_score_uses_the_reference_scores():
+    meta = {"ref_min_score": -1.0, "ref_max_score": 3.0}
+    np.testing.assert_allclose(normalized_score(meta, [-1.0, 1.0, 3.0]), [0.0, 0.5, 1.0])
+
+
+def test_missing_dataset_names_the_command_that_creates_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    with pytest.raises(PhysgenError, match="physgen/maze/expert-v0 not found.*`physgen data --task maze`"):
+        load_dataset(get_task("maze"))
+    with pytest.raises(PhysgenError, match="`physgen data --task fork --policy random`"):
+        load_dataset(get_task("fork"), "random-v0")
+
+
+def _write_raw(name, episodes, obs_dim=4, task="fork"):
+    """A Minari dataset written without physgen's checks, as a corrupt or foreign file would be."""
+    import gymnasium as gym
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = [EpisodeBuffer(id=i, observations=obs, actions=np.zeros((len(obs) - 1, 2), np.float32),
+                             rewards=np.zeros(len(obs) - 1), terminations=np.zeros(len(obs) - 1, bool),
+                             truncations=np.zeros(len(obs) - 1, bool)) for i, obs in enumerate(episodes)]
+    space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
+    dataset = minari.create_dataset_from_buffers(f"physgen/{task}/{name}", buffers, observation_space=space,
+                                                 action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
+    return dataset
+
+
+def test_nan_in_a_dataset_names_the_episode_and_field(minari_root):
+    good = np.zeros((4, 4), np.float32)
+    bad = good.copy()
+    bad[2, 1] = np.nan
+    _write_raw("nan-v0", [good, bad])
+    with pytest.raises(PhysgenError, match="episode 1: observations hold NaN or Inf \\(first at step 2\\)"):
+        load_dataset(get_task("fork"), "nan-v0")
+
+
+def test_wrong_shapes_and_foreign_datasets_are_refused(minari_root):
+    _write_raw("narrow-v0", [np.zeros((4, 3), np.float32)], obs_dim=3)
+    with pytest.raises(PhysgenError, match="episode 0: observations have shape \\(4, 3\\).*expects \\(4, 4\\)"):
+        load_dataset(get_task("fork"), "narrow-v0")
+    generate_dataset(get_task("maze"), episodes=2, seed=0, name="other-v0")
+    os.rename(minari_root / "physgen/maze/other-v0", minari_root / "physgen/fork/other-v0")
+    with pytest.raises(PhysgenError, match="generated for task 'maze', not 'fork'"):
+        load_dataset(get_task("fork"), "other-v0")
+
+
+def test_empty_dataset_is_refused(minari_root):
+    _write_raw("empty-v0", [])
+    with pytest.raises(PhysgenError, match="is empty"):
+        load_dataset(get_task("fork"), "empty-v0")
+
+
+def test_interrupted_generation_keeps_the_old_dataset_and_leaves_no_files(minari_root, monkeypatch):
+    task = get_task("fork")
+    generate_dataset(task, episodes=3, seed=0, name="keep-v0")
+    before = load_dataset(task, "keep-v0").trajectories
+    calls = []
+
+    def interrupt_midway(index, episode):
+        calls.append(index)
+        if index == 5:
+            raise KeyboardInterrupt
+        return original(index, episode)
+
+    original = generate_module._buffer
+    monkeypatch.setattr(generate_module, "_buffer", interrupt_midway)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(task, episodes=10, seed=1, name="keep-v0")
+    assert calls[-1] == 5
+    np.testing.assert_array_equal(load_dataset(task, "keep-v0").trajectories.observations, before.observations)
+    assert not [p for p in minari_root.parent.iterdir() if p.name.startswith(".physgen-staging-")]
+
+
+def test_killed_generation_leaves_no_dataset(tmp_path):
+    """SIGKILL while Minari writes: the dataset id does not exist afterwards (the staging folder is ignored)."""
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "datasets")}
+    proc = subprocess.Popen([sys.executable, "-m", "physgen.cli", "data", "--task", "fork", "--episodes", "20000"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(".physgen-staging-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        assert proc.poll() is None, "generation finished before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "datasets" / "physgen" / "fork" / "expert-v0").exists()
+    result = subprocess.run([sys.executable, "-c", "import minari; print(list(minari.list_local_datasets()))"],
+                            env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
