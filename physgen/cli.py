@@ -25,11 +25,12 @@ def _data(args: argparse.Namespace) -> None:
     from physgen.envs import get_task
 
     task = get_task(args.task)
-    path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=args.policy)
-    dataset = load_dataset(task, path.name)
-    meta, data = dataset.metadata, dataset.trajectories
-    scores = ", ".join(f"{key} {meta[key]:.3f}" for key in ("ref_min_score", "ref_max_score") if key in meta)
-    print(f"wrote {dataset.dataset_id}: {data.num_episodes} episodes, {data.num_steps} steps ({scores}) at {path}")
+    for policy in [args.policy] if args.policy else task.datasets:
+        path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=policy)
+        dataset = load_dataset(task, path.name)
+        meta, data = dataset.metadata, dataset.trajectories
+        scores = ", ".join(f"{key} {meta[key]:.3f}" for key in ("ref_min_score", "ref_max_score") if key in meta)
+        print(f"wrote {dataset.dataset_id}: {data.num_episodes} episodes, {data.num_steps} steps ({scores}) at {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--task", required=True)
     data.add_argument("--episodes", type=int, default=None, help="default: the task's dataset size")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--policy", default="expert", help="expert (default) or random; the dataset is <policy>-v0")
+    data.add_argument("--policy", default=None,
+                      help="expert, random, or another of the task's demonstrators; writes <policy>-v0. "
+                      "Default: the task's standard datasets (expert-v0; hopper also medium-v0)")
     data.set_defaults(run=_data)
     return parser
 

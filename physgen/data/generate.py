@@ -25,24 +25,22 @@ from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_
 from physgen.errors import PhysgenError
 
 REFERENCE_EPISODES = 100
-POLICIES = ("expert", "random")
 
 
-def has_expert(task: Task) -> bool:
-    return task.functional is not None or task.gym_expert is not None
+def has_policy(task: Task, policy: str) -> bool:
+    return policy == "random" or policy in task.demonstrators or (policy == "expert" and task.functional is not None)
 
 
 def rollout(task: Task, policy: str, seed: int, episodes: int) -> list[Episode]:
-    """Episodes of `policy` ("expert" or "random") on `task`."""
-    if policy not in POLICIES:
-        raise PhysgenError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if policy == "expert" and not has_expert(task):
-        raise PhysgenError(f"task {task.name!r} has no expert policy yet ({task.demonstrations}); "
-                           f"use `physgen data --task {task.name} --policy random` meanwhile")
-    if task.functional is not None:
+    """Episodes of a named policy on `task`: "random", or one of the task's demonstrators ("expert", ...)."""
+    if not has_policy(task, policy):
+        known = ", ".join(["random", *(["expert"] if task.functional else []), *task.demonstrators])
+        hint = f" ({task.demonstrations})" if policy == "expert" else ""
+        raise PhysgenError(f"task {task.name!r} has no policy {policy!r}{hint}; its policies: {known}")
+    if task.functional is not None and policy in ("expert", "random"):
         make = expert_policy if policy == "expert" else random_policy
         return rollout_jax(task, make(task), seed, episodes)
-    return rollout_gym(task, task.gym_expert() if policy == "expert" else None, seed, episodes)
+    return rollout_gym(task, None if policy == "random" else task.demonstrators[policy](), seed, episodes)
 
 
 def _buffer(index: int, episode: Episode) -> EpisodeBuffer:
@@ -77,8 +75,9 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
     """Write `physgen/<task>/<policy>-v0` (or `name`) and return its folder.
 
     Metadata holds the demonstrator, the seed, and reference scores for normalised returns: `ref_min_score` is the
-    mean return of uniform random actions and `ref_max_score` that of the expert, each over 100 episodes whose
-    seeds are disjoint from the dataset's.
+    mean return of uniform random actions over 100 episodes, `ref_max_score` the expert's mean return over the
+    dataset itself when it holds at least 100 expert episodes, else over 100 separate episodes. Reference episodes
+    use seeds disjoint from the dataset's.
     """
     episodes = task.dataset_episodes if episodes is None else episodes
     if episodes < 1:
@@ -90,7 +89,7 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
     ref_max = None
     if policy == "expert" and episodes >= REFERENCE_EPISODES:
         ref_max = mean_return(data)
-    elif has_expert(task):
+    elif has_policy(task, "expert"):
         ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES))
     return _write_atomically(task, dataset, data, seed, policy, ref_min, ref_max)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, NamedTuple
 
 import gymnasium as gym
 import jax
@@ -43,8 +43,9 @@ class Task:
     `events` names the per-step booleans recorded in datasets and used for failure analysis;
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
-    Demonstrations come from `functional.expert` (pure-JAX tasks) or `gym_expert()`, a factory of an
-    observation -> action callable (Gymnasium tasks); `dataset_episodes` is `physgen data`'s default size.
+    Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators`, factories of
+    observation -> action callables by name such as "expert" (Gymnasium tasks). `physgen data` writes one dataset per
+    name in `datasets` by default, each of `dataset_episodes` episodes.
     """
 
     name: str
@@ -60,7 +61,8 @@ class Task:
     make_env: Callable[..., gym.Env]
     success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
     functional: FunctionalEnv | None = None
-    gym_expert: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
+    demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
+    datasets: tuple[str, ...] = ("expert",)
     dataset_episodes: int = 1000
 
     @property

@@ -55,5 +55,6 @@ TASK = Task(
     gym_id=GYM_ID,
     make_env=make_env,
     success=success,
+    datasets=("expert", "medium"),
     dataset_episodes=100,
 )
