@@ -1,0 +1,108 @@
+"""Denoising diffusion (DDPM) for action chunks: noise schedules, the training loss, DDPM and DDIM samplers.
+
+`denoise(x, t, cond)` is any network taking t in [0, 1) (the step index over the number of training steps). The number
+of sampling steps is chosen at sampling time, any value up to the training steps, with the same trained network:
+timesteps are spaced as `diffusers` does ("leading": t = i * T // S). Predicted clean samples are clipped to [-1, 1]
+(actions are min-max normalized), and the noise is re-derived from the clipped sample, so that a DDIM step with
+eta = 1 is exactly the DDPM posterior step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+SCHEDULES = ("linear", "cosine")
+PREDICTIONS = ("epsilon", "sample")
+
+
+class NoiseSchedule(NamedTuple):
+    betas: jax.Array  # (T,)
+    alphas_cumprod: jax.Array  # (T,)
+
+
+def make_schedule(kind: str, steps: int) -> NoiseSchedule:
+    """`linear`: betas from 1e-4 to 0.02 (DDPM); `cosine`: squaredcos_cap_v2 (improved DDPM), betas capped at 0.999."""
+    if kind == "linear":
+        betas = jnp.linspace(1e-4, 0.02, steps)
+    elif kind == "cosine":
+        def alpha_bar(s):
+            return jnp.cos((s + 0.008) / 1.008 * jnp.pi / 2) ** 2
+
+        grid = jnp.arange(steps + 1) / steps
+        betas = jnp.minimum(1.0 - alpha_bar(grid[1:]) / alpha_bar(grid[:-1]), 0.999)
+    else:
+        raise ValueError(f"unknown noise schedule {kind!r}; choose one of {SCHEDULES}")
+    return NoiseSchedule(betas.astype(jnp.float32), jnp.cumprod(1.0 - betas).astype(jnp.float32))
+
+
+def diffusion_loss(denoise: Callable, schedule: NoiseSchedule, prediction: str, x0: jax.Array, cond: jax.Array,
+                   key: jax.Array) -> jax.Array:
+    """Mean squared error of the predicted noise (`epsilon`) or clean chunk (`sample`) at a uniform random step."""
+    k_t, k_noise = jax.random.split(key)
+    steps = schedule.betas.shape[0]
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, steps)
+    noise = jax.random.normal(k_noise, x0.shape)
+    ab = schedule.alphas_cumprod[t].reshape(-1, *([1] * (x0.ndim - 1)))
+    xt = jnp.sqrt(ab) * x0 + jnp.sqrt(1.0 - ab) * noise
+    target = noise if prediction == "epsilon" else x0
+    return jnp.mean((denoise(xt, t / steps, cond) - target) ** 2)
+
+
+def sampling_timesteps(train_steps: int, steps: int) -> tuple[jax.Array, jax.Array]:
+    """The `steps` timesteps visited, from noisiest to cleanest, and the step each one moves to (-1: clean)."""
+    if not 1 <= steps <= train_steps:
+        raise ValueError(f"sampling steps must be between 1 and the {train_steps} training steps, got {steps}")
+    t = (jnp.arange(steps) * (train_steps // steps))[::-1]
+    return t, t - train_steps // steps
+
+
+def _clean_and_noise(schedule, prediction, output, x, t):
+    """(x0, eps) consistent with x_t, x0 clipped to [-1, 1]."""
+    ab = schedule.alphas_cumprod[t]
+    x0 = (x - jnp.sqrt(1.0 - ab) * output) / jnp.sqrt(ab) if prediction == "epsilon" else output
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    return x0, (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+
+
+def _alpha_bar_prev(schedule, t_prev):
+    return jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
+
+
+def ddpm_posterior(schedule: NoiseSchedule, x0, x, t, t_prev):
+    """Mean and variance of q(x_{t_prev} | x_t, x0) (the DDPM reverse step, strided when t_prev < t - 1)."""
+    ab, ab_prev = schedule.alphas_cumprod[t], _alpha_bar_prev(schedule, t_prev)
+    alpha, beta = ab / ab_prev, 1.0 - ab / ab_prev
+    mean = (jnp.sqrt(ab_prev) * beta / (1.0 - ab)) * x0 + (jnp.sqrt(alpha) * (1.0 - ab_prev) / (1.0 - ab)) * x
+    return mean, (1.0 - ab_prev) / (1.0 - ab) * beta
+
+
+def ddim_step(schedule: NoiseSchedule, x0, eps, t, t_prev, eta: float, noise):
+    """One DDIM update (Song et al.): eta = 0 is deterministic, eta = 1 samples the DDPM posterior."""
+    ab, ab_prev = schedule.alphas_cumprod[t], _alpha_bar_prev(schedule, t_prev)
+    sigma = eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
+    return jnp.sqrt(ab_prev) * x0 + jnp.sqrt(1.0 - ab_prev - sigma**2) * eps + sigma * noise
+
+
+def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array, key: jax.Array,
+           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0) -> jax.Array:
+    """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler (one `lax.scan`, jittable)."""
+    train_steps = schedule.betas.shape[0]
+    timesteps, previous = sampling_timesteps(train_steps, steps)
+    k_init, k_steps = jax.random.split(key)
+
+    def reverse_step(x, inputs):
+        t, t_prev, k = inputs
+        output = denoise(x, jnp.full((shape[0],), t / train_steps), cond)
+        x0, eps = _clean_and_noise(schedule, prediction, output, x, t)
+        noise = jax.random.normal(k, shape)
+        if sampler == "ddpm":
+            mean, var = ddpm_posterior(schedule, x0, x, t, t_prev)
+            return mean + jnp.sqrt(var) * noise, None
+        return ddim_step(schedule, x0, eps, t, t_prev, eta, noise), None
+
+    x, _ = jax.lax.scan(reverse_step, jax.random.normal(k_init, shape),
+                        (timesteps, previous, jax.random.split(k_steps, steps)))
+    return x

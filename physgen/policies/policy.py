@@ -1,0 +1,166 @@
+"""One interface for the offline policies (diffusion, flow matching, BC): pure, jittable functions over parameters.
+
+    policy, params = Policy.create(config, obs_dim, act_dim, key)
+    loss = policy.loss(params, batch, key)                       # batch: a normalized WindowBatch
+    chunk = policy.sample(params, obs_history, key, steps)       # normalized in, normalized out
+
+`PolicyState` adds the normalizers and action bounds, and `act(policy, state, obs_history, key)` maps raw
+observations to raw, clipped actions. BC uses the same network trunk, called with a zero chunk at t = 0 and trained
+by mean squared error: the non-generative ablation of the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from physgen.data import Normalizer, WindowBatch
+from physgen.errors import PhysgenError
+from physgen.policies import diffusion, flow
+from physgen.policies.nets import ConditionalUnet1D, MLPDenoiser
+
+METHODS = ("diffusion", "flow", "bc")
+NETWORKS = ("mlp", "unet")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Every hyperparameter of an offline policy; written into its checkpoint and into reports."""
+
+    method: str = "diffusion"
+    # action chunking: observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon)
+    obs_steps: int = 2
+    action_steps: int = 16
+    exec_steps: int = 8
+    # network
+    network: str = "mlp"
+    hidden: int = 256
+    depth: int = 3
+    conditioning: str = "film"
+    unet_dims: tuple[int, ...] = (64, 128, 256)
+    unet_kernel: int = 5
+    unet_groups: int = 8
+    time_dim: int = 64
+    # diffusion
+    train_diffusion_steps: int = 100
+    schedule: str = "cosine"
+    prediction: str = "epsilon"
+    sampler: str = "ddim"
+    ddim_eta: float = 0.0
+    # flow matching
+    coupling: str = "ot"
+    integrator: str = "euler"
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 100
+    # sampling steps (denoising or integration) used unless the caller asks for another number
+    inference_steps: int = 10
+    # training
+    steps: int = 10_000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    steps_per_call: int = 500
+
+    def __post_init__(self):
+        choices = {"method": METHODS, "network": NETWORKS, "conditioning": ("film", "concat"),
+                   "schedule": diffusion.SCHEDULES, "prediction": diffusion.PREDICTIONS,
+                   "sampler": ("ddpm", "ddim"), "coupling": flow.COUPLINGS, "integrator": flow.INTEGRATORS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise PhysgenError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 1 <= self.exec_steps <= self.action_steps:
+            raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
+                               f"(T_p={self.action_steps})")
+        if self.network == "unet" and self.action_steps % 2 ** (len(self.unet_dims) - 1):
+            raise PhysgenError(f"the U-Net halves the chunk {len(self.unet_dims) - 1} times: action_steps "
+                               f"{self.action_steps} must be divisible by {2 ** (len(self.unet_dims) - 1)}")
+
+    def replace(self, **changes) -> "PolicyConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PolicyConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def make_network(config: PolicyConfig, obs_dim: int, act_dim: int, key: jax.Array) -> nnx.Module:
+    chunk, cond_dim, rngs = (config.action_steps, act_dim), config.obs_steps * obs_dim, nnx.Rngs(key)
+    if config.network == "unet":
+        return ConditionalUnet1D(chunk, cond_dim, config.unet_dims, config.time_dim, config.unet_kernel,
+                                 config.unet_groups, rngs=rngs)
+    return MLPDenoiser(chunk, cond_dim, config.hidden, config.depth, config.time_dim, config.conditioning, rngs=rngs)
+
+
+class Policy(NamedTuple):
+    """The static half of a policy (config, network structure, dimensions); parameters are passed separately."""
+
+    config: PolicyConfig
+    graphdef: nnx.GraphDef
+    obs_dim: int
+    act_dim: int
+
+    @classmethod
+    def create(cls, config: PolicyConfig, obs_dim: int, act_dim: int, key: jax.Array) -> tuple["Policy", Any]:
+        """The policy and freshly initialized parameters (an `nnx.State`, a pytree) from a PRNG key."""
+        graphdef, params = nnx.split(make_network(config, obs_dim, act_dim, key))
+        return cls(config, graphdef, obs_dim, act_dim), params
+
+    def init(self, key: jax.Array):
+        """Parameters from a key (vmappable over keys)."""
+        return nnx.split(make_network(self.config, self.obs_dim, self.act_dim, key))[1]
+
+    def network(self, params):
+        model = nnx.merge(self.graphdef, params)
+        return lambda x, t, cond: model(x, t, cond)
+
+    def loss(self, params, batch: WindowBatch, key: jax.Array) -> jax.Array:
+        """The training loss on a normalized batch of windows."""
+        config, net = self.config, self.network(params)
+        x1, cond = batch.actions, batch.observations.reshape(batch.observations.shape[0], -1)
+        if config.method == "diffusion":
+            schedule = diffusion.make_schedule(config.schedule, config.train_diffusion_steps)
+            return diffusion.diffusion_loss(net, schedule, config.prediction, x1, cond, key)
+        if config.method == "flow":
+            return flow.flow_matching_loss(net, x1, cond, key, config.coupling, config.sinkhorn_epsilon,
+                                           config.sinkhorn_iterations)
+        return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
+
+    def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None) -> jax.Array:
+        """Normalized action chunks (B, T_p, act_dim) for normalized observation histories (B, T_o, obs_dim)."""
+        config, net = self.config, self.network(params)
+        batch = obs_history.shape[0]
+        cond = obs_history.reshape(batch, -1)
+        shape = (batch, config.action_steps, self.act_dim)
+        steps = steps or config.inference_steps
+        if config.method == "diffusion":
+            schedule = diffusion.make_schedule(config.schedule, config.train_diffusion_steps)
+            return diffusion.sample(net, schedule, config.prediction, cond, key, shape, steps, config.sampler,
+                                    config.ddim_eta)
+        if config.method == "flow":
+            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.integrator)
+        return net(jnp.zeros(shape), jnp.zeros(batch), cond)
+
+
+class PolicyState(NamedTuple):
+    """What acting needs besides the `Policy`: evaluation (EMA) parameters, normalizers, action bounds."""
+
+    params: Any
+    obs_norm: Normalizer
+    act_norm: Normalizer
+    action_low: jax.Array
+    action_high: jax.Array
+
+
+def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Array,
+        steps: int | None = None) -> jax.Array:
+    """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim)."""
+    chunk = policy.sample(state.params, state.obs_norm.normalize(obs_history), key, steps)
+    return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)

@@ -1,0 +1,69 @@
+"""Trained policies on disk and in use: orbax checkpoints and a compiled numpy-in, numpy-out `act`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from physgen.data import Normalizer
+from physgen.envs import Task, get_task
+from physgen.errors import PhysgenError
+from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, make_network
+from physgen.policies.train import TrainedPolicies
+
+
+def save_policy(path: str | Path, task: Task, trained: TrainedPolicies, index: int) -> Path:
+    """Checkpoint seed `index` of `trained`: raw and EMA parameters, normalizers, bounds, config."""
+    state = trained.state_of(index)
+    arrays = {"params": nnx.to_pure_dict(jax.tree.map(lambda x: x[index], trained.params)),
+              "ema": nnx.to_pure_dict(state.params),
+              "obs_norm": state.obs_norm._asdict(), "act_norm": state.act_norm._asdict()}
+    meta = {"method": trained.policy.config.method, "task": task.name, "seed": trained.seeds[index],
+            "config": dataclasses.asdict(trained.policy.config), "obs_dim": task.obs_dim, "act_dim": task.act_dim}
+    return save_checkpoint(path, arrays, meta)
+
+
+def load_policy(path: str | Path, task: str | None = None) -> tuple[Policy, PolicyState, dict]:
+    """(policy, state with the EMA weights, meta) of a checkpoint; nothing else is needed to rebuild it."""
+    arrays, meta = load_checkpoint(path, task)
+    if meta["method"] not in ("diffusion", "flow", "bc"):
+        raise PhysgenError(f"checkpoint {path} holds a {meta['method']!r} policy, not diffusion, flow or bc")
+    config = PolicyConfig.from_dict(meta["config"])
+    dims = meta["obs_dim"], meta["act_dim"]
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: make_network(config, *dims, jax.random.key(0))))
+    nnx.replace_by_pure_dict(params, arrays["ema"])
+    policy = Policy(config, graphdef, *dims)
+    spec = get_task(meta["task"]).action_space
+    state = PolicyState(params, Normalizer(**arrays["obs_norm"]), Normalizer(**arrays["act_norm"]),
+                        jnp.asarray(spec.low), jnp.asarray(spec.high))
+    return policy, jax.tree.map(jnp.asarray, state), meta
+
+
+class PolicyRunner:
+    """`act(obs_history, seed) -> action chunk` with numpy in and out, compiled once at construction."""
+
+    def __init__(self, policy: Policy, state: PolicyState, steps: int | None = None):
+        self.policy, self.state, self.steps = policy, state, steps
+        self.obs_shape = (policy.config.obs_steps, policy.obs_dim)
+        self._act = jax.jit(lambda st, obs, key: act(policy, st, obs[None], key, steps)[0])
+        self._act(state, np.zeros(self.obs_shape, np.float32), jax.random.key(0)).block_until_ready()  # compile
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, task: str | None = None, steps: int | None = None) -> "PolicyRunner":
+        policy, state, _ = load_policy(path, task)
+        return cls(policy, state, steps)
+
+    def act(self, obs_history: np.ndarray, key: jax.Array) -> np.ndarray:
+        obs = np.asarray(obs_history, np.float32)
+        if obs.shape != self.obs_shape:
+            raise PhysgenError(f"observation history has shape {obs.shape}, the policy expects {self.obs_shape} "
+                               "(obs_steps x obs_dim)")
+        if not np.all(np.isfinite(obs)):
+            raise PhysgenError("observation history holds NaN or Inf; check the sensor or state estimator")
+        return np.asarray(self._act(self.state, obs, key))

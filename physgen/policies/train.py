@@ -1,0 +1,107 @@
+"""One training loop for every offline policy: jitted, `steps_per_call` gradient steps per call in `lax.scan`,
+`vmap`ped over seeds, with EMA weights for evaluation and a progress bar."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from rich.progress import Progress
+
+from physgen.data import Normalizer, Trajectories, sample_windows
+from physgen.envs import Task
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState
+
+
+class TrainState(NamedTuple):
+    params: Any
+    ema: Any
+    opt_state: Any
+    step: jax.Array
+
+
+class TrainedPolicies(NamedTuple):
+    """Seeds stacked on the leading axis: `states` act with the EMA weights, `params` are the raw weights,
+    `losses` (seeds, calls) the mean training loss of each call."""
+
+    policy: Policy
+    states: PolicyState
+    params: Any
+    losses: np.ndarray
+    seeds: tuple[int, ...]
+
+    def state_of(self, index: int) -> PolicyState:
+        return jax.tree.map(lambda x: x[index], self.states)
+
+
+def make_optimizer(config: PolicyConfig) -> optax.GradientTransformation:
+    warmup = min(config.warmup_steps, config.steps // 10)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(config.steps, warmup + 1))
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adamw(schedule, weight_decay=config.weight_decay))
+
+
+def _ema_decay(config: PolicyConfig, step):
+    """Diffusion Policy's EMA warm-up: the decay grows towards `ema_decay` over the first steps."""
+    return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
+
+
+def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: list[int], progress: bool = True,
+                   callback=None) -> TrainedPolicies:
+    """Train one policy per seed on `data` (the training split), all seeds in one compiled program.
+
+    Normalizers are fitted on `data` (min-max, as Diffusion Policy). `callback(step, trained)` runs after every call.
+    """
+    obs_norm, act_norm = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    policy, _ = Policy.create(config, task.obs_dim, task.act_dim, init_keys[0])
+    optimizer = make_optimizer(config)
+
+    def init(key):
+        params = policy.init(key)
+        return TrainState(params, params, optimizer.init(params), jnp.int32(0))
+
+    def train_step(state: TrainState, key, data):
+        k_batch, k_loss = jax.random.split(key)
+        batch = sample_windows(data, k_batch, config.batch_size, config.obs_steps, config.action_steps,
+                               obs_norm, act_norm)
+        loss, grads = jax.value_and_grad(policy.loss)(state.params, batch, k_loss)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = _ema_decay(config, state.step)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
+        return TrainState(params, ema, opt_state, state.step + 1), loss
+
+    def run_call(state, key, data, steps):
+        return jax.lax.scan(lambda s, k: train_step(s, k, data), state, jax.random.split(key, steps))
+
+    states = jax.jit(jax.vmap(init))(init_keys)
+    calls = -(-config.steps // config.steps_per_call)
+    run = jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, None)), static_argnums=3)
+    losses = []
+    low, high = jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
+
+    def trained(states):
+        n = len(seeds)
+        stacked = PolicyState(states.ema, *(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), v)
+                                            for v in (obs_norm, act_norm, low, high)))
+        return TrainedPolicies(policy, stacked, states.params,
+                               np.stack(losses, axis=1) if losses else np.zeros((n, 0)), tuple(seeds))
+
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(f"{config.method} on {task.name}, {len(seeds)} seeds", total=config.steps)
+        done = 0
+        for call in range(calls):
+            steps = min(config.steps_per_call, config.steps - done)
+            call_keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(train_keys)
+            states, call_losses = run(states, call_keys, data, steps)
+            losses.append(np.asarray(call_losses).mean(axis=1))
+            done += steps
+            bar.update(job, completed=done, description=f"{config.method} on {task.name}, {len(seeds)} seeds, "
+                       f"loss {losses[-1].mean():.4f}")
+            if callback is not None:
+                callback(done, trained(states))
+    return trained(states)

@@ -1,0 +1,93 @@
+import jax
+import numpy as np
+import pytest
+
+from physgen import PhysgenError
+from physgen.data import load_dataset
+from physgen.envs import get_task
+from physgen.policies.policy import PolicyConfig
+from physgen.policies.runner import PolicyRunner, load_policy, save_policy
+from physgen.policies.train import train_policies
+
+TINY = dict(hidden=64, depth=2, time_dim=16, batch_size=64, steps=200, steps_per_call=50, warmup_steps=10)
+
+
+@pytest.fixture(scope="module")
+def fork_train(fork_dataset):
+    return load_dataset(get_task("fork")).trajectories
+
+
+@pytest.fixture(scope="module")
+def trained(fork_train):
+    task = get_task("fork")
+    return {m: train_policies(task, PolicyConfig(method=m, **TINY), fork_train, [0], progress=False)
+            for m in ("diffusion", "flow", "bc")}
+
+
+@pytest.mark.parametrize("method", ["diffusion", "flow", "bc"])
+def test_losses_decrease_on_a_toy_dataset(trained, method):
+    losses = trained[method].losses[0]
+    assert losses.shape == (4,) and losses[-1] < 0.9 * losses[0]
+
+
+def test_training_is_seeded_and_seeds_vmap_like_separate_runs(fork_train):
+    task, config = get_task("fork"), PolicyConfig(method="bc", **{**TINY, "steps": 50})
+    together = train_policies(task, config, fork_train, [3, 4], progress=False)
+    again = train_policies(task, config, fork_train, [3, 4], progress=False)
+    alone = train_policies(task, config, fork_train, [4], progress=False)
+    leaves = lambda t: jax.tree.leaves(t.params)  # noqa: E731
+    for a, b in zip(leaves(together), leaves(again)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(leaves(together), leaves(alone)):
+        np.testing.assert_allclose(a[1], b[0], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(a[0], a[1])
+
+
+def test_checkpoint_round_trip_gives_identical_actions(trained, tmp_path):
+    task = get_task("fork")
+    for method, result in trained.items():
+        path = save_policy(tmp_path / method, task, result, 0)
+        loaded = PolicyRunner.from_checkpoint(path, task="fork")
+        in_memory = PolicyRunner(result.policy, result.state_of(0))
+        obs = np.array([[0.1, -1.0, 0.0, 1.0], [0.1, -0.96, 0.0, 1.0]], np.float32)
+        np.testing.assert_array_equal(loaded.act(obs, jax.random.key(5)), in_memory.act(obs, jax.random.key(5)))
+        _, _, meta = load_policy(path)
+        assert meta["config"]["method"] == method and meta["seed"] == 0
+
+
+def test_sampler_compiles_once_and_actions_stay_in_bounds(trained):
+    runner = PolicyRunner(trained["flow"].policy, trained["flow"].state_of(0))
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        chunk = runner.act(rng.normal(size=(2, 4)).astype(np.float32) * 3, jax.random.key(i))
+        assert chunk.shape == (16, 2) and np.all(np.abs(chunk) <= 1.0)
+    assert runner._act._cache_size() == 1
+
+
+def test_diffusion_steps_are_chosen_at_sampling_time(trained):
+    result = trained["diffusion"]
+    obs = np.zeros((2, 4), np.float32)
+    for steps in (1, 5, 100):
+        assert PolicyRunner(result.policy, result.state_of(0), steps=steps).act(obs, jax.random.key(0)).shape == (16, 2)
+    with pytest.raises(ValueError, match="between 1 and the 100 training steps"):
+        PolicyRunner(result.policy, result.state_of(0), steps=101)
+
+
+def test_bad_observations_and_foreign_checkpoints_are_refused(trained, tmp_path):
+    runner = PolicyRunner(trained["bc"].policy, trained["bc"].state_of(0))
+    with pytest.raises(PhysgenError, match="shape \\(3, 4\\), the policy expects \\(2, 4\\)"):
+        runner.act(np.zeros((3, 4)), jax.random.key(0))
+    with pytest.raises(PhysgenError, match="NaN or Inf"):
+        runner.act(np.full((2, 4), np.nan), jax.random.key(0))
+    path = save_policy(tmp_path / "bc", get_task("fork"), trained["bc"], 0)
+    with pytest.raises(PhysgenError, match="trained on task 'fork', not 'maze'"):
+        PolicyRunner.from_checkpoint(path, task="maze")
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(PhysgenError, match="method must be one of diffusion, flow, bc"):
+        PolicyConfig(method="gan")
+    with pytest.raises(PhysgenError, match="exec_steps"):
+        PolicyConfig(exec_steps=17)
+    with pytest.raises(PhysgenError, match="divisible by 4"):
+        PolicyConfig(network="unet", action_steps=10)
