@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from physgen.errors import PhysgenError
 
@@ -33,6 +34,34 @@ def _data(args: argparse.Namespace) -> None:
         print(f"wrote {dataset.dataset_id}: {data.num_episodes} episodes, {data.num_steps} steps ({scores}) at {path}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from physgen.data import load_dataset, split_episodes
+    from physgen.envs import get_task
+    from physgen.envs.rollout import episode_seeds
+    from physgen.policies.evaluate import evaluate
+    from physgen.policies.policy import PolicyConfig
+    from physgen.policies.runner import save_policy
+    from physgen.policies.train import train_policies
+
+    task = get_task(args.task)
+    if args.seeds < 1:
+        raise PhysgenError(f"--seeds must be at least 1, got {args.seeds}")
+    changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
+    config = PolicyConfig(method=args.method, **changes)
+    dataset = load_dataset(task, args.dataset)
+    train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
+    seeds = list(range(args.seeds))
+    trained = train_policies(task, config, train, seeds)
+    out = Path(args.out) / task.name / args.method
+    for index, seed in enumerate(seeds):
+        path = save_policy(out / f"seed_{seed}", task, trained, index)
+        print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint {path}")
+    if task.functional is not None:
+        rollouts = evaluate(task, trained.policy, trained.states, episode_seeds(args.eval_seed, args.episodes))
+        rates = ", ".join(f"{rate:.2f}" for rate in rollouts.success.mean(axis=1))
+        print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="expert, random, or another of the task's demonstrators; writes <policy>-v0. "
                       "Default: the task's standard datasets (expert-v0; hopper also medium-v0)")
     data.set_defaults(run=_data)
+
+    train = commands.add_parser("train", help="train a policy on a task's expert dataset, one checkpoint per seed")
+    train.add_argument("--task", required=True)
+    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc"))
+    train.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, trained together (vmapped)")
+    train.add_argument("--steps", type=int, default=None, help="gradient steps (default: the method's config)")
+    train.add_argument("--network", choices=("mlp", "unet"), default=None)
+    train.add_argument("--dataset", default="expert-v0")
+    train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
+    train.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation episodes")
+    train.add_argument("--out", default="runs")
+    train.set_defaults(run=_train)
     return parser
 
 

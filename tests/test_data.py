@@ -126,7 +126,7 @@ def test_window_sampler_is_seeded_and_normalizes(fork_dataset):
     a = sample_windows(data, jax.random.key(0), 64, 2, 16, obs_norm, act_norm)
     b = sample_windows(data, jax.random.key(0), 64, 2, 16, obs_norm, act_norm)
     c = sample_windows(data, jax.random.key(1), 64, 2, 16, obs_norm, act_norm)
-    assert a.observations.shape == (64, 2, 4) and a.actions.shape == (64, 16, 2)
+    assert a.observations.shape == (64, 2, 6) and a.actions.shape == (64, 16, 2)
     np.testing.assert_array_equal(a.actions, b.actions)
     assert not np.array_equal(a.actions, c.actions)
     assert np.all(np.abs(a.actions) <= 1 + 1e-6) and np.all(np.abs(a.observations) <= 1 + 1e-6)
@@ -174,7 +174,7 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path, monkeypatch
         load_dataset(get_task("fork"), "random-v0")
 
 
-def _write_raw(name, episodes, obs_dim=4, task="fork"):
+def _write_raw(name, episodes, obs_dim=6, task="fork"):
     """A Minari dataset written without physgen's checks, as a corrupt or foreign file would be."""
     import gymnasium as gym
     from minari.data_collector import EpisodeBuffer
@@ -189,7 +189,7 @@ def _write_raw(name, episodes, obs_dim=4, task="fork"):
 
 
 def test_nan_in_a_dataset_names_the_episode_and_field(minari_root):
-    good = np.zeros((4, 4), np.float32)
+    good = np.zeros((4, 6), np.float32)
     bad = good.copy()
     bad[2, 1] = np.nan
     _write_raw("nan-v0", [good, bad])
@@ -199,7 +199,7 @@ def test_nan_in_a_dataset_names_the_episode_and_field(minari_root):
 
 def test_wrong_shapes_and_foreign_datasets_are_refused(minari_root):
     _write_raw("narrow-v0", [np.zeros((4, 3), np.float32)], obs_dim=3)
-    with pytest.raises(PhysgenError, match="episode 0: observations have shape \\(4, 3\\).*expects \\(4, 4\\)"):
+    with pytest.raises(PhysgenError, match="episode 0: observations have shape \\(4, 3\\).*expects \\(4, 6\\)"):
         load_dataset(get_task("fork"), "narrow-v0")
     generate_dataset(get_task("maze"), episodes=2, seed=0, name="other-v0")
     os.rename(minari_root / "physgen/maze/other-v0", minari_root / "physgen/fork/other-v0")

@@ -31,9 +31,11 @@ def test_reset_and_step_are_pure_functions_of_key_and_state(name):
 
 
 def test_fork_step_moves_at_commanded_velocity_and_flags_collision_and_goal():
-    state = fork.ForkState(jnp.array([1.0, -1.0]), jnp.array([0.0, 1.0]), jnp.float32(1), jnp.int32(0), jnp.bool_(False))
+    state = fork.ForkState(jnp.array([1.0, -1.0]), jnp.zeros(2), jnp.array([0.0, 1.0]), jnp.float32(1), jnp.int32(0),
+                           jnp.bool_(False))
     out = fork.step(state, jnp.array([1.0, 0.5]))
     np.testing.assert_allclose(out.state.pos, [1.0 + fork.DT * fork.MAX_SPEED, -1.0 + 0.5 * fork.DT * fork.MAX_SPEED], rtol=1e-6)
+    np.testing.assert_allclose(out.obs, [*out.state.pos, 1.0, 0.5, 0.0, 1.0])
     assert not out.terminated and not out.events["collision"]
     # One step into the obstacle: collision, reward = progress - 1, episode over and frozen afterwards.
     near = state._replace(pos=jnp.array([0.0, -fork.OBSTACLE_RADIUS - 0.01]))

@@ -49,8 +49,8 @@ def test_checkpoint_round_trip_gives_identical_actions(trained, tmp_path):
         path = save_policy(tmp_path / method, task, result, 0)
         loaded = PolicyRunner.from_checkpoint(path, task="fork")
         in_memory = PolicyRunner(result.policy, result.state_of(0))
-        obs = np.array([[0.1, -1.0, 0.0, 1.0], [0.1, -0.96, 0.0, 1.0]], np.float32)
-        np.testing.assert_array_equal(loaded.act(obs, jax.random.key(5)), in_memory.act(obs, jax.random.key(5)))
+        obs = np.array([[0.1, -1.0, 0, 0, 0.0, 1.0], [0.1, -0.96, 0, 1, 0.0, 1.0]], np.float32)
+        np.testing.assert_array_equal(loaded.act(obs, 5), in_memory.act(obs, 5))
         _, _, meta = load_policy(path)
         assert meta["config"]["method"] == method and meta["seed"] == 0
 
@@ -59,26 +59,26 @@ def test_sampler_compiles_once_and_actions_stay_in_bounds(trained):
     runner = PolicyRunner(trained["flow"].policy, trained["flow"].state_of(0))
     rng = np.random.default_rng(0)
     for i in range(5):
-        chunk = runner.act(rng.normal(size=(2, 4)).astype(np.float32) * 3, jax.random.key(i))
+        chunk = runner.act(rng.normal(size=(2, 6)).astype(np.float32) * 3, i)
         assert chunk.shape == (16, 2) and np.all(np.abs(chunk) <= 1.0)
     assert runner._act._cache_size() == 1
 
 
 def test_diffusion_steps_are_chosen_at_sampling_time(trained):
     result = trained["diffusion"]
-    obs = np.zeros((2, 4), np.float32)
+    obs = np.zeros((2, 6), np.float32)
     for steps in (1, 5, 100):
-        assert PolicyRunner(result.policy, result.state_of(0), steps=steps).act(obs, jax.random.key(0)).shape == (16, 2)
+        assert PolicyRunner(result.policy, result.state_of(0), steps=steps).act(obs, 0).shape == (16, 2)
     with pytest.raises(ValueError, match="between 1 and the 100 training steps"):
         PolicyRunner(result.policy, result.state_of(0), steps=101)
 
 
 def test_bad_observations_and_foreign_checkpoints_are_refused(trained, tmp_path):
     runner = PolicyRunner(trained["bc"].policy, trained["bc"].state_of(0))
-    with pytest.raises(PhysgenError, match="shape \\(3, 4\\), the policy expects \\(2, 4\\)"):
-        runner.act(np.zeros((3, 4)), jax.random.key(0))
+    with pytest.raises(PhysgenError, match="shape \\(3, 6\\), the policy expects \\(2, 6\\)"):
+        runner.act(np.zeros((3, 6)), 0)
     with pytest.raises(PhysgenError, match="NaN or Inf"):
-        runner.act(np.full((2, 4), np.nan), jax.random.key(0))
+        runner.act(np.full((2, 6), np.nan), 0)
     path = save_policy(tmp_path / "bc", get_task("fork"), trained["bc"], 0)
     with pytest.raises(PhysgenError, match="trained on task 'fork', not 'maze'"):
         PolicyRunner.from_checkpoint(path, task="maze")

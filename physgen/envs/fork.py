@@ -1,6 +1,7 @@
 """`fork`: a 2-D point mass that must pass a round obstacle, left or right, to reach a goal.
 
 Velocity control at 50 Hz: the action in [-1, 1]^2 is the commanded velocity as a fraction of `MAX_SPEED`.
+The observation is (position, velocity as a fraction of `MAX_SPEED`, goal): 6 numbers.
 The expert picks a side with probability 1/2 at reset, so the demonstrations are bimodal: the mean of the two
 modes points straight at the obstacle, which is where a mean-squared-error regressor ends up.
 """
@@ -30,6 +31,7 @@ EVENTS = ("collision", "goal_reached")
 
 class ForkState(NamedTuple):
     pos: jax.Array  # (2,)
+    vel: jax.Array  # (2,) the last commanded velocity, as a fraction of MAX_SPEED
     goal: jax.Array  # (2,)
     side: jax.Array  # -1 or +1: the expert's mode for this episode
     t: jax.Array
@@ -37,7 +39,7 @@ class ForkState(NamedTuple):
 
 
 def _obs(state: ForkState) -> jax.Array:
-    return jnp.concatenate([state.pos, state.goal]).astype(jnp.float32)
+    return jnp.concatenate([state.pos, state.vel, state.goal]).astype(jnp.float32)
 
 
 def reset(key: jax.Array) -> tuple[ForkState, jax.Array]:
@@ -45,13 +47,14 @@ def reset(key: jax.Array) -> tuple[ForkState, jax.Array]:
     start = jnp.array([jax.random.uniform(k_start, minval=-SPREAD, maxval=SPREAD), START_Y])
     goal = jnp.array([jax.random.uniform(k_goal, minval=-SPREAD, maxval=SPREAD), GOAL_Y])
     side = jnp.where(jax.random.bernoulli(k_side), 1.0, -1.0)
-    state = ForkState(start.astype(jnp.float32), goal.astype(jnp.float32), side, jnp.int32(0), jnp.bool_(False))
+    state = ForkState(start.astype(jnp.float32), jnp.zeros(2, jnp.float32), goal.astype(jnp.float32), side,
+                      jnp.int32(0), jnp.bool_(False))
     return state, _obs(state)
 
 
 def step(state: ForkState, action: jax.Array) -> TimeStep:
-    velocity = MAX_SPEED * jnp.clip(action, -1.0, 1.0)
-    pos = jnp.clip(state.pos + DT * velocity, -ARENA, ARENA)
+    command = jnp.clip(action, -1.0, 1.0)
+    pos = jnp.clip(state.pos + DT * MAX_SPEED * command, -ARENA, ARENA)
     collision = jnp.linalg.norm(pos) < OBSTACLE_RADIUS
     goal_reached = (jnp.linalg.norm(pos - state.goal) < GOAL_RADIUS) & ~collision
     progress = jnp.linalg.norm(state.pos - state.goal) - jnp.linalg.norm(pos - state.goal)
@@ -62,6 +65,7 @@ def step(state: ForkState, action: jax.Array) -> TimeStep:
     live = ~state.done
     new = ForkState(
         pos=jnp.where(live, pos, state.pos),
+        vel=jnp.where(live, command, state.vel),
         goal=state.goal,
         side=state.side,
         t=jnp.where(live, t, state.t),
@@ -102,7 +106,7 @@ def _make_env(render_mode: str | None = None):
 TASK = Task(
     name="fork",
     summary="2-D point mass passing a round obstacle to reach a goal; bimodal expert (left or right).",
-    observation_space=box(-ARENA, ARENA, 4),
+    observation_space=box(-ARENA, ARENA, 6),
     action_space=box(-1.0, 1.0, 2),
     control_hz=1.0 / DT,
     horizon=HORIZON,

@@ -46,24 +46,27 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Policy, Poli
 
 
 class PolicyRunner:
-    """`act(obs_history, seed) -> action chunk` with numpy in and out, compiled once at construction."""
+    """`act(obs_history, seed) -> action chunk` with numpy in and out, compiled once at construction.
+
+    `seed` (an int) seeds the sampler's noise for this call, inside the compiled program.
+    """
 
     def __init__(self, policy: Policy, state: PolicyState, steps: int | None = None):
         self.policy, self.state, self.steps = policy, state, steps
         self.obs_shape = (policy.config.obs_steps, policy.obs_dim)
-        self._act = jax.jit(lambda st, obs, key: act(policy, st, obs[None], key, steps)[0])
-        self._act(state, np.zeros(self.obs_shape, np.float32), jax.random.key(0)).block_until_ready()  # compile
+        self._act = jax.jit(lambda st, obs, seed: act(policy, st, obs[None], jax.random.key(seed), steps)[0])
+        self._act(state, np.zeros(self.obs_shape, np.float32), 0).block_until_ready()  # compile
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, task: str | None = None, steps: int | None = None) -> "PolicyRunner":
         policy, state, _ = load_policy(path, task)
         return cls(policy, state, steps)
 
-    def act(self, obs_history: np.ndarray, key: jax.Array) -> np.ndarray:
+    def act(self, obs_history: np.ndarray, seed: int) -> np.ndarray:
         obs = np.asarray(obs_history, np.float32)
         if obs.shape != self.obs_shape:
             raise PhysgenError(f"observation history has shape {obs.shape}, the policy expects {self.obs_shape} "
                                "(obs_steps x obs_dim)")
         if not np.all(np.isfinite(obs)):
             raise PhysgenError("observation history holds NaN or Inf; check the sensor or state estimator")
-        return np.asarray(self._act(self.state, obs, key))
+        return np.asarray(self._act(self.state, obs, seed))
