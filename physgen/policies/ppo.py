@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -195,6 +196,7 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
     episode_returns = np.zeros(len(seeds) * n)
     curve = []
     next_checkpoint = config.checkpoint_every
+    start = time.perf_counter()
     with _progress_bar(progress, config.num_updates * config.steps_per_update, len(seeds)) as advance:
         for index in range(config.num_updates):
             finished = [[] for _ in seeds]
@@ -202,7 +204,7 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
                                                       episode_returns, finished)
             learners, metrics = update_all(learners, rollout)
             env_steps = (index + 1) * config.steps_per_update
-            curve.append({"env_steps": env_steps,
+            curve.append({"env_steps": env_steps, "wall_s": time.perf_counter() - start,
                           "mean_return": [float(np.mean(f)) if f else None for f in finished]})
             advance(config.steps_per_update, curve[-1]["mean_return"])
             if out_dir is not None and config.checkpoint_every and env_steps >= next_checkpoint:
@@ -278,12 +280,15 @@ def _seed_slice(learners: Learner, i: int) -> tuple:
             jax.tree.map(lambda x: x[i], learners.obs_stats).normalizer())
 
 
+def save_ppo(path: str | Path, task: Task, config: PPOConfig, params, normalizer: Normalizer, **meta) -> Path:
+    """Write one PPO checkpoint: parameters, observation normaliser, config and `meta` (e.g. seed, env_steps)."""
+    return save_checkpoint(path, {"params": nnx.to_pure_dict(params), "obs_normalizer": normalizer._asdict()},
+                           {"method": "ppo", "task": task.name, "config": config, **meta})
+
+
 def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], learners: Learner, env_steps: int):
     for i, seed in enumerate(seeds):
-        params, normalizer = _seed_slice(learners, i)
-        save_checkpoint(folder / f"seed_{seed}",
-                        {"params": nnx.to_pure_dict(params), "obs_normalizer": normalizer._asdict()},
-                        {"method": "ppo", "task": task.name, "config": config, "seed": seed, "env_steps": env_steps})
+        save_ppo(folder / f"seed_{seed}", task, config, *_seed_slice(learners, i), seed=seed, env_steps=env_steps)
 
 
 def _write_json(path: Path, value) -> None:
@@ -299,7 +304,7 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
 
     Returns {"seeds", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic episodes),
     "curve" (rows {"env_steps", "mean_return": per-seed mean return of the training episodes that ended in that
-    rollout}), "metrics" (last update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>`
+    rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (last update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>`
     every `checkpoint_every` env steps and `out_dir/curve.json`.
     """
     config = config.validate()
@@ -317,7 +322,7 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
         learners, curve = _train_gym(task, config, seeds, out_dir, progress)
         last_metrics = None
     eval_returns = [evaluate(task, config, *_seed_slice(learners, i), seed, config.eval_episodes)
-                    for i, seed in enumerate(seeds)]
+                    if config.eval_episodes else [] for i, seed in enumerate(seeds)]
     result = {"task": task.name, "seeds": list(seeds), "config": dataclasses.asdict(config),
               "eval_returns": eval_returns, "curve": curve, "metrics": last_metrics}
     if out_dir is not None:
