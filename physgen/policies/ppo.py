@@ -112,8 +112,8 @@ def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
     low, high = _bounds(task)
 
     def train_one(key):
-        key, reset_key = jax.random.split(key)
-        learner = _init_learner(task, config, optimizer, key)
+        learner_key, reset_key, key = jax.random.split(key, 3)
+        learner = _init_learner(task, config, optimizer, learner_key)
         env_state, obs = jax.vmap(fns.reset)(jax.random.split(reset_key, config.num_envs))
         episode_return = jnp.zeros(config.num_envs)
 
