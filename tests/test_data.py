@@ -60,8 +60,8 @@ def test_random_policy_dataset_for_a_gymnasium_task(minari_root):
     assert "ref_min_score" in dataset.metadata and "ref_max_score" not in dataset.metadata
     with pytest.raises(PhysgenError, match="no expert reference score"):
         normalized_score(dataset.metadata, [1.0])
-    with pytest.raises(PhysgenError, match="has no policy 'expert'.*its policies: random"):
-        generate_dataset(task, episodes=1)
+    with pytest.raises(PhysgenError, match="has no policy 'oracle'; its policies: random, expert, medium"):
+        generate_dataset(task, episodes=1, policy="oracle")
 
 
 def test_loaded_arrays_line_up_with_episodes(fork_dataset):
