@@ -151,7 +151,7 @@ def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
 # ---------------------------------------------------------------- Gymnasium tasks: Python steps the vector env
 
 
-def _gym_rollout(task, config, graphdef, act_all, learners, envs, raw_obs, episode_returns, finished):
+def _gym_rollout(task, config, act_all, learners, envs, raw_obs, episode_returns, finished):
     """Step `envs` (seeds x envs) for one rollout; appends finished episode returns per seed to `finished`."""
     seeds, n = len(finished), config.num_envs
     low, high = task.action_space.low, task.action_space.high
@@ -200,7 +200,7 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
     with _progress_bar(progress, config.num_updates * config.steps_per_update, len(seeds)) as advance:
         for index in range(config.num_updates):
             finished = [[] for _ in seeds]
-            learners, rollout, raw_obs = _gym_rollout(task, config, graphdef, act_all, learners, envs, raw_obs,
+            learners, rollout, raw_obs = _gym_rollout(task, config, act_all, learners, envs, raw_obs,
                                                       episode_returns, finished)
             learners, metrics = update_all(learners, rollout)
             env_steps = (index + 1) * config.steps_per_update
@@ -212,7 +212,7 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
                 _write_json(out_dir / "curve.json", curve)
                 next_checkpoint += config.checkpoint_every
     envs.close()
-    return learners, curve
+    return learners, curve, metrics
 
 
 class _progress_bar:
@@ -302,10 +302,11 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
               progress: bool = True) -> dict:
     """Train one policy per seed, all together; with `out_dir`, write `out_dir/seed_<s>` checkpoints.
 
-    Returns {"seeds", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic episodes),
-    "curve" (rows {"env_steps", "mean_return": per-seed mean return of the training episodes that ended in that
-    rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (last update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>`
-    every `checkpoint_every` env steps and `out_dir/curve.json`.
+    Returns {"task", "seeds", "config", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic
+    episodes), "curve" (rows {"env_steps", "mean_return": per-seed mean return of the training episodes that ended
+    in that rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (the last
+    update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>` every `checkpoint_every`
+    env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict.
     """
     config = config.validate()
     if not seeds or len(set(seeds)) != len(seeds):
@@ -317,14 +318,14 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
         curve = [{"env_steps": (u + 1) * config.steps_per_update,
                   "mean_return": [None if np.isnan(v) else float(v) for v in curve_array[:, u]]}
                  for u in range(config.num_updates)]
-        last_metrics = jax.tree.map(lambda x: np.asarray(x[:, -1]).tolist(), metrics)
+        metrics = jax.tree.map(lambda x: x[:, -1], metrics)
     else:
-        learners, curve = _train_gym(task, config, seeds, out_dir, progress)
-        last_metrics = None
+        learners, curve, metrics = _train_gym(task, config, seeds, out_dir, progress)
     eval_returns = [evaluate(task, config, *_seed_slice(learners, i), seed, config.eval_episodes)
                     if config.eval_episodes else [] for i, seed in enumerate(seeds)]
     result = {"task": task.name, "seeds": list(seeds), "config": dataclasses.asdict(config),
-              "eval_returns": eval_returns, "curve": curve, "metrics": last_metrics}
+              "eval_returns": eval_returns, "curve": curve,
+              "metrics": jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)}
     if out_dir is not None:
         _save_all(out_dir, task, config, seeds, learners, config.num_updates * config.steps_per_update)
         _write_json(out_dir / "result.json", result)
