@@ -20,7 +20,8 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["data", "--task", "nope"], "unknown task 'nope'"),
     (["data", "--task", "fork", "--episodes", "0"], "--episodes must be at least 1"),
-    (["data", "--task", "hopper"], "task 'hopper' has no policy 'expert' (PPO expert"),
+    (["data", "--task", "hopper", "--policy", "oracle"],
+     "task 'hopper' has no policy 'oracle'; its policies: random, expert, medium"),
     (["data", "--task", "fork", "--policy", "oracle"], "task 'fork' has no policy 'oracle'; its policies: random, expert"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):

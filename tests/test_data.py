@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -52,7 +53,7 @@ def test_generation_is_seeded(minari_root):
 
 
 def test_random_policy_dataset_for_a_gymnasium_task(minari_root):
-    task = get_task("hopper")
+    task = dataclasses.replace(get_task("hopper"), demonstrators={})  # a Gymnasium task without an expert
     path = generate_dataset(task, episodes=2, seed=0, policy="random")
     dataset = load_dataset(task, path.name)
     assert dataset.trajectories.num_episodes == 2

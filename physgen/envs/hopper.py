@@ -7,6 +7,8 @@ at least 80% of the expert dataset's mean return. Frames come from MuJoCo's offs
 
 from __future__ import annotations
 
+from importlib import resources
+
 import gymnasium as gym
 import numpy as np
 
@@ -30,6 +32,20 @@ class FallEvents(gym.Wrapper):
         return obs, reward, terminated, truncated, {**info, "events": {"fall": bool(terminated)}}
 
 
+def shipped_expert(level: str):
+    """Factory of the PPO checkpoint shipped in `physgen/experts/hopper/<level>` as an observation -> action callable.
+
+    The import is deferred: tasks sit below policies in physgen's layering, and loading needs the PPO module.
+    """
+
+    def load():
+        from physgen.policies.ppo import load_ppo_policy
+
+        return load_ppo_policy(resources.files("physgen") / "experts" / "hopper" / level)
+
+    return load
+
+
 def make_env(render_mode: str | None = None) -> gym.Env:
     return FallEvents(gym.make(GYM_ID, render_mode=render_mode))
 
@@ -51,10 +67,12 @@ TASK = Task(
     horizon=HORIZON,
     success_rule="no fall for all 1000 steps and return >= 80% of the expert dataset's mean return",
     events=("fall",),
-    demonstrations="PPO expert checkpoint shipped with physgen (not trained yet: until then use any policy)",
+    demonstrations="PPO checkpoints shipped with physgen (physgen/experts/hopper): expert, and medium (an earlier "
+                   "checkpoint of the same run at about half the expert's return); deterministic mean actions",
     gym_id=GYM_ID,
     make_env=make_env,
     success=success,
+    demonstrators={"expert": shipped_expert("expert"), "medium": shipped_expert("medium")},
     datasets=("expert", "medium"),
     dataset_episodes=100,
 )

@@ -1,0 +1,371 @@
+"""PPO baseline for continuous actions: several seeds trained together in one process.
+
+The policy and the update are vmapped over seeds; the environments are seeds x envs. A pure-JAX task trains as one
+jitted program (rollouts and updates in `lax.scan`, purejaxrl style); a Gymnasium task steps a
+`SyncVectorEnv` from Python and jits everything else. Defaults are CleanRL's well-tested MuJoCo settings.
+
+    result = train_ppo(get_task("hopper"), PPOConfig(), seeds=[0, 1, 2, 3, 4], out_dir="runs/ppo-hopper")
+    policy = load_ppo_policy("runs/ppo-hopper/seed_0")   # numpy observation -> numpy action
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from physgen.data import Normalizer
+from physgen.envs import Task, get_task
+from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
+from physgen.errors import PhysgenError
+from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
+from physgen.policies.ppo_core import (ActorCritic, Learner, RunningStats, Transition, act, make_optimizer,
+                                       normalize_obs, update)
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes of seed s use episode_seeds(s + offset, n): unseen in training
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters; `total_steps`, `num_envs` and `rollout_steps` count per seed."""
+
+    total_steps: int = 1_000_000
+    num_envs: int = 1
+    rollout_steps: int = 2048
+    epochs: int = 10
+    minibatches: int = 32
+    lr: float = 3e-4
+    anneal_lr: bool = True
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    clip_value_loss: bool = True
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 0.5
+    hidden: tuple[int, ...] = (64, 64)
+    normalize_obs: bool = True
+    normalize_reward: bool = True
+    obs_clip: float = 10.0
+    reward_clip: float = 10.0
+    eval_episodes: int = 10
+    checkpoint_every: int = 100_000
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.rollout_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.steps_per_update
+
+    def validate(self) -> "PPOConfig":
+        if self.num_updates < 1:
+            raise PhysgenError(f"total_steps {self.total_steps} is below one rollout ({self.steps_per_update} steps = "
+                               "num_envs x rollout_steps); raise --steps")
+        if self.steps_per_update % self.minibatches:
+            raise PhysgenError(f"num_envs x rollout_steps ({self.steps_per_update}) must divide into "
+                               f"{self.minibatches} minibatches; change minibatches or rollout_steps")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PPOConfig":
+        return cls(**{**values, "hidden": tuple(values["hidden"])})
+
+
+def _network(task: Task, config: PPOConfig, key) -> ActorCritic:
+    return ActorCritic(task.obs_dim, task.act_dim, tuple(config.hidden), nnx.Rngs(key))
+
+
+def _graphdef(task: Task, config: PPOConfig):
+    return nnx.split(nnx.eval_shape(lambda: _network(task, config, 0)))[0]
+
+
+def _init_learner(task: Task, config: PPOConfig, optimizer, key) -> Learner:
+    init_key, key = jax.random.split(key)
+    params = nnx.split(_network(task, config, init_key))[1]
+    return Learner(params, optimizer.init(params), RunningStats.create((task.obs_dim,)), RunningStats.create(),
+                   jnp.zeros(config.num_envs), key)
+
+
+def _bounds(task: Task):
+    return jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
+
+
+# ---------------------------------------------------------------- pure-JAX tasks: the whole run is one program
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
+    """Train one learner per key; returns (learners, per-update mean finished-episode return, metrics)."""
+    fns, graphdef = task.functional, _graphdef(task, config)
+    optimizer = make_optimizer(config, config.num_updates)
+    low, high = _bounds(task)
+
+    def train_one(key):
+        learner_key, reset_key, key = jax.random.split(key, 3)
+        learner = _init_learner(task, config, optimizer, learner_key)
+        env_state, obs = jax.vmap(fns.reset)(jax.random.split(reset_key, config.num_envs))
+        episode_return = jnp.zeros(config.num_envs)
+
+        def env_step(carry, step_key):
+            learner, env_state, raw_obs, episode_return = carry
+            obs_stats, key, obs, action, log_prob, value = act(graphdef, learner.params, learner.obs_stats,
+                                                               learner.key, raw_obs, config)
+            learner = learner._replace(obs_stats=obs_stats, key=key)
+            out = jax.vmap(fns.step)(env_state, jnp.clip(action, low, high))
+            done = out.terminated | out.truncated
+            fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(step_key, config.num_envs))
+            env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
+                                     fresh_state, out.state)
+            episode_return = episode_return + out.reward
+            finished = (jnp.where(done, episode_return, 0.0).sum(), done.sum())
+            carry = (learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
+                     jnp.where(done, 0.0, episode_return))
+            return carry, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs),
+                           finished)
+
+        def one_update(carry, update_key):
+            carry, (rollout, (return_sum, count)) = jax.lax.scan(
+                env_step, carry, jax.random.split(update_key, config.rollout_steps))
+            learner, metrics = update(graphdef, optimizer, carry[0], rollout, config)
+            mean_return = jnp.where(count.sum() > 0, return_sum.sum() / jnp.maximum(count.sum(), 1), jnp.nan)
+            return (learner, *carry[1:]), (mean_return, metrics)
+
+        carry, (curve, metrics) = jax.lax.scan(one_update, (learner, env_state, obs, episode_return),
+                                               jax.random.split(key, config.num_updates))
+        return carry[0], curve, metrics
+
+    return jax.vmap(train_one)(keys)
+
+
+# ---------------------------------------------------------------- Gymnasium tasks: Python steps the vector env
+
+
+def _gym_rollout(task, config, act_all, learners, envs, raw_obs, episode_returns, finished):
+    """Step `envs` (seeds x envs) for one rollout; appends finished episode returns per seed to `finished`."""
+    seeds, n = len(finished), config.num_envs
+    low, high = task.action_space.low, task.action_space.high
+    obs_stats, key = learners.obs_stats, learners.key
+    steps = []
+    for _ in range(config.rollout_steps):
+        obs_stats, key, *sampled = act_all(learners.params, obs_stats, key, raw_obs)
+        obs, action, log_prob, value = jax.device_get(sampled)  # (seeds, envs, ...)
+        next_obs, reward, terminated, truncated, info = envs.step(np.clip(action.reshape(seeds * n, -1), low, high))
+        done = terminated | truncated
+        final_obs = next_obs.copy()
+        if done.any():
+            final_obs[done] = np.stack(info["final_obs"][done])
+        episode_returns += reward
+        for i in np.flatnonzero(done):
+            finished[i // n].append(float(episode_returns[i]))
+        episode_returns[done] = 0.0
+        per_seed = (x.reshape(seeds, n, *x.shape[1:]) for x in (reward, terminated, done, final_obs))
+        steps.append((obs, action, log_prob, value, *per_seed))
+        raw_obs = next_obs.reshape(seeds, n, -1).astype(np.float32)
+    learners = learners._replace(obs_stats=obs_stats, key=key)
+    # (seeds, T, envs, ...): time-major per seed
+    columns = [jnp.asarray(np.stack(column, axis=1)) for column in zip(*steps)]
+    rollout = Transition(*columns[:4], columns[4].astype(jnp.float32), *columns[5:7],
+                         columns[7].astype(jnp.float32))
+    return learners, rollout, raw_obs
+
+
+def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | None, progress: bool):
+    graphdef = _graphdef(task, config)
+    optimizer = make_optimizer(config, config.num_updates)
+    learners = jax.jit(jax.vmap(partial(_init_learner, task, config, optimizer)))(
+        jnp.stack([jax.random.key(s) for s in seeds]))
+    act_all = jax.jit(jax.vmap(partial(act, graphdef, config=config)))
+    update_all = jax.jit(jax.vmap(partial(update, graphdef, optimizer, config=config)))
+
+    n = config.num_envs
+    envs = gym.vector.SyncVectorEnv([task.make_env] * (len(seeds) * n),
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    reset_seeds = [int(x) for s in seeds for x in episode_seeds(s, n)]
+    raw_obs = envs.reset(seed=reset_seeds)[0].reshape(len(seeds), n, -1).astype(np.float32)
+    episode_returns = np.zeros(len(seeds) * n)
+    curve = []
+    next_checkpoint = config.checkpoint_every
+    start = time.perf_counter()
+    with _progress_bar(progress, config.num_updates * config.steps_per_update, len(seeds)) as advance:
+        for index in range(config.num_updates):
+            finished = [[] for _ in seeds]
+            learners, rollout, raw_obs = _gym_rollout(task, config, act_all, learners, envs, raw_obs,
+                                                      episode_returns, finished)
+            learners, metrics = update_all(learners, rollout)
+            env_steps = (index + 1) * config.steps_per_update
+            curve.append({"env_steps": env_steps, "wall_s": time.perf_counter() - start,
+                          "mean_return": [float(np.mean(f)) if f else None for f in finished]})
+            advance(config.steps_per_update, curve[-1]["mean_return"])
+            if out_dir is not None and config.checkpoint_every and env_steps >= next_checkpoint:
+                _save_all(out_dir / "steps" / str(env_steps), task, config, seeds, learners, env_steps)
+                _write_json(out_dir / "curve.json", curve)
+                next_checkpoint += config.checkpoint_every
+    envs.close()
+    return learners, curve, metrics
+
+
+class _progress_bar:
+    """A rich progress bar over env steps (per seed) showing the latest mean episode return; silent when off."""
+
+    def __init__(self, enabled: bool, total: int, seeds: int):
+        self.enabled, self.total, self.seeds = enabled, total, seeds
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda steps, returns: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("PPO {task.fields[seeds]} seed(s)"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("return {task.fields[ret]}"), TimeRemainingColumn())
+        self.bar.__enter__()
+        job = self.bar.add_task("ppo", total=self.total, seeds=self.seeds, ret="-")
+
+        def advance(steps, returns):
+            values = [r for r in returns if r is not None]
+            self.bar.update(job, advance=steps, ret=f"{np.mean(values):.1f}" if values else "-")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+# ---------------------------------------------------------------- policies, evaluation, checkpoints
+
+
+def _deterministic_actions(graphdef, params, normalizer: Normalizer, obs, obs_clip, low, high):
+    mean = nnx.merge(graphdef, params)(normalize_obs(normalizer, obs, obs_clip))[0]
+    return jnp.clip(mean, low, high)
+
+
+@partial(jax.jit, static_argnums=(0,))
+def _jit_actions(graphdef, params, normalizer, obs, obs_clip, low, high):
+    return _deterministic_actions(graphdef, params, normalizer, obs, obs_clip, low, high)
+
+
+def deterministic_policy(task: Task, config: PPOConfig, params, normalizer: Normalizer) -> Callable:
+    """numpy observation -> numpy action: the Gaussian mean, clipped to the action bounds (jitted)."""
+    graphdef, (low, high) = _graphdef(task, config), _bounds(task)
+    return lambda obs: np.asarray(_jit_actions(graphdef, params, normalizer, jnp.asarray(obs, jnp.float32),
+                                               config.obs_clip, low, high))
+
+
+def evaluate(task: Task, config: PPOConfig, params, normalizer: Normalizer, seed: int, episodes: int) -> list[float]:
+    """Returns of the deterministic policy on `episodes` seeded episodes (`episode_seeds(seed + offset, n)`)."""
+    eval_seed = seed + EVAL_SEED_OFFSET
+    if task.functional is not None:
+        graphdef, (low, high) = _graphdef(task, config), _bounds(task)
+        policy = lambda state, obs, key: _deterministic_actions(graphdef, params, normalizer, obs, config.obs_clip,
+                                                                 low, high)
+        result = rollout_jax(task, policy, eval_seed, episodes)
+    else:
+        result = rollout_gym(task, deterministic_policy(task, config, params, normalizer), eval_seed, episodes)
+    return [e.episode_return for e in result]
+
+
+def _seed_slice(learners: Learner, i: int) -> tuple:
+    return (jax.tree.map(lambda x: x[i], learners.params),
+            jax.tree.map(lambda x: x[i], learners.obs_stats).normalizer())
+
+
+def save_ppo(path: str | Path, task: Task, config: PPOConfig, params, normalizer: Normalizer, **meta) -> Path:
+    """Write one PPO checkpoint: parameters, observation normaliser, config and `meta` (e.g. seed, env_steps)."""
+    return save_checkpoint(path, {"params": nnx.to_pure_dict(params), "obs_normalizer": normalizer._asdict()},
+                           {"method": "ppo", "task": task.name, "config": config, **meta})
+
+
+def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], learners: Learner, env_steps: int):
+    for i, seed in enumerate(seeds):
+        save_ppo(folder / f"seed_{seed}", task, config, *_seed_slice(learners, i), seed=seed, env_steps=env_steps)
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Path | None = None,
+              progress: bool = True) -> dict:
+    """Train one policy per seed, all together; with `out_dir`, write `out_dir/seed_<s>` checkpoints.
+
+    Returns {"task", "seeds", "config", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic
+    episodes), "curve" (rows {"env_steps", "mean_return": per-seed mean return of the training episodes that ended
+    in that rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (the last
+    update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>` every `checkpoint_every`
+    env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict.
+    """
+    config = config.validate()
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise PhysgenError(f"seeds must be distinct and at least one, got {seeds}")
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if task.functional is not None:
+        learners, curve_array, metrics = _train_functional(task, config, jnp.stack([jax.random.key(s) for s in seeds]))
+        curve_array = np.asarray(curve_array)
+        curve = [{"env_steps": (u + 1) * config.steps_per_update,
+                  "mean_return": [None if np.isnan(v) else float(v) for v in curve_array[:, u]]}
+                 for u in range(config.num_updates)]
+        metrics = jax.tree.map(lambda x: x[:, -1], metrics)
+    else:
+        learners, curve, metrics = _train_gym(task, config, seeds, out_dir, progress)
+    eval_returns = [evaluate(task, config, *_seed_slice(learners, i), seed, config.eval_episodes)
+                    if config.eval_episodes else [] for i, seed in enumerate(seeds)]
+    result = {"task": task.name, "seeds": list(seeds), "config": dataclasses.asdict(config),
+              "eval_returns": eval_returns, "curve": curve,
+              "metrics": jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)}
+    if out_dir is not None:
+        _save_all(out_dir, task, config, seeds, learners, config.num_updates * config.steps_per_update)
+        _write_json(out_dir / "result.json", result)
+    return result
+
+
+def load_ppo(path: str | Path, task: str | None = None) -> tuple[Task, PPOConfig, nnx.State, Normalizer, dict]:
+    """(task, config, params, observation normaliser, meta) of a PPO checkpoint."""
+    arrays, meta = load_checkpoint(path, task)
+    if meta["method"] != "ppo":
+        raise PhysgenError(f"{path} is a {meta['method']!r} checkpoint, not a PPO one; load it with its own method")
+    task_obj, config = get_task(meta["task"]), PPOConfig.from_dict(meta["config"])
+    params = nnx.split(nnx.eval_shape(lambda: _network(task_obj, config, 0)))[1]
+    nnx.replace_by_pure_dict(params, _int_keys(arrays["params"]))
+    params = jax.tree.map(jnp.asarray, params)
+    normalizer = Normalizer(**{k: jnp.asarray(v) for k, v in arrays["obs_normalizer"].items()})
+    return task_obj, config, params, normalizer, meta
+
+
+def _int_keys(tree):
+    """Orbax writes integer dict keys (layer indices) as strings; turn them back."""
+    if not isinstance(tree, dict):
+        return tree
+    return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
+
+
+def load_ppo_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The deterministic policy of a PPO checkpoint: numpy observation -> numpy action (mean, clipped; jitted)."""
+    task, config, params, normalizer, _ = load_ppo(path)
+    return deterministic_policy(task, config, params, normalizer)
+
+
+def train_from_cli(task_name: str, seeds: list[int], steps: int | None, out: str) -> str:
+    """`physgen train --method ppo`: train `seeds` together, write checkpoints under `out`, summarise in text."""
+    task = get_task(task_name)
+    config = PPOConfig() if steps is None else PPOConfig(total_steps=steps)
+    result = train_ppo(task, config, seeds, out_dir=out)
+    means = [float(np.mean(r)) for r in result["eval_returns"]]
+    lines = [f"PPO on {task.name}: {config.num_updates * config.steps_per_update:,} env steps per seed, "
+             f"checkpoints in {out}/seed_<s>"]
+    lines += [f"  seed {s}: mean return {m:.1f} over {config.eval_episodes} deterministic episodes"
+              for s, m in zip(seeds, means)]
+    return "\n".join(lines)
