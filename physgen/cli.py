@@ -46,6 +46,11 @@ def _train(args: argparse.Namespace) -> None:
     task = get_task(args.task)
     if args.seeds < 1:
         raise PhysgenError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.method == "ppo":
+        from physgen.policies.ppo import train_from_cli
+
+        print(train_from_cli(task.name, list(range(args.seeds)), args.steps, str(Path(args.out) / task.name / "ppo")))
+        return
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
     config = PolicyConfig(method=args.method, **changes)
     dataset = load_dataset(task, args.dataset)
@@ -77,11 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "Default: the task's standard datasets (expert-v0; hopper also medium-v0)")
     data.set_defaults(run=_data)
 
-    train = commands.add_parser("train", help="train a policy on a task's expert dataset, one checkpoint per seed")
+    train = commands.add_parser("train", help="train a policy (offline methods: on the task's expert dataset; ppo: "
+                                "online), one checkpoint per seed")
     train.add_argument("--task", required=True)
-    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc"))
+    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc", "ppo"))
     train.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, trained together (vmapped)")
-    train.add_argument("--steps", type=int, default=None, help="gradient steps (default: the method's config)")
+    train.add_argument("--steps", type=int, default=None,
+                       help="gradient steps, or environment steps per seed for ppo (default: the method's config)")
     train.add_argument("--network", choices=("mlp", "unet"), default=None)
     train.add_argument("--dataset", default="expert-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
