@@ -21,7 +21,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs import get_task

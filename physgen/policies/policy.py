@@ -11,7 +11,6 @@ by mean squared error: the non-generative ablation of the same model.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -82,9 +81,6 @@ class PolicyConfig:
         if self.network == "unet" and self.action_steps % 2 ** (len(self.unet_dims) - 1):
             raise PhysgenError(f"the U-Net halves the chunk {len(self.unet_dims) - 1} times: action_steps "
                                f"{self.action_steps} must be divisible by {2 ** (len(self.unet_dims) - 1)}")
-
-    def replace(self, **changes) -> "PolicyConfig":
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PolicyConfig":
