@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -5,6 +7,8 @@ import pytest
 from physgen import PhysgenError
 from physgen.data import load_dataset
 from physgen.envs import get_task
+from physgen.envs.rollout import episode_seeds
+from physgen.policies.evaluate import evaluate
 from physgen.policies.policy import PolicyConfig
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import train_policies
@@ -82,6 +86,19 @@ def test_bad_observations_and_foreign_checkpoints_are_refused(trained, tmp_path)
     path = save_policy(tmp_path / "bc", get_task("fork"), trained["bc"], 0)
     with pytest.raises(PhysgenError, match="trained on task 'fork', not 'maze'"):
         PolicyRunner.from_checkpoint(path, task="maze")
+
+
+def test_gymnasium_evaluation_matches_the_compiled_one(trained):
+    """The same protocol stepped through `physgen/Fork-v0` gives the episodes of the all-JAX evaluation."""
+    task, result = get_task("fork"), trained["flow"]
+    seeds = episode_seeds(10_000, 4)
+    compiled = evaluate(task, result.policy, result.states, seeds)
+    stepped = evaluate(dataclasses.replace(task, functional=None), result.policy, result.states, seeds)
+    np.testing.assert_array_equal(stepped.lengths, compiled.lengths)
+    np.testing.assert_allclose(stepped.returns, compiled.returns, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(stepped.success, compiled.success)
+    for name in task.events:
+        np.testing.assert_array_equal(stepped.events[name], compiled.events[name])
 
 
 def test_bad_configs_are_refused():
