@@ -44,8 +44,9 @@ def _train(args: argparse.Namespace) -> None:
     from physgen.policies.train import train_policies
 
     task = get_task(args.task)
-    if args.seeds < 1:
-        raise PhysgenError(f"--seeds must be at least 1, got {args.seeds}")
+    for name in ("seeds", "episodes"):
+        if getattr(args, name) < 1:
+            raise PhysgenError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.method == "ppo":
         from physgen.policies.ppo import train_from_cli
 

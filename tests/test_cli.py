@@ -20,6 +20,9 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["data", "--task", "nope"], "unknown task 'nope'"),
     (["data", "--task", "fork", "--episodes", "0"], "--episodes must be at least 1"),
+    (["train", "--task", "fork", "--method", "bc", "--seeds", "0"], "--seeds must be at least 1"),
+    (["train", "--task", "fork", "--method", "bc", "--episodes", "0"], "--episodes must be at least 1"),
+    (["train", "--task", "fork", "--method", "bc", "--steps", "0"], "steps must be at least 1"),
     (["data", "--task", "hopper", "--policy", "oracle"],
      "task 'hopper' has no policy 'oracle'; its policies: random, expert, medium"),
     (["data", "--task", "fork", "--policy", "oracle"], "task 'fork' has no policy 'oracle'; its policies: random, expert"),

@@ -104,6 +104,8 @@ def test_gymnasium_evaluation_matches_the_compiled_one(trained):
 def test_bad_configs_are_refused():
     with pytest.raises(PhysgenError, match="method must be one of diffusion, flow, bc"):
         PolicyConfig(method="gan")
+    with pytest.raises(PhysgenError, match="steps must be at least 1, got 0"):
+        PolicyConfig(steps=0)
     with pytest.raises(PhysgenError, match="exec_steps"):
         PolicyConfig(exec_steps=17)
     with pytest.raises(PhysgenError, match="divisible by 4"):

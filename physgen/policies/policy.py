@@ -75,6 +75,9 @@ class PolicyConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise PhysgenError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "steps_per_call", "inference_steps", "obs_steps"):
+            if getattr(self, name) < 1:
+                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.exec_steps <= self.action_steps:
             raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
                                f"(T_p={self.action_steps})")
