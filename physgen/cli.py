@@ -68,6 +68,24 @@ def _train(args: argparse.Namespace) -> None:
         print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from physgen.bench import run_bench
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos)
+    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
+
+
+def _video(args: argparse.Namespace) -> None:
+    from physgen.bench.video import checkpoint_videos
+    from physgen.envs import get_task
+
+    if args.episodes < 1:
+        raise PhysgenError(f"--episodes must be at least 1, got {args.episodes}")
+    for path in checkpoint_videos(get_task(args.task), Path(args.checkpoint), args.episodes, Path(args.out)):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation episodes")
     train.add_argument("--out", default="runs")
     train.set_defaults(run=_train)
+
+    bench = commands.add_parser("bench", help="train every method over seeds, evaluate on shared episodes, report "
+                                "success with confidence intervals, failure categories and videos")
+    bench.add_argument("--task", required=True)
+    bench.add_argument("--methods", default=None, help="comma-separated, from diffusion, flow, bc, ppo "
+                       "(default: diffusion, flow, bc, and ppo where the budget allows)")
+    bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
+    bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
+    bench.add_argument("--budget", choices=("smoke", "quick", "full"), default="quick")
+    bench.add_argument("--out", default=None, help="default: runs/bench/<task>; rerunning resumes")
+    bench.add_argument("--no-videos", action="store_true", help="skip rendering the failure videos")
+    bench.set_defaults(run=_bench)
+
+    video = commands.add_parser("video", help="roll out a checkpoint and write one video per episode")
+    video.add_argument("--task", required=True)
+    video.add_argument("--checkpoint", required=True)
+    video.add_argument("--episodes", type=int, default=3)
+    video.add_argument("--out", default="videos")
+    video.set_defaults(run=_video)
     return parser
 
 

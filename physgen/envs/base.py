@@ -40,7 +40,8 @@ class FunctionalEnv(NamedTuple):
 class Task:
     """Everything the rest of physgen needs to know about a task.
 
-    `events` names the per-step booleans recorded in datasets and used for failure analysis;
+    `events` names the per-step booleans recorded in datasets and used for failure analysis, `failure_events` those
+    of them that end an episode as a failure;
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
     Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators`, factories of
@@ -60,6 +61,7 @@ class Task:
     gym_id: str
     make_env: Callable[..., gym.Env]
     success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
+    failure_events: tuple[str, ...] = ()
     functional: FunctionalEnv | None = None
     demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
     datasets: tuple[str, ...] = ("expert",)

@@ -112,6 +112,7 @@ TASK = Task(
     horizon=HORIZON,
     success_rule="goal region reached within the horizon without touching the obstacle",
     events=EVENTS,
+    failure_events=("collision",),
     demonstrations="scripted expert: passes left or right with probability 1/2, Gaussian action noise 0.1",
     gym_id="physgen/Fork-v0",
     make_env=_make_env,

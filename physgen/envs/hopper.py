@@ -67,6 +67,7 @@ TASK = Task(
     horizon=HORIZON,
     success_rule="no fall for all 1000 steps and return >= 80% of the expert dataset's mean return",
     events=("fall",),
+    failure_events=("fall",),
     demonstrations="PPO checkpoints shipped with physgen (physgen/experts/hopper): expert, and medium (an earlier "
                    "checkpoint of the same run at about half the expert's return); deterministic mean actions",
     gym_id=GYM_ID,

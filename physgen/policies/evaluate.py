@@ -1,12 +1,14 @@
 """Closed-loop evaluation of a chunking policy: receding horizon, T_a executed actions per sampled chunk.
 
 Pure-JAX tasks run every episode of every seed in one compiled program (vmap over seeds and episodes, scan over
-chunks and steps); Gymnasium tasks step their environment with one compiled sampler call per chunk. The observation
+chunks and steps); Gymnasium tasks step their environments in lockstep with one compiled sampler call per chunk for all of them.
+Both compile once per (task, policy, steps) and are reused across calls. The observation
 history starts as the first observation repeated, as the training windows pad.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -57,37 +59,57 @@ def _episode(task: Task, policy: Policy, state: PolicyState, seed, steps: int | 
     return jnp.concatenate([obs[None], next_obs]), actions, rewards, ended, events
 
 
+@partial(jax.jit, static_argnums=(0, 1, 4))
+def _compiled_episodes(task: Task, policy: Policy, states: PolicyState, episode_seeds: jax.Array, steps: int | None):
+    episodes = jax.vmap(lambda st, s: _episode(task, policy, st, s, steps), in_axes=(None, 0))
+    return jax.vmap(episodes, in_axes=(0, None))(states, episode_seeds)
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _sample_chunks(policy: Policy, states: PolicyState, histories: jax.Array, steps: int | None, keys: jax.Array):
+    """Chunks (S, E, T_a, act_dim) for histories (S, E, T_o, obs_dim): seed i's policy on its row of episodes."""
+    def one(state, history, key):
+        return act(policy, state, history[None], key, steps)[0, : policy.config.exec_steps]
+
+    return jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)))(states, histories, keys)
+
+
 def _gym_episodes(task: Task, policy: Policy, states: PolicyState, episode_seeds: np.ndarray, steps: int | None):
-    """The same protocol stepped through the task's Gymnasium environment, one chunk sample per T_a steps."""
+    """The same protocol stepped through the task's Gymnasium environment: every (seed, episode) in lockstep, one
+    batched sampler call per T_a steps."""
     config, horizon = policy.config, task.horizon
-    sample = jax.jit(lambda st, history, key: act(policy, st, history[None], key, steps)[0, : config.exec_steps])
     shape = (len(jax.tree.leaves(states)[0]), len(episode_seeds))
     obs = np.zeros((*shape, horizon + 1, task.obs_dim), np.float32)
     actions = np.zeros((*shape, horizon, task.act_dim), np.float32)
     rewards = np.zeros((*shape, horizon), np.float32)
     ended = np.zeros((*shape, horizon), bool)
     events = {name: np.zeros((*shape, horizon), bool) for name in task.events}
-    env = task.make_env()
-    for i in range(shape[0]):
-        state = jax.tree.map(lambda x: x[i], states)
-        for j, seed in enumerate(episode_seeds):
-            first, _ = env.reset(seed=int(seed))
-            obs[i, j, :] = first
-            history = np.repeat(first[None], config.obs_steps, axis=0).astype(np.float32)
-            chunk_key = jax.random.fold_in(reset_key(int(seed)), 2)
-            for t in range(horizon):
-                if t % config.exec_steps == 0:
-                    chunk = np.asarray(sample(state, history, jax.random.fold_in(chunk_key, t)))
-                action = chunk[t % config.exec_steps]
-                observation, reward, terminated, truncated, info = env.step(action)
-                history = np.concatenate([history[1:], np.asarray(observation, np.float32)[None]])
-                obs[i, j, t + 1:], actions[i, j, t], rewards[i, j, t] = observation, action, reward
-                for name in task.events:
-                    events[name][i, j, t] = info["events"][name]
-                if terminated or truncated:
-                    ended[i, j, t] = True
-                    break
-    env.close()
+    envs = [[task.make_env() for _ in episode_seeds] for _ in range(shape[0])]
+    for row in envs:
+        for j, env in enumerate(row):
+            obs[:, j, 0] = env.reset(seed=int(episode_seeds[j]))[0]
+    histories = np.repeat(obs[:, :, :1], config.obs_steps, axis=2)
+    chunk_keys = jax.vmap(lambda s: jax.random.fold_in(reset_key(s), 2))(jnp.asarray(episode_seeds))
+    live = np.ones(shape, bool)
+    for t in range(horizon):
+        if t % config.exec_steps == 0:
+            keys = jnp.broadcast_to(jax.vmap(lambda k: jax.random.fold_in(k, t))(chunk_keys), (shape[0], shape[1]))
+            chunks = np.asarray(_sample_chunks(policy, states, jnp.asarray(histories), steps, keys))
+        for i, j in zip(*np.nonzero(live)):
+            action = chunks[i, j, t % config.exec_steps]
+            observation, reward, terminated, truncated, info = envs[i][j].step(action)
+            obs[i, j, t + 1], actions[i, j, t], rewards[i, j, t] = observation, action, reward
+            for name in task.events:
+                events[name][i, j, t] = info["events"][name]
+            if terminated or truncated:
+                ended[i, j, t], live[i, j] = True, False
+                obs[i, j, t + 2:] = observation
+        histories = np.concatenate([histories[:, :, 1:], obs[:, :, t + 1, None]], axis=2)
+        if not live.any():
+            break
+    for row in envs:
+        for env in row:
+            env.close()
     return obs, actions, rewards, ended, events
 
 
@@ -97,9 +119,8 @@ def evaluate(task: Task, policy: Policy, states: PolicyState, episode_seeds: np.
     if task.functional is None:
         obs, actions, rewards, ended, events = _gym_episodes(task, policy, states, episode_seeds, steps)
     else:
-        run = jax.jit(jax.vmap(jax.vmap(lambda st, s: _episode(task, policy, st, s, steps), in_axes=(None, 0)),
-                               in_axes=(0, None)))
-        obs, actions, rewards, ended, events = jax.device_get(run(states, jnp.asarray(episode_seeds)))
+        obs, actions, rewards, ended, events = jax.device_get(
+            _compiled_episodes(task, policy, states, jnp.asarray(episode_seeds), steps))
     lengths = np.where(ended.any(-1), ended.argmax(-1) + 1, task.horizon)
     returns = rewards.sum(-1)
     success = np.array([[task.success({k: v[i, j] for k, v in events.items()}, returns[i, j], lengths[i, j],

@@ -1,0 +1,171 @@
+"""results.json, report.md and its figures from the finished units of a benchmark run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from physgen.bench import stats  # noqa: E402
+from physgen.bench.failures import CATEGORIES, hidden_by_aggregates  # noqa: E402
+from physgen.bench.protocol import GENERATIVE_METHODS, write_json  # noqa: E402
+from physgen.envs import Task  # noqa: E402
+
+
+def _interval(summary: dict, digits: int = 2) -> str:
+    return f"{summary['estimate']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
+
+
+def summarize_units(units: dict[str, list[dict]], statistics: dict) -> dict:
+    """Per method: the success and return statistics and the failure categories with their intervals."""
+    kwargs = {"seed": statistics["bootstrap_seed"], "resamples": statistics["resamples"],
+              "confidence": statistics["confidence"]}
+    summary = {}
+    for method, records in units.items():
+        success = np.array([[e["success"] for e in r["episodes"]] for r in records], float)
+        normalized = [[e["normalized_return"] for e in r["episodes"]] for r in records]
+        has_returns = all(v is not None for row in normalized for v in row)
+        result = stats.summarize(success, np.array(normalized, float) if has_returns else None, **kwargs)
+        returns = np.array([[e["return"] for e in r["episodes"]] for r in records])
+        result["return"] = stats.bootstrap_interval(returns.mean(axis=1), **kwargs).as_dict()
+        categories = [e["category"] for r in records for e in r["episodes"] if not e["success"]]
+        total = success.size
+        result["failures"] = {c: stats.wilson_interval(categories.count(c), total, kwargs["confidence"]).as_dict()
+                              for c in CATEGORIES if c in categories}
+        result["categories"] = categories
+        summary[method] = result
+    baselines = [m for m in units if m not in GENERATIVE_METHODS]
+    for method in (m for m in units if m in GENERATIVE_METHODS):
+        summary[method]["improvement_over"] = {
+            base: stats.probability_of_improvement(summary[method]["per_seed_success"],
+                                                   summary[base]["per_seed_success"], **kwargs).as_dict()
+            for base in baselines}
+    return summary
+
+
+def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[dict]]:
+    curves = {}
+    for method, records in units.items():
+        points = []
+        for i, point in enumerate(records[0]["curve"]):
+            rates = [r["curve"][i]["success_rate"] for r in records]
+            interval = stats.bootstrap_interval(rates, seed=statistics["bootstrap_seed"],
+                                                resamples=statistics["resamples"])
+            points.append({"step": point["step"], "episodes": point["episodes"], **interval.as_dict()})
+        curves[method] = points
+    return curves
+
+
+def _figures(out: Path, summary: dict, curves: dict) -> None:
+    methods = list(summary)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, points in curves.items():
+        steps = [p["step"] for p in points]
+        ax.plot(steps, [p["estimate"] for p in points], marker="o", label=method)
+        ax.fill_between(steps, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+    ax.set(xlabel="training steps (PPO: environment steps)", ylabel="success rate", ylim=(-0.02, 1.02),
+           title="success over training (mean over seeds, 95% bootstrap CI)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    means = [summary[m]["success_mean"] for m in methods]
+    ax.bar(methods, [s["estimate"] for s in means],
+           yerr=[[s["estimate"] - s["low"] for s in means], [s["high"] - s["estimate"] for s in means]], capsize=6)
+    ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% bootstrap CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(out / "success.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bottom = np.zeros(len(methods))
+    for category in CATEGORIES:
+        rates = np.array([summary[m]["failures"].get(category, {"estimate": 0.0})["estimate"] for m in methods])
+        if rates.any():
+            ax.bar(methods, rates, bottom=bottom, label=category)
+            bottom += rates
+    ax.set(ylabel="share of all episodes", ylim=(0, 1.02), title="failures by category")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "failures.png", dpi=120)
+    plt.close(fig)
+
+
+def _report(task: Task, protocol: dict, summary: dict, curves: dict, videos: dict, seconds: float) -> str:
+    experiment, environment = protocol["experiment"], protocol["environment"]
+    seeds, episodes = experiment["training_seeds"], experiment["episodes"]
+    lines = [f"# physgen bench: {task.name}", "",
+             f"Budget `{experiment['budget']}`, {len(seeds)} training seeds ({seeds[0]}..{seeds[-1]}), {episodes} "
+             f"evaluation episodes per seed on the same environment seeds for every method (paired), dataset "
+             f"`{experiment['dataset']['id']}` ({experiment['dataset']['episodes']} episodes, 10% held out). "
+             f"Checkpoint rule: {experiment['checkpoint_rule']}. Success rule: {task.success_rule}. Intervals: 95%, "
+             f"percentile bootstrap over seeds ({experiment['statistics']['resamples']:,} resamples, seed "
+             f"{experiment['statistics']['bootstrap_seed']}) unless marked Wilson (pooled over all episodes). "
+             f"Full protocol: `protocol.json` (commit {environment['git_commit'][:10]}, "
+             f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation ran "
+             f"{seconds / 60:.1f} minutes."]
+    if experiment["ppo_left_out"]:
+        lines += ["", f"**{experiment['ppo_left_out']}.**"]
+    lines += ["", "## Success", "", "| method | success (mean) | success (IQM) | pooled (Wilson) | return | "
+              "normalised return |", "|---|---|---|---|---|---|"]
+    for method, s in summary.items():
+        normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        lines.append(f"| {method} | {_interval(s['success_mean'])} | {_interval(s['success_iqm'])} | "
+                     f"{_interval(s['success_pooled'])} | {_interval(s['return'], 1)} | {normalized} |")
+    lines += ["", "Per-seed success rates:", ""]
+    lines += [f"- {m}: {', '.join(f'{r:.2f}' for r in s['per_seed_success'])}" for m, s in summary.items()]
+    pairs = [(m, b, v) for m, s in summary.items() for b, v in s.get("improvement_over", {}).items()]
+    if pairs:
+        lines += ["", "## Ablation: the generative component against the baselines", "",
+                  "Probability that a seed of the generative method beats a seed of the baseline (success rate; "
+                  "0.5 = no difference):", "", "| method | baseline | P(improvement) |", "|---|---|---|"]
+        lines += [f"| {m} | {b} | {_interval(v)} |" for m, b, v in pairs]
+    lines += ["", "![success](success.png)", "", "## Success over training", "",
+              "| method | " + " | ".join(f"step {p['step']:,}" for p in next(iter(curves.values()))) + " |",
+              "|---|" + "---|" * len(next(iter(curves.values())))]
+    for method, points in curves.items():
+        lines.append(f"| {method} | " + " | ".join(_interval(p) for p in points) + " |")
+    lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "
+              "one all of them.", "", "![curves](curves.png)", "", "## Failures", "",
+              "Categories (`physgen/bench/failures.py`, first matching rule): action_saturation, "
+              "distribution_shift (nearest-neighbour distance to the training states beyond the 99th percentile of "
+              "the held-out episodes' states), early_instability (first 10% of the horizon), long_horizon (second "
+              "half, in distribution), collision / fall, timeout, low_return. Rates are shares of all episodes with "
+              "Wilson intervals.", "", "| method | failed | " + " | ".join(CATEGORIES) + " |",
+              "|---|---|" + "---|" * len(CATEGORIES)]
+    for method, s in summary.items():
+        cells = [_interval(s["failures"][c]) if c in s["failures"] else "0" for c in CATEGORIES]
+        lines.append(f"| {method} | {len(s['categories'])} | " + " | ".join(cells) + " |")
+    hidden = hidden_by_aggregates({m: s["success_mean"] for m, s in summary.items()},
+                                  {m: s["categories"] for m, s in summary.items()})
+    lines += ["", "What success or return alone would have hidden: " + ("; ".join(hidden) if hidden else
+              "nothing: no two methods share a success interval while failing differently") + ".", "",
+              "![failures](failures.png)", "", "## Videos", ""]
+    for method, files in videos.items():
+        lines.append(f"- {method}: " + (", ".join(f"[{Path(f).stem}]({f})" for f in files) or "none"))
+    lines += ["", "## Hyperparameters", ""]
+    for method, values in experiment["hyperparameters"].items():
+        lines.append(f"- {method}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines) + "\n"
+
+
+def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], seconds: float,
+                             videos: bool = True) -> None:
+    from physgen.bench.video import failure_videos
+
+    statistics = protocol["experiment"]["statistics"]
+    summary = summarize_units(units, statistics)
+    curves = _curves(units, statistics)
+    write_json(out / "results.json", {"task": task.name, "summary": summary, "curves": curves, "units": units})
+    _figures(out, summary, curves)
+    clips = failure_videos(out, task, units) if videos else {}
+    report = _report(task, protocol, summary, curves, clips, seconds)
+    partial = out / "report.md.partial"
+    partial.write_text(report)
+    partial.replace(out / "report.md")

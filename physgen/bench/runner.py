@@ -1,0 +1,209 @@
+"""`physgen bench`: train every method over seeds, evaluate all of them on the same episodes, categorize failures.
+
+Work is done in units of one (method, seed). The seeds of a method train together in one compiled program (vmap),
+then each unit's evaluation is written atomically to `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
+(states, actions, events, out-of-distribution scores: enough to re-categorize without re-running). A rerun skips
+finished units, so an interrupted run loses at most the method in progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.progress import Progress
+
+from physgen.bench.failures import categorize, fit_support, nearest_distances
+from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
+                                    make_protocol, policy_config, write_json)
+from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
+from physgen.envs import Task, get_task
+from physgen.envs.rollout import Episode, episode_seeds, rollout_gym
+from physgen.errors import PhysgenError
+
+
+def expert_dataset(task: Task):
+    """The task's expert dataset, generated from its expert first when missing (a fresh machine needs nothing else)."""
+    try:
+        return load_dataset(task)
+    except PhysgenError:
+        print(f"physgen: generating physgen/{task.name}/expert-v0 from the task's expert (first run only)")
+        generate_dataset(task, policy="expert")
+        return load_dataset(task)
+
+
+def unit_path(out: Path, method: str, seed: int) -> Path:
+    return out / "units" / method / f"seed_{seed}"
+
+
+def _write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays first, then the JSON: a unit counts as done once its JSON exists."""
+    path = unit_path(out, method, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez_compressed(partial, **arrays)
+    os.replace(partial, path.with_suffix(".npz"))
+    write_json(path.with_suffix(".json"), record)
+
+
+class Evaluation:
+    """What every unit needs to score its episodes: the task, the dataset's support and reference returns."""
+
+    def __init__(self, task: Task, dataset, support):
+        self.task, self.dataset, self.support = task, dataset, support
+        self.expert_return = dataset.metadata.get("ref_max_score")
+
+    def record(self, method: str, seed: int, seeds: np.ndarray, obs, actions, events, lengths, returns, success,
+               curve: list[dict]) -> tuple[dict, dict]:
+        task = self.task
+        ood = nearest_distances(self.support, obs)
+        normalized = (normalized_score(self.dataset.metadata, returns) if "ref_max_score" in self.dataset.metadata
+                      else np.full(len(returns), np.nan))
+        low, high = task.action_space.low, task.action_space.high
+        episodes = []
+        for e, episode_seed in enumerate(seeds):
+            n = int(lengths[e])
+            category = None if success[e] else categorize(
+                actions[e, :n], {k: v[e, :n] for k, v in events.items()}, ood[e, : n + 1], n, task.horizon,
+                task.failure_events, low, high, self.support.threshold)
+            episodes.append({"episode_seed": int(episode_seed), "return": float(returns[e]),
+                             "normalized_return": None if np.isnan(normalized[e]) else float(normalized[e]),
+                             "length": n, "success": bool(success[e]), "category": category,
+                             "ood_max": float(ood[e, : n + 1].max())})
+        record = {"method": method, "seed": seed, "episodes": episodes, "curve": curve,
+                  "ood_threshold": self.support.threshold}
+        arrays = {"observations": obs, "actions": actions, "lengths": lengths, "ood": ood,
+                  **{f"event_{k}": v for k, v in events.items()}}
+        return record, arrays
+
+
+def _run_offline(out: Path, method: str, seeds: list[int], evaluation: Evaluation, train, protocol: dict,
+                 bar: Progress, job) -> None:
+    from physgen.policies.evaluate import evaluate
+    from physgen.policies.runner import save_policy
+    from physgen.policies.train import train_policies
+
+    experiment = protocol["experiment"]
+    config = policy_config(method, BUDGETS[experiment["budget"]])
+    all_seeds = np.asarray(experiment["evaluation_seeds"])
+    curve_seeds = all_seeds[: experiment["curve_episodes"]]
+    curves, final = {s: [] for s in seeds}, {}
+
+    def at_point(done: int, trained) -> None:
+        last = done == config.steps
+        rollouts = evaluate(evaluation.task, trained.policy, trained.states, all_seeds if last else curve_seeds,
+                            expert_return=evaluation.expert_return)
+        for i, seed in enumerate(seeds):
+            curves[seed].append({"step": done, "success_rate": float(rollouts.success[i].mean()),
+                                 "episodes": int(rollouts.success.shape[1])})
+        if last:
+            final["rollouts"], final["trained"] = rollouts, trained
+        bar.advance(job, len(seeds) * config.steps_per_call)
+
+    train_policies(evaluation.task, config, train, seeds, progress=False, callback=at_point)
+    rollouts, trained = final["rollouts"], final["trained"]
+    for i, seed in enumerate(seeds):
+        save_policy(out / "checkpoints" / method / f"seed_{seed}", evaluation.task, trained, i)
+        record, arrays = evaluation.record(
+            method, seed, all_seeds, rollouts.observations[i], rollouts.actions[i],
+            {k: v[i] for k, v in rollouts.events.items()}, rollouts.lengths[i], rollouts.returns[i],
+            rollouts.success[i], curves[seed])
+        _write_unit(out, method, seed, record, arrays)
+
+
+def _padded(task: Task, episodes: list[Episode]):
+    """Episodes of different lengths as arrays padded to the horizon with frozen copies (as `evaluate` returns)."""
+    n, horizon = len(episodes), task.horizon
+    obs = np.zeros((n, horizon + 1, task.obs_dim), np.float32)
+    actions = np.zeros((n, horizon, task.act_dim), np.float32)
+    events = {k: np.zeros((n, horizon), bool) for k in task.events}
+    for e, episode in enumerate(episodes):
+        length = episode.length
+        obs[e, : length + 1], obs[e, length + 1:] = episode.observations, episode.observations[-1]
+        actions[e, :length] = episode.actions
+        for k in task.events:
+            events[k][e, :length] = episode.events[k]
+    return obs, actions, events
+
+
+def _ppo_outcomes(task: Task, policy, episodes: int, expert_return):
+    run = rollout_gym(task, policy, EVAL_SEED, episodes)
+    returns = np.array([e.episode_return for e in run])
+    lengths = np.array([e.length for e in run])
+    success = np.array([task.success(e.events, e.episode_return, e.length, expert_return) for e in run])
+    return run, returns, lengths, success
+
+
+def _run_ppo(out: Path, seeds: list[int], evaluation: Evaluation, protocol: dict, bar: Progress, job) -> None:
+    from physgen.policies.ppo import PPOConfig, load_ppo_policy, train_ppo
+
+    experiment, task = protocol["experiment"], evaluation.task
+    config = PPOConfig.from_dict(experiment["hyperparameters"]["ppo"])
+    folder = out / "checkpoints" / "ppo"
+    train_ppo(task, config, seeds, out_dir=folder, progress=False)
+    bar.advance(job, len(seeds) * config.total_steps)
+    intermediate = sorted((folder / "steps").glob("*"), key=lambda p: int(p.name)) if (folder / "steps").exists() else []
+    for seed in seeds:
+        curve = []
+        for point in intermediate:
+            _, _, _, success = _ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
+                                             experiment["curve_episodes"], evaluation.expert_return)
+            curve.append({"step": int(point.name), "success_rate": float(success.mean()), "episodes": len(success)})
+        run, returns, lengths, success = _ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
+                                                       experiment["episodes"], evaluation.expert_return)
+        curve.append({"step": config.total_steps, "success_rate": float(success.mean()), "episodes": len(success)})
+        obs, actions, events = _padded(task, run)
+        record, arrays = evaluation.record("ppo", seed, np.array([e.seed for e in run]), obs, actions, events,
+                                           lengths, returns, success, curve)
+        _write_unit(out, "ppo", seed, record, arrays)
+
+
+def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):
+    if budget not in BUDGETS:
+        raise PhysgenError(f"unknown budget {budget!r}; use one of {', '.join(BUDGETS)}")
+    settings, note = BUDGETS[budget], None
+    if methods is None:
+        methods, note = default_methods(task, settings)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise PhysgenError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; use some of {', '.join(METHODS)}")
+    for name, value in (("seeds", seeds), ("episodes", episodes)):
+        if value is not None and value < 1:
+            raise PhysgenError(f"--{name} must be at least 1, got {value}")
+    return list(dict.fromkeys(methods)), list(range(seeds or settings.seeds)), episodes or settings.episodes, note
+
+
+def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,
+              budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True) -> Path:
+    """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos."""
+    from physgen.bench.report import write_results_and_report
+
+    task = get_task(task_name)
+    methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
+    out = Path(out if out is not None else Path("runs") / "bench" / task.name).absolute()
+    dataset = expert_dataset(task)
+    protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note)
+    fix_protocol(out, protocol)
+    train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
+    evaluation = Evaluation(task, dataset, fit_support(train.observations, validation.observations, seed=0))
+    settings = BUDGETS[budget]
+    work = {m: settings.ppo_steps if m == "ppo" else settings.steps for m in methods}
+    started = time.perf_counter()
+    with Progress(disable=not progress) as bar:
+        job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work[m] * len(seeds) for m in methods))
+        for method in methods:
+            pending = [s for s in seeds if not unit_path(out, method, s).with_suffix(".json").exists()]
+            bar.advance(job, work[method] * (len(seeds) - len(pending)))
+            if not pending:
+                continue
+            bar.update(job, description=f"bench {task.name} ({budget}): {method}, {len(pending)} seeds")
+            if method in OFFLINE_METHODS:
+                _run_offline(out, method, pending, evaluation, train, protocol, bar, job)
+            else:
+                _run_ppo(out, pending, evaluation, protocol, bar, job)
+    units = {m: [json.loads(unit_path(out, m, s).with_suffix(".json").read_text()) for s in seeds] for m in methods}
+    write_results_and_report(out, task, protocol, units, time.perf_counter() - started, videos=videos)
+    return out

@@ -1,0 +1,120 @@
+"""Rollout videos: recorded episodes replayed through the task's Gymnasium environment and rendered.
+
+MuJoCo tasks render offscreen (`MUJOCO_GL`, default `egl`, which also runs on CPU-only machines with Mesa); the 2-D
+tasks draw their own frames. MP4 through imageio-ffmpeg, GIF when that fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import imageio.v2 as imageio  # noqa: E402
+import numpy as np  # noqa: E402
+
+from physgen.bench.failures import CATEGORIES  # noqa: E402
+from physgen.envs import Task  # noqa: E402
+
+FAILURE_VIDEOS = 8
+SUCCESS_VIDEOS = 2
+MAX_FPS = 50
+
+
+def _frames(task: Task, episode_seed: int, actions: np.ndarray):
+    env = task.make_env(render_mode="rgb_array")
+    env.reset(seed=int(episode_seed))
+    stride = max(1, math.ceil(task.control_hz / MAX_FPS))
+    yield env.render()
+    for t, action in enumerate(actions):
+        env.step(action)
+        if (t + 1) % stride == 0 or t + 1 == len(actions):
+            yield env.render()
+    env.close()
+
+
+def render_episode(task: Task, episode_seed: int, actions: np.ndarray, path: Path) -> Path:
+    """Replay `actions` from the reset of `episode_seed` and write the frames to `path` (.mp4, or .gif on failure)."""
+    fps = task.control_hz / max(1, math.ceil(task.control_hz / MAX_FPS))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with imageio.get_writer(path, fps=fps, macro_block_size=8) as writer:
+            for frame in _frames(task, episode_seed, actions):
+                writer.append_data(frame)
+        return path
+    except (OSError, RuntimeError, ValueError):
+        path.unlink(missing_ok=True)
+        gif = path.with_suffix(".gif")
+        imageio.mimwrite(gif, list(_frames(task, episode_seed, actions)), duration=1000 / fps)
+        return gif
+
+
+def pick_episodes(records: list[dict], seed: int = 0) -> list[tuple[int, int, str]]:
+    """(record index, episode index, label) of up to 8 failures spread over categories (round robin over the
+    categories in rule order, episodes shuffled by a seeded generator) and 2 successes."""
+    rng = np.random.default_rng(seed)
+    outcomes = [(r, e, episode["category"]) for r, record in enumerate(records)
+                for e, episode in enumerate(record["episodes"])]
+    failures = {c: [o for o in outcomes if o[2] == c] for c in CATEGORIES}
+    queues = {c: [items[i] for i in rng.permutation(len(items))] for c, items in failures.items() if items}
+    picked = []
+    while queues and len(picked) < FAILURE_VIDEOS:
+        for category in list(queues):
+            if len(picked) < FAILURE_VIDEOS:
+                picked.append(queues[category].pop())
+            if not queues[category]:
+                del queues[category]
+    successes = [o for o in outcomes if o[2] is None]
+    picked += [(*successes[i][:2], "success") for i in rng.permutation(len(successes))[:SUCCESS_VIDEOS]]
+    return picked
+
+
+def failure_videos(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[str, list[str]]:
+    """Render the picked episodes of every method into `out/videos/<method>/`; the paths, relative to `out`."""
+    written = {}
+    for method, records in units.items():
+        files = []
+        for r, e, label in pick_episodes(records):
+            record = records[r]
+            arrays = np.load(out / "units" / method / f"seed_{record['seed']}.npz")
+            episode = record["episodes"][e]
+            name = f"{label}_seed{record['seed']}_episode{episode['episode_seed']}.mp4"
+            path = render_episode(task, episode["episode_seed"], arrays["actions"][e, : episode["length"]],
+                                  out / "videos" / method / name)
+            files.append(str(path.relative_to(out)))
+        written[method] = files
+    return written
+
+
+def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) -> list[Path]:
+    """Roll out a policy checkpoint (diffusion, flow, bc or ppo) on `episodes` evaluation episodes and render each."""
+    from physgen.bench.protocol import EVAL_SEED
+    from physgen.envs.rollout import episode_seeds, rollout_gym
+    from physgen.policies.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(checkpoint, task.name)[1]
+    if meta["method"] == "ppo":
+        from physgen.policies.ppo import load_ppo_policy
+
+        run = rollout_gym(task, load_ppo_policy(checkpoint), EVAL_SEED, episodes)
+        outcomes = [(e.seed, e.actions, e.events, e.episode_return, e.length) for e in run]
+    else:
+        import jax
+
+        from physgen.policies.evaluate import evaluate
+        from physgen.policies.runner import load_policy
+
+        policy, state, _ = load_policy(checkpoint, task.name)
+        seeds = episode_seeds(EVAL_SEED, episodes)
+        rollouts = evaluate(task, policy, jax.tree.map(lambda x: x[None], state), seeds)
+        outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
+                     {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e], rollouts.lengths[0, e])
+                    for e, s in enumerate(seeds)]
+    paths = []
+    for seed, actions, events, episode_return, length in outcomes:
+        fired = [k for k in task.events if np.any(events[k])]
+        label = "_".join(fired) or "no_events"
+        paths.append(render_episode(task, seed, actions, out / f"episode{seed}_{label}_return{episode_return:.0f}.mp4"))
+    return paths
