@@ -86,6 +86,13 @@ def _video(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from physgen.control import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, steps=args.steps)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--episodes", type=int, default=3)
     video.add_argument("--out", default="videos")
     video.set_defaults(run=_video)
+
+    export = commands.add_parser("export", help="a checkpoint's sampler, normalizers and parameters as one "
+                                 "jax.export (StableHLO) file, loadable with physgen.control.load_exported")
+    export.add_argument("--checkpoint", required=True)
+    export.add_argument("--out", default="policy.jaxexport")
+    export.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's config)")
+    export.set_defaults(run=_export)
     return parser
 
 

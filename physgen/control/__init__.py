@@ -1,6 +1,6 @@
-"""Policies in robot loops: a real-time controller with latency statistics, and self-contained exported samplers.
+"""Policies in robot loops: a real-time controller with latency statistics, and exported samplers.
 
-`load_exported` needs jax and numpy only; `Controller` is imported on first use, since it needs the training code.
+`load_exported` needs jax and numpy only; `Controller`, which needs the training code, is imported on first use.
 """
 
 from physgen.control.export import ExportedPolicy, export_checkpoint, export_policy, load_exported

@@ -28,44 +28,45 @@ SAFE_ACTIONS = ("hold", "zero")
 class Controller:
     """Receding-horizon control with an ahead-of-time compiled sampler.
 
-    Call `t` of an episode (t = 0, 1, ... since `reset`) appends its observation to the history of the last T_o
+    Call t of an episode (t = 0, 1, ... since `reset`) appends its observation to the history of the last T_o
     observations (the episode's first observation fills it). Chunk k (k = 0, 1, ...) is sampled with the key
-    `fold_in(key(seed), k)` from the history of call s_k and supplies the actions of calls k*T_a ... k*T_a + T_a - 1,
-    action index t - s_k: the queue executes exactly T_a actions per chunk.
+    `fold_in(key(seed), k)` from the history of call s_k and supplies the actions of calls k*T_a to
+    k*T_a + T_a - 1, action index t - s_k: the queue executes exactly T_a actions per chunk.
 
     - Without prefetch, s_k = k*T_a: call k*T_a samples chunk k itself, while the caller waits.
-    - With `prefetch=L` (1 <= L, L + T_a <= T_p), call k*T_a - L hands the history to a worker thread, which samples
-      chunk k (s_k = k*T_a - L) while the caller steps the robot, and call k*T_a collects it (waiting only if it is
-      unfinished); its first L actions, whose time passed while it was sampled, are skipped. Chunk 0 of an episode is
-      always sampled synchronously by the first call.
-    - With `ensemble=k` (ACT's temporal ensembling), every chunk still covering call t contributes its action for
-      t, weighted exp(-k * i), i = 0 for the oldest; otherwise the newest chunk alone acts.
+    - With `prefetch=L` (L + T_a <= T_p), call k*T_a - L hands the history to a worker thread, which samples
+      chunk k (s_k = k*T_a - L) while the caller steps the robot; call k*T_a collects it (waiting only if it is
+      unfinished) and skips its first L actions, whose time passed while it was sampled. Chunk 0 of an episode
+      is always sampled synchronously by the first call.
+    - With `ensemble=k` (ACT's temporal ensembling), every chunk still covering call t contributes its action
+      for t, weighted exp(-k * i), i = 0 for the oldest; otherwise the newest chunk alone acts.
 
-    A bad observation (not numeric, a shape other than (obs_dim,), NaN or Inf), or a non-finite action from the
-    policy, gives the safe action: `"hold"` repeats the last action returned, `"zero"` returns zero clipped into the
-    bounds (also what `"hold"` returns before the first action). The call sets `fault` to the reason and does not
-    advance the plan: the next good observation resumes it. Every action lies inside the action bounds.
+    A bad observation (not numeric, a shape other than (obs_dim,), NaN or Inf), or a non-finite action from
+    the policy, gives the safe action: "hold" repeats the last action returned, "zero" returns zero clipped
+    into the bounds (which "hold" also returns before the first action). The call sets `fault` to the reason
+    and does not advance the plan: the next good observation resumes it. Every action lies inside the bounds.
 
-    Latency is measured from entry to return of every `act`; a call slower than 1 / `rate_hz` is a deadline miss.
-    `stats()` covers every call since construction (the warm-up excluded), across episodes.
+    Latency is measured from entry to return of every `act`; a call slower than 1 / `rate_hz` misses its
+    deadline. `stats()` covers every call since construction (the warm-up excluded), across episodes.
     """
 
     def __init__(self, policy: Policy, state: PolicyState, rate_hz: float = 50.0, steps: int | None = None,
                  ensemble: float | None = None, prefetch: int = 0, safe_action: str = "hold", seed: int = 0):
         config = policy.config
-        self.obs_steps, self.action_steps, self.exec_steps = config.obs_steps, config.action_steps, config.exec_steps
+        self.obs_steps, self.action_steps = config.obs_steps, config.action_steps
+        self.exec_steps = config.exec_steps
         if not (math.isfinite(rate_hz) and rate_hz > 0):
-            raise PhysgenError(f"rate_hz must be a positive number of control calls per second, got {rate_hz}")
+            raise PhysgenError(f"rate_hz must be a positive number of calls per second, got {rate_hz}")
         if safe_action not in SAFE_ACTIONS:
             raise PhysgenError(f"safe_action must be one of {', '.join(SAFE_ACTIONS)}, got {safe_action!r}")
         if ensemble is not None and not math.isfinite(ensemble):
             raise PhysgenError(f"ensemble (the temporal ensembling rate k) must be finite or None, got {ensemble}")
         if not 0 <= prefetch <= self.action_steps - self.exec_steps:
             raise PhysgenError(f"prefetch must be between 0 and action_steps - exec_steps (T_p - T_a = "
-                               f"{self.action_steps} - {self.exec_steps}), got {prefetch}: a prefetched chunk skips "
-                               "its first `prefetch` actions and still needs T_a more")
-        self.rate_hz, self.ensemble, self.prefetch, self.safe_action = float(rate_hz), ensemble, int(prefetch), safe_action
-        self.obs_shape = (policy.obs_dim,)
+                               f"{self.action_steps} - {self.exec_steps}), got {prefetch}: a prefetched chunk "
+                               "skips its first `prefetch` actions and still needs T_a more")
+        self.rate_hz, self.ensemble, self.prefetch = float(rate_hz), ensemble, int(prefetch)
+        self.safe_action, self.obs_shape = safe_action, (policy.obs_dim,)
         self.action_low = np.broadcast_to(np.asarray(state.action_low, np.float32), (policy.act_dim,))
         self.action_high = np.broadcast_to(np.asarray(state.action_high, np.float32), (policy.act_dim,))
         self._zero = np.clip(np.zeros(policy.act_dim, np.float32), self.action_low, self.action_high)
@@ -85,8 +86,8 @@ class Controller:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, rate_hz: float = 50.0, task: str | None = None,
-                        **options) -> "Controller":
-        """A controller for the EMA policy of a `physgen train` checkpoint; `options` as for the constructor."""
+                        **options) -> Controller:
+        """A controller for the EMA policy of a `physgen train` checkpoint; `options` as the constructor's."""
         policy, state, _ = load_policy(path, task)
         return cls(policy, state, rate_hz, **options)
 
@@ -96,7 +97,7 @@ class Controller:
         return self.fault is not None
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode: empty history and queue, chunk keys from k = 0; `seed`, if given, replaces the seed."""
+        """Start an episode: empty history and queue, chunk keys from k = 0; `seed` replaces the seed."""
         if self._pending is not None:
             self._pending[1].result()
         self._pending = None
@@ -126,8 +127,8 @@ class Controller:
         return action.copy()
 
     def stats(self) -> dict:
-        """Latency percentiles and maximum (microseconds), calls, deadline misses, achieved call rate (Hz), flagged
-        calls and sampled chunks."""
+        """Latency percentiles and maximum (microseconds), calls, deadline misses, achieved call rate (Hz),
+        flagged calls and sampled chunks."""
         latencies = np.asarray(self._latencies_ns, np.float64) / 1e3
         p50, p95, p99, top = np.percentile(latencies, [50, 95, 99, 100]) if latencies.size else [math.nan] * 4
         calls, span_s = len(latencies), (self._last_ns - self._first_ns) / 1e9
@@ -141,7 +142,7 @@ class Controller:
         if self._worker is not None:
             self._worker.shutdown(wait=True, cancel_futures=True)
 
-    def __enter__(self) -> "Controller":
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -191,15 +192,16 @@ class Controller:
                 start, chunk = t, self._sample_chunk(np.stack(self._history), self._next_chunk())
             self._chunks = [*self._chunks, (start, chunk)] if self.ensemble is not None else [(start, chunk)]
         if self.prefetch and (t + self.prefetch) % self.exec_steps == 0:
-            self._pending = t, self._worker.submit(self._sample_chunk, np.stack(self._history), self._next_chunk())
+            history = np.stack(self._history)
+            self._pending = t, self._worker.submit(self._sample_chunk, history, self._next_chunk())
         if self.ensemble is None:
             start, chunk = self._chunks[-1]
             action = chunk[t - start]
         else:
-            live = [(start, chunk) for start, chunk in self._chunks if t - start < self.action_steps]
-            weights = np.exp(-self.ensemble * np.arange(len(live)))
-            action = (weights @ np.stack([chunk[t - start] for start, chunk in live]) / weights.sum()).astype(np.float32)
-            self._chunks = live
+            self._chunks = [(start, chunk) for start, chunk in self._chunks if t - start < self.action_steps]
+            weights = np.exp(-self.ensemble * np.arange(len(self._chunks)))
+            actions = np.stack([chunk[t - start] for start, chunk in self._chunks])
+            action = (weights @ actions / weights.sum()).astype(np.float32)
         self._t += 1
         return np.clip(action, self.action_low, self.action_high)
 

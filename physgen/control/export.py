@@ -1,12 +1,13 @@
-"""A policy as one self-contained file: the sampler with its parameters, normalizers and bounds baked in, serialized
-with `jax.export` (StableHLO). Loading needs jax and numpy only: neither the training code nor the checkpoint.
+"""A policy as one self-contained file: the sampler with its parameters, normalizers and bounds baked in,
+serialized with `jax.export` (StableHLO). Loading needs jax and numpy only: no training code, no checkpoint.
 
     export_checkpoint("runs/hopper/flow/seed_0", "policy.jaxexport")      # `physgen export`
     policy = load_exported("policy.jaxexport")
     chunk = policy.act(obs_history, seed)    # (T_p, act_dim); execute the first `policy.exec_steps`
 
-File layout: MAGIC, the header's length (8 bytes, little-endian), the JSON header, the serialized `Exported`. The
-header holds the dimensions, chunking, bounds, task, method and config, and the SHA-256 of the serialized bytes.
+File layout: MAGIC, the header's length (8 bytes, little-endian), the JSON header, the serialized `Exported`.
+The header holds the dimensions, chunking, bounds, task, method and config, and the SHA-256 of the serialized
+bytes.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None
 
 
 class ExportedPolicy:
-    """A loaded export: `act(obs_history, key) -> chunk (T_p, act_dim)` and the header's fields as attributes."""
+    """A loaded export: `act(obs_history, key) -> chunk (T_p, act_dim)`, and the header's fields."""
 
     def __init__(self, header: dict, exported: jax.export.Exported):
         self.header = header
@@ -84,8 +85,8 @@ class ExportedPolicy:
         self._call = jax.jit(exported.call)
 
     def act(self, obs_history, key=0) -> np.ndarray:
-        """The raw, clipped chunk for a raw history (T_o, obs_dim); `key` is an int seed (as `jax.random.key`),
-        a threefry key, or its raw data uint32 (2,)."""
+        """The raw, clipped chunk for a raw history (T_o, obs_dim); `key` is an int seed (as
+        `jax.random.key`), a threefry key, or its raw data uint32 (2,)."""
         obs = np.asarray(obs_history, np.float32)
         if obs.shape != (self.obs_steps, self.obs_dim):
             raise PhysgenError(f"observation history has shape {obs.shape}, the exported policy expects "
@@ -104,7 +105,8 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     except OSError as error:
         raise PhysgenError(f"cannot read exported policy {path} ({error.strerror}); {fix}") from None
     if not blob.startswith(MAGIC):
-        raise PhysgenError(f"{path} is not a physgen exported policy (it does not start with {MAGIC!r}); {fix}")
+        raise PhysgenError(f"{path} is not a physgen exported policy (it does not start with {MAGIC!r}); "
+                           f"{fix}")
     try:
         (size,) = struct.unpack_from("<Q", blob, len(MAGIC))
         start = len(MAGIC) + 8
@@ -115,8 +117,8 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     if not intact:
         raise PhysgenError(f"exported policy {path} is truncated or corrupt; {fix} again")
     if header.get("format") != FORMAT:
-        raise PhysgenError(f"exported policy {path} has format {header.get('format')}, this physgen reads format "
-                           f"{FORMAT}; export it again with this version")
+        raise PhysgenError(f"exported policy {path} has format {header.get('format')}, this physgen reads "
+                           f"format {FORMAT}; export it again with this version")
     try:
         exported = jax.export.deserialize(bytearray(payload))
     except Exception as error:  # the serialization version of another jax release, among others
@@ -132,8 +134,8 @@ def _key_data(key) -> np.ndarray:
         key = jax.random.key_data(key)
     data = np.asarray(key)
     if data.shape != (2,) or data.dtype != np.uint32:
-        raise PhysgenError(f"key must be an int seed, a threefry key or its data uint32 (2,), got {data.dtype} "
-                           f"{data.shape}")
+        raise PhysgenError(f"key must be an int seed, a threefry key or its data uint32 (2,), got "
+                           f"{data.dtype} {data.shape}")
     return data
 
 

@@ -1,0 +1,248 @@
+"""The real-time controller (queue, ensembling, prefetch, safe actions, statistics, retracing) and the export."""
+
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import physgen.control.controller as controller_module
+from physgen import PhysgenError
+from physgen.control import Controller, export_checkpoint, export_policy, load_exported
+from physgen.data import Normalizer
+from physgen.envs import get_task
+from physgen.policies import Policy, PolicyConfig, PolicyState, TrainedPolicies, act, save_policy
+
+CONFIG = PolicyConfig(method="flow", hidden=32, depth=2, time_dim=16, obs_steps=2, action_steps=8,
+                      exec_steps=4, inference_steps=3)
+T_O, T_P, T_A = CONFIG.obs_steps, CONFIG.action_steps, CONFIG.exec_steps
+OBS_DIM, ACT_DIM = 6, 2  # fork's, so that the same policy can be checkpointed
+LOW, HIGH = np.array([-1.0, 0.5], np.float32), np.array([1.0, 2.0], np.float32)  # zero clips to (0, 0.5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A randomly initialized flow policy with hand-made normalizers: mechanics need no training."""
+    policy, params = Policy.create(CONFIG, OBS_DIM, ACT_DIM, jax.random.key(0))
+    obs_norm = Normalizer(jnp.linspace(-0.5, 0.5, OBS_DIM), jnp.full(OBS_DIM, 1.5))
+    act_norm = Normalizer(jnp.array([0.1, 1.0]), jnp.array([0.8, 0.9]))
+    state = PolicyState(params, obs_norm, act_norm, jnp.asarray(LOW), jnp.asarray(HIGH))
+    return policy, state
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    """chunk(history, seed, k): what the controller should sample for chunk k, computed without it."""
+    policy, state = tiny
+    sample = jax.jit(lambda st, history, key: act(policy, st, history[None], key)[0])
+    return lambda history, seed, k: np.asarray(sample(state, history,
+                                                      jax.random.fold_in(jax.random.key(seed), k)))
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny):
+    """Every optional path on: prefetch, ensembling, the zero safe action."""
+    with Controller(*tiny, prefetch=1, ensemble=0.1, safe_action="zero") as controller:
+        yield controller
+
+
+def observations(n, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, OBS_DIM)).astype(np.float32)
+
+
+def histories(obs):
+    """The history each call sees: the last T_o observations, the first repeated at the start."""
+    padded = np.concatenate([np.repeat(obs[:1], T_O - 1, axis=0), obs])
+    return [padded[t:t + T_O] for t in range(len(obs))]
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_the_queue_executes_exactly_T_a_actions_per_chunk(tiny, reference, prefetch):
+    obs = observations(3 * T_A + 1)
+    with Controller(*tiny, prefetch=prefetch, seed=7) as controller:
+        actions = [controller.act(o) for o in obs]
+        chunks = controller.stats()["chunks"]
+    seen = histories(obs)
+    for t, action in enumerate(actions):
+        k = t // T_A
+        start = max(k * T_A - prefetch, 0)  # chunk k is sampled from the history of call start
+        np.testing.assert_allclose(action, reference(seen[start], 7, k)[t - start], rtol=1e-6, atol=1e-6)
+    assert chunks == 4  # calls 0, 4, 8, 12 (synchronous) or 0, 2, 6, 10 (prefetch 2) started one each
+
+
+def test_temporal_ensembling_weights_the_oldest_chunk_most(tiny, reference):
+    k_rate, obs = 0.5, observations(3 * T_A, seed=1)
+    with Controller(*tiny, ensemble=k_rate, seed=3) as controller:
+        actions = [controller.act(o) for o in obs]
+    seen = histories(obs)
+    chunks = [reference(seen[k * T_A], 3, k) for k in range(3)]
+    for t, action in enumerate(actions):
+        live = [k for k in range(3) if 0 <= t - k * T_A < T_P]  # oldest first
+        weights = np.exp(-k_rate * np.arange(len(live)))
+        expected = sum(w * chunks[k][t - k * T_A] for w, k in zip(weights, live)) / weights.sum()
+        np.testing.assert_allclose(action, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(actions[T_A], chunks[1][0])  # the overlap is really averaged
+
+
+bad_observations = st.one_of(
+    hnp.arrays(np.float32, OBS_DIM, elements=st.floats(width=32)),  # NaN, Inf, huge, tiny
+    hnp.arrays(np.float64, OBS_DIM, elements=st.floats(-1e300, 1e300)),  # beyond float32
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=0, max_dims=3, max_side=7), elements=st.floats(-5, 5)),
+    st.lists(st.floats(-5, 5), max_size=8), st.text(max_size=3), st.none())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(hnp.arrays(np.float32, OBS_DIM, elements=st.floats(-3, 3, width=32)),
+                          bad_observations), min_size=1, max_size=3 * T_A))
+def test_actions_stay_in_bounds_under_random_and_adversarial_observations(guarded, sequence):
+    guarded.reset()
+    for obs in sequence:
+        action = guarded.act(obs)
+        assert action.shape == (ACT_DIM,) and action.dtype == np.float32
+        assert np.all(np.isfinite(action)) and np.all(action >= LOW) and np.all(action <= HIGH)
+        with np.errstate(over="ignore"):
+            array = np.asarray(obs, np.float32) if isinstance(obs, (np.ndarray, list)) else None
+        good = array is not None and array.shape == (OBS_DIM,) and np.all(np.isfinite(array))
+        assert guarded.flagged == (not good) or guarded.fault == "the policy produced a non-finite action"
+
+
+def test_bad_observations_give_the_safe_action_and_the_flag(tiny, guarded):
+    obs = observations(4)
+    with Controller(*tiny) as hold:  # safe_action="hold"
+        np.testing.assert_array_equal(hold.act(np.full(OBS_DIM, np.nan)), [0.0, 0.5])  # nothing to hold yet
+        assert hold.flagged and "NaN or Inf" in hold.fault
+        first = hold.act(obs[0])
+        assert not hold.flagged and hold.fault is None
+        for bad, reason in [(np.full(OBS_DIM, np.inf), "NaN or Inf"), (obs[1, :3], "shape (3,)"),
+                            (obs[:2], "shape (2, 6)"), ("sensor offline", "not numeric")]:
+            np.testing.assert_array_equal(hold.act(bad), first)
+            assert hold.flagged and reason in hold.fault
+        resumed = [hold.act(o) for o in obs[1:]]
+        assert not hold.flagged and hold.stats()["flagged"] == 5 and hold.stats()["calls"] == 9
+        hold.reset()
+        clean = [hold.act(o) for o in obs]  # the bad observations did not advance the plan
+    np.testing.assert_array_equal(np.stack([first, *resumed]), np.stack(clean))
+    guarded.reset()
+    guarded.act(obs[0])
+    np.testing.assert_array_equal(guarded.act(obs[1, :5]), [0.0, 0.5])
+    assert guarded.flagged
+
+
+def test_no_retracing_after_warm_up(tiny, monkeypatch):
+    traces = []
+
+    def counting_act(*args, **kwargs):
+        traces.append(1)
+        return act(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "act", counting_act)
+    with Controller(*tiny, prefetch=1, ensemble=0.2) as controller:
+        assert len(traces) == 1
+        for episode in range(2):
+            controller.reset(seed=episode)
+            for obs in [*observations(2 * T_A + 3, seed=episode), np.full(OBS_DIM, np.nan), np.zeros(3)]:
+                controller.act(obs)
+        assert controller.stats()["calls"] == 2 * (2 * T_A + 5)  # across episodes, the warm-up excluded
+    assert len(traces) == 1
+
+
+def test_stats_report_latency_misses_and_the_achieved_rate(tiny):
+    with Controller(*tiny, rate_hz=1e6) as controller:  # a 1 us deadline: every call misses it
+        for obs in observations(10):
+            controller.act(obs)
+            time.sleep(0.01)
+        stats = controller.stats()
+    assert stats["calls"] == 10 and stats["misses"] == 10 and stats["flagged"] == 0 and stats["chunks"] == 3
+    assert 0 < stats["p50_us"] <= stats["p95_us"] <= stats["p99_us"] <= stats["max_us"]
+    assert 20 < stats["achieved_hz"] < 101
+
+
+def test_bad_controller_settings_are_refused(tiny):
+    with pytest.raises(PhysgenError, match="rate_hz must be a positive"):
+        Controller(*tiny, rate_hz=0)
+    with pytest.raises(PhysgenError, match="safe_action must be one of hold, zero"):
+        Controller(*tiny, safe_action="brake")
+    with pytest.raises(PhysgenError, match="prefetch must be between 0 and action_steps - exec_steps"):
+        Controller(*tiny, prefetch=T_P - T_A + 1)
+    with pytest.raises(PhysgenError, match="ensemble"):
+        Controller(*tiny, ensemble=float("nan"))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "policy.jaxexport"
+    export_policy(*tiny, path, task="fork")
+    return path
+
+
+def test_the_exported_policy_matches_the_in_process_one(tiny, exported):
+    policy, state = tiny
+    loaded = load_exported(exported)
+    assert (loaded.task, loaded.method, loaded.obs_steps, loaded.obs_dim, loaded.act_dim, loaded.action_steps,
+            loaded.exec_steps) == ("fork", "flow", T_O, OBS_DIM, ACT_DIM, T_P, T_A)
+    np.testing.assert_array_equal(loaded.action_low, LOW)
+    in_process = jax.jit(lambda history, key: act(policy, state, history[None], key)[0])
+    for seed, history in enumerate(histories(observations(3, seed=2)) + [np.full((T_O, OBS_DIM), 40.0)]):
+        chunk = loaded.act(history, seed)
+        assert chunk.shape == (T_P, ACT_DIM) and np.all(chunk >= LOW) and np.all(chunk <= HIGH)
+        expected = in_process(history, jax.random.key(seed))
+        np.testing.assert_allclose(chunk, expected, rtol=1e-5, atol=1e-6)  # float32 rounding at most
+        key = jax.random.key(seed)
+        for same in (key, jax.random.key_data(key)):
+            np.testing.assert_array_equal(loaded.act(history, same), chunk)
+
+
+def test_the_export_loads_without_the_training_code(exported, tmp_path):
+    history = histories(observations(2, seed=4))[1]
+    np.save(tmp_path / "history.npy", history)
+    script = ("import sys, numpy as np\n"
+              "for name in ('flax', 'optax', 'orbax', 'gymnasium', 'mujoco', 'physgen.policies'):\n"
+              "    sys.modules[name] = None  # importing any of them now fails\n"
+              "from physgen.control import load_exported\n"
+              f"chunk = load_exported({str(exported)!r}).act(np.load({str(tmp_path / 'history.npy')!r}), 5)\n"
+              f"np.save({str(tmp_path / 'chunk.npy')!r}, chunk)\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    np.testing.assert_array_equal(np.load(tmp_path / "chunk.npy"), load_exported(exported).act(history, 5))
+
+
+def test_bad_export_files_and_inputs_are_refused(exported, tmp_path):
+    blob = exported.read_bytes()
+    with pytest.raises(PhysgenError, match="cannot read exported policy .*`physgen export --checkpoint"):
+        load_exported(tmp_path / "missing.jaxexport")
+    for name, data in [("foreign", b"\x7fELF" + blob[4:]), ("truncated", blob[:-100]),
+                       ("flipped", blob[:-50] + bytes([blob[-50] ^ 1]) + blob[-49:])]:
+        (tmp_path / name).write_bytes(data)
+        reason = "not a physgen exported policy" if name == "foreign" else "truncated or corrupt"
+        with pytest.raises(PhysgenError, match=reason):
+            load_exported(tmp_path / name)
+    loaded = load_exported(exported)
+    with pytest.raises(PhysgenError, match="shape \\(3, 6\\), the exported policy expects \\(2, 6\\)"):
+        loaded.act(np.zeros((3, OBS_DIM)), 0)
+    with pytest.raises(PhysgenError, match="NaN or Inf"):
+        loaded.act(np.full((T_O, OBS_DIM), np.nan), 0)
+    with pytest.raises(PhysgenError, match="key must be"):
+        loaded.act(np.zeros((T_O, OBS_DIM)), np.zeros(4, np.uint32))
+
+
+def test_controller_and_export_from_a_checkpoint(tiny, tmp_path):
+    policy, state = tiny
+    task = get_task("fork")  # its bounds, [-1, 1], replace the test's on loading
+    stacked = jax.tree.map(lambda x: x[None], state)
+    trained = TrainedPolicies(policy, stacked, stacked.params, np.zeros((1, 0)), (0,))
+    path = save_policy(tmp_path / "seed_0", task, trained, 0)
+    obs = observations(1, seed=5)[0]
+    expected = np.asarray(act(policy, state._replace(action_low=-jnp.ones(2), action_high=jnp.ones(2)),
+                              np.stack([obs] * T_O)[None], jax.random.fold_in(jax.random.key(0), 0))[0])
+    with Controller.from_checkpoint(path, rate_hz=50, task="fork") as controller:
+        np.testing.assert_allclose(controller.act(obs), expected[0], rtol=1e-6, atol=1e-6)
+    loaded = load_exported(export_checkpoint(path, tmp_path / "policy.jaxexport"))
+    assert loaded.task == "fork" and loaded.header["config"]["hidden"] == CONFIG.hidden
+    key = jax.random.fold_in(jax.random.key(0), 0)
+    np.testing.assert_allclose(loaded.act(np.stack([obs] * T_O), key), expected, rtol=1e-5, atol=1e-6)
+
