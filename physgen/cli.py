@@ -93,6 +93,18 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def _sweep_steps(args: argparse.Namespace) -> None:
+    from physgen.bench.sweep import sweep_steps
+
+    try:
+        steps = [int(k) for k in args.steps.split(",")]
+    except ValueError:
+        raise PhysgenError(f"--steps takes comma-separated integers such as 1,2,5,10, got {args.steps!r}") from None
+    if args.episodes < 1:
+        raise PhysgenError(f"--episodes must be at least 1, got {args.episodes}")
+    sweep_steps(args.checkpoint, steps, args.episodes, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -147,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default="policy.jaxexport")
     export.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's config)")
     export.set_defaults(run=_export)
+
+    sweep = commands.add_parser("sweep-steps", help="success (Wilson intervals) and latency for each number of "
+                                "denoising or integration steps of one checkpoint, without retraining")
+    sweep.add_argument("--checkpoint", required=True)
+    sweep.add_argument("--steps", default="1,2,5,10,20,50,100")
+    sweep.add_argument("--episodes", type=int, default=100)
+    sweep.add_argument("--out", default="sweep")
+    sweep.set_defaults(run=_sweep_steps)
     return parser
 
 

@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from physgen.data import generate_dataset
@@ -11,6 +12,19 @@ def minari_root(tmp_path_factory):
     patch = pytest.MonkeyPatch()
     patch.setenv("MINARI_DATASETS_PATH", str(root))
     yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for the session, shared with the subprocesses tests start: programs that several
+    tests (or a killed run and its rerun) build alike compile once."""
+    folder = tmp_path_factory.mktemp("jax_cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(folder))
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    yield folder
+    jax.config.update("jax_compilation_cache_dir", None)
     patch.undo()
 
 

@@ -12,11 +12,11 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
+from physgen.io import write_json
 from physgen.policies.policy import PolicyConfig
 
 OFFLINE_METHODS = ("diffusion", "flow", "bc")
@@ -37,7 +37,7 @@ class Budget:
     hidden: int
     episodes: int  # final evaluation episodes per seed
     curve_points: int  # evaluations over training, the last one the final evaluation
-    curve_episodes: int  # episodes per seed at the earlier points
+    curve_episodes: int  # episodes per seed at the earlier points (pure-JAX tasks, where they are cheap: all)
     seeds: int
     ppo_steps: int  # environment steps per PPO seed
     ppo_by_default: str  # "never", "pure-jax" (tasks that train in one compiled program) or "always"
@@ -61,9 +61,16 @@ def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
                                    f"on {task.name} do not fit it; add it with --methods ...,ppo or --budget full")
 
 
-def policy_config(method: str, budget: Budget) -> PolicyConfig:
+# Per-task changes to PolicyConfig's defaults. hopper: sample prediction and shorter chunks, from a one-seed sweep at
+# 3,000 steps (README, "Benchmark"): diffusion returned 4% of the expert with epsilon prediction and T_p 16 / T_a 8,
+# 45% with sample prediction, 57% with sample prediction and T_p 4 / T_a 2; BC 44% with 16 / 8 and 65% with 8 / 4.
+TASK_POLICY_SETTINGS = {"hopper": {"prediction": "sample", "action_steps": 8, "exec_steps": 4}}
+
+
+def policy_config(task: Task, method: str, budget: Budget) -> PolicyConfig:
     return PolicyConfig(method=method, steps=budget.steps, batch_size=budget.batch_size, hidden=budget.hidden,
-                        steps_per_call=-(-budget.steps // budget.curve_points))
+                        steps_per_call=-(-budget.steps // budget.curve_points),
+                        **TASK_POLICY_SETTINGS.get(task.name, {}))
 
 
 def curve_steps(config: PolicyConfig) -> list[int]:
@@ -107,15 +114,15 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                                       dataset.trajectories.num_episodes).tolist())
     if dataset_seeds & set(evaluation.tolist()):
         raise PhysgenError("evaluation episode seeds overlap the dataset's; regenerate the dataset with another --seed")
-    hyper = {m: dataclasses.asdict(policy_config(m, budget)) for m in methods if m in OFFLINE_METHODS}
+    hyper = {m: dataclasses.asdict(policy_config(task, m, budget)) for m in methods if m in OFFLINE_METHODS}
     if "ppo" in methods:
         hyper["ppo"] = dataclasses.asdict(PPOConfig(total_steps=budget.ppo_steps))
     return {
         "experiment": {
             "task": task.name, "methods": methods, "training_seeds": seeds, "budget": budget_name,
             "budget_settings": dataclasses.asdict(budget), "episodes": episodes,
-            "evaluation_seeds": evaluation.tolist(), "curve_episodes": min(budget.curve_episodes, episodes),
-            "curve_steps": {m: curve_steps(policy_config(m, budget)) for m in methods if m in OFFLINE_METHODS},
+            "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
+            "curve_steps": {m: curve_steps(policy_config(task, m, budget)) for m in methods if m in OFFLINE_METHODS},
             "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper,
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
                         "validation_fraction": 0.1, "split_seed": 0,
@@ -127,13 +134,6 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
                         "jax_devices": [str(d) for d in jax.devices()]},
     }
-
-
-def write_json(path: Path, value) -> None:
-    """Write JSON atomically: a temporary file beside `path`, then a rename."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(value, indent=1, default=lambda x: np.asarray(x).tolist()))
-    os.replace(partial, path)
 
 
 def fix_protocol(out: Path, protocol: dict) -> None:

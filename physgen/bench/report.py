@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 
 from physgen.bench import stats  # noqa: E402
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates  # noqa: E402
-from physgen.bench.protocol import GENERATIVE_METHODS, write_json  # noqa: E402
+from physgen.bench.protocol import GENERATIVE_METHODS  # noqa: E402
+from physgen.io import write_json, write_text  # noqa: E402
 from physgen.envs import Task  # noqa: E402
 
 
@@ -97,7 +98,8 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     plt.close(fig)
 
 
-def _report(task: Task, protocol: dict, summary: dict, curves: dict, videos: dict, seconds: float) -> str:
+def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: dict, videos: dict,
+            seconds: float) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
     lines = [f"# physgen bench: {task.name}", "",
@@ -126,7 +128,15 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, videos: dic
                   "Probability that a seed of the generative method beats a seed of the baseline (success rate; "
                   "0.5 = no difference):", "", "| method | baseline | P(improvement) |", "|---|---|---|"]
         lines += [f"| {m} | {b} | {_interval(v)} |" for m, b, v in pairs]
-    lines += ["", "![success](success.png)", "", "## Success over training", "",
+    lines += ["", "![success](success.png)", "", "## Latency", "",
+              f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
+              f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
+              "prefetch); sustainable rate: 99% of calls within their period.", "",
+              "| method | compile | chunk p50 / p99 | action p50 / p99 | sustainable rate |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | {v['compile_s']:.1f} s | {v['chunk_p50_us']:,.0f} / {v['chunk_p99_us']:,.0f} us | "
+              f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
+              for m, v in latency.items()]
+    lines += ["", "## Success over training", "",
               "| method | " + " | ".join(f"step {p['step']:,}" for p in next(iter(curves.values()))) + " |",
               "|---|" + "---|" * len(next(iter(curves.values())))]
     for method, points in curves.items():
@@ -155,17 +165,16 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, videos: dic
     return "\n".join(lines) + "\n"
 
 
-def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], seconds: float,
-                             videos: bool = True) -> None:
+def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
+                             seconds: float, videos: bool = True) -> None:
     from physgen.bench.video import failure_videos
 
     statistics = protocol["experiment"]["statistics"]
     summary = summarize_units(units, statistics)
     curves = _curves(units, statistics)
-    write_json(out / "results.json", {"task": task.name, "summary": summary, "curves": curves, "units": units})
+    write_json(out / "results.json", {"task": task.name, "summary": summary, "curves": curves, "latency": latency,
+                                      "units": units})
     _figures(out, summary, curves)
     clips = failure_videos(out, task, units) if videos else {}
-    report = _report(task, protocol, summary, curves, clips, seconds)
-    partial = out / "report.md.partial"
-    partial.write_text(report)
-    partial.replace(out / "report.md")
+    report = _report(task, protocol, summary, curves, latency, clips, seconds)
+    write_text(out / "report.md", report)

@@ -1,9 +1,11 @@
 """`physgen bench`: train every method over seeds, evaluate all of them on the same episodes, categorize failures.
 
-Work is done in units of one (method, seed). The seeds of a method train together in one compiled program (vmap),
-then each unit's evaluation is written atomically to `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
-(states, actions, events, out-of-distribution scores: enough to re-categorize without re-running). A rerun skips
-finished units, so an interrupted run loses at most the method in progress.
+Results are stored in units of one (method, seed): `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
+(states, actions, events, out-of-distribution scores: enough to re-categorize without re-running), each written
+atomically. The seeds of a method train together in one compiled program (vmap over all of them: a seed's numbers
+depend, in the last bits, on the group it was trained in), so a rerun skips every method whose units are all
+written and trains a method with missing units again as the same group, writing only the missing ones. An
+interrupted run loses at most the method in progress, and a resumed run ends with the uninterrupted run's numbers.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ import numpy as np
 from rich.progress import Progress
 
 from physgen.bench.failures import categorize, fit_support, nearest_distances
+from physgen.control.latency import measure_latency
 from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
-                                    make_protocol, policy_config, write_json)
+                                    make_protocol)
 from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
 from physgen.envs import Task, get_task
-from physgen.envs.rollout import Episode, episode_seeds, rollout_gym
+from physgen.envs.rollout import Episode, rollout_gym
 from physgen.errors import PhysgenError
+from physgen.io import write_json
+from physgen.policies.policy import PolicyConfig
 
 
 def expert_dataset(task: Task):
@@ -80,14 +85,14 @@ class Evaluation:
         return record, arrays
 
 
-def _run_offline(out: Path, method: str, seeds: list[int], evaluation: Evaluation, train, protocol: dict,
-                 bar: Progress, job) -> None:
+def _run_offline(out: Path, method: str, seeds: list[int], pending: list[int], evaluation: Evaluation, train,
+                 protocol: dict, bar: Progress, job) -> None:
     from physgen.policies.evaluate import evaluate
     from physgen.policies.runner import save_policy
     from physgen.policies.train import train_policies
 
     experiment = protocol["experiment"]
-    config = policy_config(method, BUDGETS[experiment["budget"]])
+    config = PolicyConfig.from_dict(experiment["hyperparameters"][method])
     all_seeds = np.asarray(experiment["evaluation_seeds"])
     curve_seeds = all_seeds[: experiment["curve_episodes"]]
     curves, final = {s: [] for s in seeds}, {}
@@ -105,13 +110,34 @@ def _run_offline(out: Path, method: str, seeds: list[int], evaluation: Evaluatio
 
     train_policies(evaluation.task, config, train, seeds, progress=False, callback=at_point)
     rollouts, trained = final["rollouts"], final["trained"]
-    for i, seed in enumerate(seeds):
+    _write_latency(out, method, measure_latency(trained.policy, trained.state_of(0), np.asarray(train.observations),
+                                                evaluation.task.control_hz))
+    for i, seed in ((i, seed) for i, seed in enumerate(seeds) if seed in pending):
         save_policy(out / "checkpoints" / method / f"seed_{seed}", evaluation.task, trained, i)
         record, arrays = evaluation.record(
             method, seed, all_seeds, rollouts.observations[i], rollouts.actions[i],
             {k: v[i] for k, v in rollouts.events.items()}, rollouts.lengths[i], rollouts.returns[i],
             rollouts.success[i], curves[seed])
         _write_unit(out, method, seed, record, arrays)
+
+
+def _write_latency(out: Path, method: str, latency: dict) -> None:
+    """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes)."""
+    write_json(out / "units" / method / "latency.json", latency)
+
+
+def _ppo_latency(policy, observations: np.ndarray, calls: int = 200) -> dict:
+    start = time.perf_counter()
+    policy(observations[:1])
+    compile_s = time.perf_counter() - start
+    times = []
+    for call in range(calls):
+        begin = time.perf_counter_ns()
+        policy(observations[call % len(observations)][None])
+        times.append((time.perf_counter_ns() - begin) / 1e3)
+    p50, p99 = np.percentile(times, [50, 99])
+    return {"compile_s": compile_s, "chunk_p50_us": p50, "chunk_p99_us": p99, "action_p50_us": p50,
+            "action_p99_us": p99, "sustainable_hz": 1e6 / p99, "calls": calls, "steps": None}
 
 
 def _padded(task: Task, episodes: list[Episode]):
@@ -137,7 +163,8 @@ def _ppo_outcomes(task: Task, policy, episodes: int, expert_return):
     return run, returns, lengths, success
 
 
-def _run_ppo(out: Path, seeds: list[int], evaluation: Evaluation, protocol: dict, bar: Progress, job) -> None:
+def _run_ppo(out: Path, seeds: list[int], pending: list[int], evaluation: Evaluation, protocol: dict, bar: Progress,
+             job) -> None:
     from physgen.policies.ppo import PPOConfig, load_ppo_policy, train_ppo
 
     experiment, task = protocol["experiment"], evaluation.task
@@ -146,7 +173,7 @@ def _run_ppo(out: Path, seeds: list[int], evaluation: Evaluation, protocol: dict
     train_ppo(task, config, seeds, out_dir=folder, progress=False)
     bar.advance(job, len(seeds) * config.total_steps)
     intermediate = sorted((folder / "steps").glob("*"), key=lambda p: int(p.name)) if (folder / "steps").exists() else []
-    for seed in seeds:
+    for seed in pending:
         curve = []
         for point in intermediate:
             _, _, _, success = _ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
@@ -159,6 +186,7 @@ def _run_ppo(out: Path, seeds: list[int], evaluation: Evaluation, protocol: dict
         record, arrays = evaluation.record("ppo", seed, np.array([e.seed for e in run]), obs, actions, events,
                                            lengths, returns, success, curve)
         _write_unit(out, "ppo", seed, record, arrays)
+    _write_latency(out, "ppo", _ppo_latency(load_ppo_policy(folder / f"seed_{seeds[0]}"), obs[0]))
 
 
 def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):
@@ -196,14 +224,15 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
         job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work[m] * len(seeds) for m in methods))
         for method in methods:
             pending = [s for s in seeds if not unit_path(out, method, s).with_suffix(".json").exists()]
-            bar.advance(job, work[method] * (len(seeds) - len(pending)))
             if not pending:
+                bar.advance(job, work[method] * len(seeds))
                 continue
-            bar.update(job, description=f"bench {task.name} ({budget}): {method}, {len(pending)} seeds")
+            bar.update(job, description=f"bench {task.name} ({budget}): {method}, {len(seeds)} seeds")
             if method in OFFLINE_METHODS:
-                _run_offline(out, method, pending, evaluation, train, protocol, bar, job)
+                _run_offline(out, method, seeds, pending, evaluation, train, protocol, bar, job)
             else:
-                _run_ppo(out, pending, evaluation, protocol, bar, job)
+                _run_ppo(out, seeds, pending, evaluation, protocol, bar, job)
     units = {m: [json.loads(unit_path(out, m, s).with_suffix(".json").read_text()) for s in seeds] for m in methods}
-    write_results_and_report(out, task, protocol, units, time.perf_counter() - started, videos=videos)
+    latency = {m: json.loads((out / "units" / m / "latency.json").read_text()) for m in methods}
+    write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
     return out

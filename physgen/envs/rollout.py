@@ -95,28 +95,32 @@ def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list
 
 
 def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, seed: int, episodes: int) -> list[Episode]:
-    """Run a Gymnasium task episode by episode; `policy=None` samples uniform random actions (seeded)."""
-    env = task.make_env()
-    result = []
-    for episode_seed in episode_seeds(seed, episodes):
-        episode_seed = int(episode_seed)
-        env.action_space.seed(episode_seed)
-        obs, _ = env.reset(seed=episode_seed)
-        observations, actions, rewards, term, trunc = [obs], [], [], [], []
-        events = {name: [] for name in task.events}
-        done = False
-        while not done:
-            action = env.action_space.sample() if policy is None else policy(obs)
-            obs, reward, terminated, truncated, info = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(reward)
-            term.append(terminated)
-            trunc.append(truncated)
-            for name in task.events:
-                events[name].append(info["events"][name])
-            done = terminated or truncated
-        result.append(Episode(np.asarray(observations), np.asarray(actions), np.asarray(rewards), np.asarray(term),
-                              np.asarray(trunc), {k: np.asarray(v) for k, v in events.items()}, episode_seed))
-    env.close()
-    return result
+    """Run a Gymnasium task's episodes in lockstep, one environment each.
+
+    `policy` maps a batch of observations (episodes, obs_dim) to a batch of actions, called once per step on every
+    episode (finished ones repeat their last observation, so the batch shape never changes); `policy=None` samples
+    uniform random actions from each environment's seeded action space.
+    """
+    seeds = [int(s) for s in episode_seeds(seed, episodes)]
+    envs = [task.make_env() for _ in seeds]
+    obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
+    for env, s in zip(envs, seeds):
+        env.action_space.seed(s)
+    steps = [{"obs": [o], "action": [], "reward": [], "term": [], "trunc": [], **{k: [] for k in task.events}}
+             for o in obs]
+    live = np.ones(len(seeds), bool)
+    while live.any():
+        actions = None if policy is None else np.asarray(policy(obs))
+        for i in np.nonzero(live)[0]:
+            action = envs[i].action_space.sample() if actions is None else actions[i]
+            obs[i], reward, terminated, truncated, info = envs[i].step(action)
+            record = steps[i]
+            for key, value in (("obs", obs[i].copy()), ("action", action), ("reward", reward),
+                               ("term", terminated), ("trunc", truncated), *info["events"].items()):
+                record[key].append(value)
+            live[i] = not (terminated or truncated)
+    for env in envs:
+        env.close()
+    return [Episode(np.asarray(r["obs"]), np.asarray(r["action"]), np.asarray(r["reward"]), np.asarray(r["term"]),
+                    np.asarray(r["trunc"]), {k: np.asarray(r[k]) for k in task.events}, s)
+            for r, s in zip(steps, seeds)]

@@ -11,7 +11,6 @@ jitted program (rollouts and updates in `lax.scan`, purejaxrl style); a Gymnasiu
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -27,6 +26,7 @@ from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
+from physgen.io import write_json
 from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.ppo_core import (ActorCritic, Learner, RunningStats, Transition, act, make_optimizer,
                                        normalize_obs, update)
@@ -209,7 +209,7 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
             advance(config.steps_per_update, curve[-1]["mean_return"])
             if out_dir is not None and config.checkpoint_every and env_steps >= next_checkpoint:
                 _save_all(out_dir / "steps" / str(env_steps), task, config, seeds, learners, env_steps)
-                _write_json(out_dir / "curve.json", curve)
+                write_json(out_dir / "curve.json", curve)
                 next_checkpoint += config.checkpoint_every
     envs.close()
     return learners, curve, metrics
@@ -291,13 +291,6 @@ def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], lea
         save_ppo(folder / f"seed_{seed}", task, config, *_seed_slice(learners, i), seed=seed, env_steps=env_steps)
 
 
-def _write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    tmp.replace(path)
-
-
 def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Path | None = None,
               progress: bool = True) -> dict:
     """Train one policy per seed, all together; with `out_dir`, write `out_dir/seed_<s>` checkpoints.
@@ -328,7 +321,7 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
               "metrics": jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)}
     if out_dir is not None:
         _save_all(out_dir, task, config, seeds, learners, config.num_updates * config.steps_per_update)
-        _write_json(out_dir / "result.json", result)
+        write_json(out_dir / "result.json", result)
     return result
 
 

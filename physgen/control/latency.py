@@ -1,0 +1,43 @@
+"""Latency as a metric: compile time, time per sampled chunk and per action, and the control rate a policy sustains."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from physgen.policies import Policy, PolicyRunner, PolicyState
+
+
+def _percentiles(nanoseconds: list[int]) -> tuple[float, float]:
+    p50, p99 = np.percentile(np.asarray(nanoseconds) / 1e3, [50, 99])
+    return float(p50), float(p99)
+
+
+def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray, rate_hz: float,
+                    steps: int | None = None, calls: int = 200) -> dict:
+    """Time one policy on `observations` (consecutive states, numpy): the sampler alone (one chunk per call) and the
+    `Controller` at `rate_hz` (one action per call, a new chunk every T_a calls, no prefetch).
+
+    `sustainable_hz` is the highest rate at which 99% of the controller's calls finish within their period.
+    """
+    from physgen.control.controller import Controller
+
+    start = time.perf_counter()
+    runner = PolicyRunner(policy, state, steps)
+    compile_s = time.perf_counter() - start
+    history = np.repeat(observations[:1], policy.config.obs_steps, axis=0)
+    chunk_ns = []
+    for call in range(calls):
+        begin = time.perf_counter_ns()
+        runner.act(history, call)
+        chunk_ns.append(time.perf_counter_ns() - begin)
+    with Controller(policy, state, rate_hz=rate_hz, steps=steps) as controller:
+        controller.reset()
+        for call in range(calls):
+            controller.act(observations[call % len(observations)])
+        actions = controller.stats()
+    chunk_p50, chunk_p99 = _percentiles(chunk_ns)
+    return {"compile_s": compile_s, "chunk_p50_us": chunk_p50, "chunk_p99_us": chunk_p99,
+            "action_p50_us": actions["p50_us"], "action_p99_us": actions["p99_us"],
+            "sustainable_hz": 1e6 / actions["p99_us"], "calls": calls, "steps": steps or policy.config.inference_steps}

@@ -1,0 +1,169 @@
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from physgen.bench import run_bench
+from physgen.bench.failures import StateSupport, categorize, fit_support, hidden_by_aggregates, nearest_distances
+from physgen.bench.video import pick_episodes
+from physgen.cli import main
+from physgen.data import generate_dataset
+from physgen.envs import get_task
+from physgen.errors import PhysgenError
+
+HORIZON = 100
+LOW, HIGH = np.full(2, -1.0), np.full(2, 1.0)
+SMOKE = dict(methods=["diffusion", "bc"], seeds=2, episodes=4, budget="smoke")
+SMOKE_ARGS = ["--task", "fork", "--methods", "diffusion,bc", "--seeds", "2", "--episodes", "4", "--budget", "smoke"]
+
+
+def category(events=None, ood=None, actions=None, length=HORIZON, goal=True, threshold=1.0):
+    events = {"collision": np.zeros(length, bool), **(events or {})}
+    if goal:
+        events["goal_reached"] = np.zeros(length, bool)
+    actions = np.zeros((length, 2)) if actions is None else actions
+    ood = np.zeros(length + 1) if ood is None else ood
+    return categorize(actions, events, ood, length, HORIZON, ("collision",), LOW, HIGH, threshold)
+
+
+def fired_at(step, length=HORIZON):
+    flags = np.zeros(length, bool)
+    flags[step] = True
+    return flags
+
+
+def test_each_failure_rule_on_a_hand_made_trajectory():
+    assert category({"collision": fired_at(5)}) == "early_instability"
+    assert category({"collision": fired_at(30)}) == "collision"
+    assert category({"collision": fired_at(60)}) == "long_horizon"
+    assert category() == "timeout"
+    assert category(goal=False) == "low_return"
+    pinned = np.tile([1.0, -0.995], (HORIZON, 1))
+    assert category({"collision": fired_at(30)}, actions=pinned) == "action_saturation"
+    ood = np.zeros(HORIZON + 1)
+    ood[10:13] = 2.0  # three consecutive steps out of distribution before the collision at 30
+    assert category({"collision": fired_at(30)}, ood=ood) == "distribution_shift"
+    ood[12] = 0.0  # two are not enough
+    assert category({"collision": fired_at(30)}, ood=ood) == "collision"
+    late = np.zeros(HORIZON + 1)
+    late[40:50] = 2.0  # out of distribution only after the failure: the failure is not blamed on it
+    assert category({"collision": fired_at(30)}, ood=late) == "collision"
+
+
+def test_nearest_distances_match_brute_force_and_the_threshold_is_the_validation_quantile():
+    rng = np.random.default_rng(0)
+    train, validation = rng.normal(size=(500, 3)), rng.normal(size=(200, 3))
+    support = fit_support(train, validation)
+    queries = rng.normal(size=(7, 5, 3)) * 2
+    scaled = lambda x: (x - train.mean(0)) / train.std(0)  # noqa: E731
+    brute = np.sqrt(((scaled(queries)[..., None, :] - scaled(train)) ** 2).sum(-1)).min(-1)
+    np.testing.assert_allclose(nearest_distances(support, queries), brute, rtol=1e-4, atol=1e-4)
+    val_distances = np.sqrt(((scaled(validation)[:, None] - scaled(train)) ** 2).sum(-1)).min(-1)
+    assert support.threshold == pytest.approx(np.quantile(val_distances, 0.99), rel=1e-4)
+    exact = StateSupport(np.zeros((1, 2), np.float32), np.zeros(2), np.ones(2), 1.0)
+    np.testing.assert_allclose(nearest_distances(exact, np.array([[3.0, 4.0]])), [5.0], rtol=1e-6)
+
+
+def test_aggregates_hide_different_failures_behind_overlapping_success():
+    success = {"a": {"low": 0.2, "high": 0.5}, "b": {"low": 0.3, "high": 0.6}, "c": {"low": 0.8, "high": 0.9}}
+    categories = {"a": ["collision"] * 4, "b": ["timeout"] * 3 + ["collision"], "c": ["timeout"]}
+    notes = hidden_by_aggregates(success, categories)
+    assert len(notes) == 1 and notes[0].startswith("a and b") and "0.75" in notes[0]
+
+
+def test_videos_are_picked_by_a_seeded_rule_spread_over_categories():
+    episodes = [{"category": c} for c in ["timeout"] * 10 + ["collision"] * 2 + [None] * 5 + ["fall"]]
+    records = [{"episodes": episodes}, {"episodes": episodes}]
+    picked = pick_episodes(records)
+    assert picked == pick_episodes(records)
+    labels = [label for _, _, label in picked]
+    assert labels.count("success") == 2 and len(labels) == 7
+    # round robin in rule order: collision, fall, timeout, collision, fall
+    assert labels.count("collision") == 2 and labels.count("fall") == 2 and labels.count("timeout") == 1
+    assert len(set(picked)) == len(picked)
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench_minari")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MINARI_DATASETS_PATH", str(root))
+    generate_dataset(get_task("fork"), episodes=200, seed=0)
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(datasets, tmp_path_factory):
+    return run_bench("fork", out=tmp_path_factory.mktemp("bench") / "fork", progress=False, **SMOKE)
+
+
+def test_smoke_bench_writes_every_file_and_the_report_quotes_results(smoke_run):
+    out = smoke_run
+    for name in ("protocol.json", "results.json", "report.md", "curves.png", "success.png", "failures.png"):
+        assert (out / name).stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    protocol = json.loads((out / "protocol.json").read_text())["experiment"]
+    assert protocol["training_seeds"] == [0, 1] and len(protocol["evaluation_seeds"]) == 4
+    report = (out / "report.md").read_text()
+    for method, summary in results["summary"].items():
+        row = re.search(rf"^\| {method} \| (.+)$", report, re.MULTILINE).group(1).split(" | ")
+        mean = summary["success_mean"]
+        assert row[0] == f"{mean['estimate']:.2f} [{mean['low']:.2f}, {mean['high']:.2f}]"
+        rates = [np.mean([e["success"] for e in unit["episodes"]]) for unit in results["units"][method]]
+        assert summary["per_seed_success"] == pytest.approx(rates)
+        assert len(results["curves"][method]) == 5
+        videos = list((out / "videos" / method).glob("*.mp4"))
+        assert 1 <= len(videos) <= 7 and all(v.stat().st_size > 0 for v in videos)
+
+
+def test_categories_can_be_recomputed_from_the_recorded_trajectories(smoke_run):
+    task, results = get_task("fork"), json.loads((smoke_run / "results.json").read_text())
+    for unit in results["units"]["bc"]:
+        arrays = np.load(smoke_run / "units" / "bc" / f"seed_{unit['seed']}.npz")
+        for e, episode in enumerate(unit["episodes"]):
+            n = episode["length"]
+            events = {k: arrays[f"event_{k}"][e, :n] for k in task.events}
+            assert episode["success"] or episode["category"] == categorize(
+                arrays["actions"][e, :n], events, arrays["ood"][e, : n + 1], n, task.horizon, task.failure_events,
+                task.action_space.low, task.action_space.high, unit["ood_threshold"])
+
+
+def test_a_different_protocol_in_the_same_folder_is_refused(smoke_run):
+    with pytest.raises(PhysgenError, match="different protocol"):
+        run_bench("fork", out=smoke_run, progress=False, **{**SMOKE, "seeds": 3})
+
+
+def test_bad_bench_arguments_give_one_line_errors(capsys):
+    assert main(["bench", "--task", "fork", "--methods", "diffusion,gan"]) == 2
+    assert main(["bench", "--task", "fork", "--seeds", "0"]) == 2
+    assert "gan" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_numbers(smoke_run, datasets, tmp_path):
+    # The finished run with bc's units removed is a run that stopped after diffusion; resuming it in a subprocess
+    # that is killed as soon as bc writes its first unit, then rerunning, must end with the uninterrupted numbers.
+    out = tmp_path / "resumed"
+    shutil.copytree(smoke_run, out, ignore=shutil.ignore_patterns("bc", "results.json", "report.md", "videos"))
+    kept = {p: p.stat().st_mtime_ns for p in (out / "units" / "diffusion").iterdir()}
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(datasets)}
+    proc = subprocess.Popen([sys.executable, "-m", "physgen.cli", "bench", *SMOKE_ARGS, "--out", str(out),
+                             "--no-videos"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (out / "units" / "bc" / "seed_0.json").exists() and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    run_bench("fork", out=out, progress=False, videos=False, **SMOKE)
+    assert {p: p.stat().st_mtime_ns for p in (out / "units" / "diffusion").iterdir()} == kept  # not run again
+    again, reference = (json.loads((o / "results.json").read_text()) for o in (out, smoke_run))
+    assert again["summary"] == reference["summary"] and again["curves"] == reference["curves"]
