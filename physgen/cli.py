@@ -16,7 +16,7 @@ def _tasks(args: argparse.Namespace) -> None:
         print(f"{task.name}: {task.summary}\n"
               f"  observation {task.obs_dim}, action {task.act_dim}, {task.control_hz:g} Hz, horizon {task.horizon}\n"
               f"  success: {task.success_rule}\n"
-              f"  events: {', '.join(task.events)}\n"
+              f"  events: {', '.join(task.events)} (failures: {', '.join(task.failure_events) or 'none'})\n"
               f"  demonstrations: {task.demonstrations}\n"
               f"  gymnasium id: {task.gym_id}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import matplotlib
@@ -110,8 +111,9 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: di
              f"percentile bootstrap over seeds ({experiment['statistics']['resamples']:,} resamples, seed "
              f"{experiment['statistics']['bootstrap_seed']}) unless marked Wilson (pooled over all episodes). "
              f"Full protocol: `protocol.json` (commit {environment['git_commit'][:10]}, "
-             f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation ran "
-             f"{seconds / 60:.1f} minutes."]
+             f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation trained and "
+             f"evaluated for {seconds / 60:.1f} minutes; peak memory so far "
+             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB."]
     if experiment["ppo_left_out"]:
         lines += ["", f"**{experiment['ppo_left_out']}.**"]
     lines += ["", "## Success", "", "| method | success (mean) | success (IQM) | pooled (Wilson) | return | "

@@ -1,8 +1,8 @@
 """`hopper`: Gymnasium's `Hopper-v5` (MuJoCo), 125 Hz, 1000 steps.
 
 Success: the hopper does not fall (no unhealthy termination) for the full 1000-step episode and its return reaches
-at least 80% of the expert dataset's mean return. Frames come from MuJoCo's offscreen renderer: set `MUJOCO_GL`
-(`egl` with a GPU, `osmesa` on a CPU machine) before anything imports mujoco.
+at least 80% of the expert dataset's mean return. Frames come from MuJoCo's offscreen renderer: `MUJOCO_GL=egl`
+(physgen.bench.video's default; Mesa's EGL also renders on CPU-only machines).
 """
 
 from __future__ import annotations

@@ -86,6 +86,12 @@ def ddim_step(schedule: NoiseSchedule, x0, eps, t, t_prev, eta: float, noise):
     return jnp.sqrt(ab_prev) * x0 + jnp.sqrt(1.0 - ab_prev - sigma**2) * eps + sigma * noise
 
 
+def unroll_for(steps: int) -> int:
+    """Sampler loops of up to 16 steps are unrolled: on XLA:CPU this saves ~30% of a 10-step MLP sampler's time
+    (loop overhead per step); longer loops stay rolled to keep compile time and program size small."""
+    return steps if steps <= 16 else 1
+
+
 def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array, key: jax.Array,
            shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0) -> jax.Array:
     """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler (one `lax.scan`, jittable)."""
@@ -104,5 +110,5 @@ def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: ja
         return ddim_step(schedule, x0, eps, t, t_prev, eta, noise), None
 
     x, _ = jax.lax.scan(reverse_step, jax.random.normal(k_init, shape),
-                        (timesteps, previous, jax.random.split(k_steps, steps)))
+                        (timesteps, previous, jax.random.split(k_steps, steps)), unroll=unroll_for(steps))
     return x

@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from physgen.policies.diffusion import unroll_for
+
 COUPLINGS = ("independent", "ot")
 INTEGRATORS = ("euler", "midpoint")
 
@@ -69,5 +71,5 @@ def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, met
             return x + dt * velocity(half, t + 0.5 * dt, cond), None
         return x + dt * velocity(x, t, cond), None
 
-    x, _ = jax.lax.scan(one_step, x, jnp.arange(steps))
+    x, _ = jax.lax.scan(one_step, x, jnp.arange(steps), unroll=unroll_for(steps))
     return x
