@@ -159,7 +159,9 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: di
     lines += ["", "What success or return alone would have hidden: " + ("; ".join(hidden) if hidden else
               "nothing: no two methods share a success interval while failing differently") + ".", "",
               "![failures](failures.png)", "", "## Videos", ""]
-    for method, files in videos.items():
+    if isinstance(videos, str):
+        lines.append(f"Not rendered: {videos}")
+    for method, files in ({} if isinstance(videos, str) else videos).items():
         lines.append(f"- {method}: " + (", ".join(f"[{Path(f).stem}]({f})" for f in files) or "none"))
     lines += ["", "## Hyperparameters", ""]
     for method, values in experiment["hyperparameters"].items():

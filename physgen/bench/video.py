@@ -1,22 +1,20 @@
 """Rollout videos: recorded episodes replayed through the task's Gymnasium environment and rendered.
 
-MuJoCo tasks render offscreen (`MUJOCO_GL`, default `egl`, which also runs on CPU-only machines with Mesa); the 2-D
+MuJoCo tasks render offscreen (`MUJOCO_GL`, which physgen sets to `egl` unless chosen or unavailable); the 2-D
 tasks draw their own frames. MP4 through imageio-ffmpeg, GIF when that fails.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+import imageio.v2 as imageio
+import numpy as np
 
-import imageio.v2 as imageio  # noqa: E402
-import numpy as np  # noqa: E402
-
-from physgen.bench.failures import CATEGORIES  # noqa: E402
-from physgen.envs import Task  # noqa: E402
+from physgen.bench.failures import CATEGORIES
+from physgen.envs import Task
+from physgen.errors import PhysgenError
 
 FAILURE_VIDEOS = 5
 SUCCESS_VIDEOS = 2
@@ -32,7 +30,11 @@ def _mujoco_camera(env):
         return None
     import mujoco
 
-    renderer = mujoco.Renderer(unwrapped.model, MUJOCO_SIZE, MUJOCO_SIZE)
+    try:
+        renderer = mujoco.Renderer(unwrapped.model, MUJOCO_SIZE, MUJOCO_SIZE)
+    except (mujoco.FatalError, RuntimeError, ImportError) as error:
+        raise PhysgenError(f"MuJoCo could not render offscreen ({error}); set MUJOCO_GL=egl (or osmesa) before "
+                           "starting Python, or pass --no-videos") from None
     camera = mujoco.MjvCamera()
     camera.type, camera.trackbodyid, camera.distance, camera.elevation = mujoco.mjtCamera.mjCAMERA_TRACKING, 1, 3.0, -20
 
@@ -94,8 +96,16 @@ def pick_episodes(records: list[dict], seed: int = 0) -> list[tuple[int, int, st
     return picked
 
 
-def failure_videos(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[str, list[str]]:
-    """Render the picked episodes of every method into `out/videos/<method>/`; the paths, relative to `out`."""
+def failure_videos(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[str, list[str]] | str:
+    """Render the picked episodes of every method into `out/videos/<method>/`; the paths, relative to `out`, or
+    why rendering failed (the results stand without the videos)."""
+    try:
+        return _render_picked(out, task, units)
+    except PhysgenError as error:
+        return str(error)
+
+
+def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[str, list[str]]:
     written = {}
     for method, records in units.items():
         files = []
