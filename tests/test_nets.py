@@ -46,9 +46,9 @@ def test_unet_fast_and_reference_convolutions_agree():
     fast = ConditionalUnet1D((16, 2), 8, dims=(16, 32, 64), time_dim=16, fast=True, rngs=nnx.Rngs(0))
     reference = ConditionalUnet1D((16, 2), 8, dims=(16, 32, 64), time_dim=16, fast=False, rngs=nnx.Rngs(0))
     x, t, c = jnp.ones((3, 16, 2)), jnp.array([0.1, 0.5, 0.9]), jnp.ones((3, 8))
-    out = fast(x, t, c)
+    out = jax.jit(fast)(x, t, c)  # compiled whole: op-by-op, the U-Net spends most of its time compiling each op
     assert out.shape == (3, 16, 2)
-    np.testing.assert_allclose(out, reference(x, t, c), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, jax.jit(reference)(x, t, c), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("conditioning", ["film", "concat"])
