@@ -64,14 +64,18 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
 
 def _figures(out: Path, summary: dict, curves: dict) -> None:
     methods = list(summary)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, points in curves.items():
-        steps = [p["step"] for p in points]
-        ax.plot(steps, [p["estimate"] for p in points], marker="o", label=method)
-        ax.fill_between(steps, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
-    ax.set(xlabel="training steps (PPO: environment steps)", ylabel="success rate", ylim=(-0.02, 1.02),
-           title="success over training (mean over seeds, 95% bootstrap CI)")
-    ax.legend()
+    groups = [(label, {m: p for m, p in curves.items() if (m == "ppo") == is_ppo}) for label, is_ppo in
+              (("gradient steps", False), ("PPO environment steps", True))]
+    groups = [(label, members) for label, members in groups if members]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    for ax, (label, members) in zip(axes[0], groups):
+        for method, points in members.items():
+            steps = [p["step"] for p in points]
+            ax.plot(steps, [p["estimate"] for p in points], marker="o", label=method)
+            ax.fill_between(steps, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
+        ax.set(xlabel=label, ylabel="success rate", ylim=(-0.02, 1.02))
+        ax.legend()
+    fig.suptitle("success over training (mean over seeds, 95% bootstrap CI)")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
     plt.close(fig)
@@ -138,11 +142,11 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: di
     lines += [f"| {m} | {v['compile_s']:.1f} s | {v['chunk_p50_us']:,.0f} / {v['chunk_p99_us']:,.0f} us | "
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
               for m, v in latency.items()]
-    lines += ["", "## Success over training", "",
-              "| method | " + " | ".join(f"step {p['step']:,}" for p in next(iter(curves.values()))) + " |",
-              "|---|" + "---|" * len(next(iter(curves.values())))]
+    lines += ["", "## Success over training", "", "Success rate (mean over seeds, 95% bootstrap interval) at each "
+              "evaluated training step (gradient steps; PPO: environment steps).", "", "| method | step: success |",
+              "|---|---|"]
     for method, points in curves.items():
-        lines.append(f"| {method} | " + " | ".join(_interval(p) for p in points) + " |")
+        lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {_interval(p)}" for p in points) + " |")
     lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "
               "one all of them.", "", "![curves](curves.png)", "", "## Failures", "",
               "Categories (`physgen/bench/failures.py`, first matching rule): action_saturation, "
