@@ -167,3 +167,12 @@ def test_a_killed_run_resumes_to_the_same_numbers(smoke_run, datasets, tmp_path)
     assert {p: p.stat().st_mtime_ns for p in (out / "units" / "diffusion").iterdir()} == kept  # not run again
     again, reference = (json.loads((o / "results.json").read_text()) for o in (out, smoke_run))
     assert again["summary"] == reference["summary"] and again["curves"] == reference["curves"]
+
+
+def test_video_command_renders_a_checkpoint(smoke_run, tmp_path, capsys):
+    checkpoint = smoke_run / "checkpoints" / "bc" / "seed_0"
+    assert main(["video", "--task", "fork", "--checkpoint", str(checkpoint), "--episodes", "2",
+                 "--out", str(tmp_path)]) == 0
+    written = sorted(tmp_path.glob("*.mp4"))
+    assert len(written) == 2 and all(path.stat().st_size > 0 for path in written)
+    assert capsys.readouterr().out.count(".mp4") == 2
