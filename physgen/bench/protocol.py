@@ -44,7 +44,7 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(steps=100, batch_size=64, hidden=64, episodes=4, curve_points=5, curve_episodes=2, seeds=3,
+    "smoke": Budget(steps=100, batch_size=64, hidden=64, episodes=4, curve_points=5, curve_episodes=2, seeds=2,
                     ppo_steps=20_000, ppo_by_default="never"),
     "quick": Budget(steps=2_000, batch_size=128, hidden=256, episodes=10, curve_points=5, curve_episodes=2, seeds=10,
                     ppo_steps=200_000, ppo_by_default="pure-jax"),

@@ -3,16 +3,20 @@
     model, params = RSSM.create(config, obs_dim, act_dim, key)
     states, posts, priors = model.observe(params, obs, prev_actions, key)    # posterior filtering (lax.scan)
     future = model.imagine(params, states[-1], actions, key)                # prior rollout (lax.scan)
-    loss, metrics = model.loss(params, batch, key)                          # batch: a SequenceBatch
+    loss, metrics = model.loss(params, batch, key)                          # batch: windows of `Frames`
 
 Step t of `observe` takes the action that led to observation t: h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]), prior
 p(z_t | h_t), posterior q(z_t | h_t, o_t). Vector observations enter and are reconstructed in symlog space;
 the reward head predicts symlog(r_{t-1}) and the continue head 1 - terminal_{t-1} from the state at t.
+Training windows run across episode boundaries and reset the state at each episode's first frame (DreamerV3's
+replay): a window kept inside one episode would put every termination at the same number of steps after the reset,
+and the heads would learn that clock instead of the collision or the goal.
 Sequence functions are unbatched (one sequence); `vmap` them over batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -22,9 +26,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from physgen.data import SequenceBatch, Trajectories, sample_sequences, sequence_starts
+from physgen.data import Trajectories
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
+from physgen.world_models.data import Frames, frames_from, sample_frames
 
 LATENTS = ("categorical", "gaussian")
 
@@ -43,10 +48,12 @@ class RSSMConfig:
     dyn_scale: float = 1.0
     rep_scale: float = 0.1
     free_nats: float = 1.0
+    terminal_weight: float = 10.0  # weight of terminal frames in the reward and continue losses
+    reward_scale: float | None = None  # rewards are divided by it before symlog; None: fitted by `fit_reward_scale`
     # training
     steps: int = 5_000
     batch_size: int = 16
-    sequence_length: int = 32
+    sequence_length: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.0
@@ -59,6 +66,8 @@ class RSSMConfig:
         for name in ("deter", "stoch", "classes", "hidden", "steps", "batch_size", "steps_per_call"):
             if getattr(self, name) < 1:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.reward_scale is not None and not self.reward_scale > 0:
+            raise PhysgenError(f"reward_scale must be positive, got {self.reward_scale}")
         if self.sequence_length < 2:
             raise PhysgenError(f"sequence_length must be at least 2 (one transition), got {self.sequence_length}")
 
@@ -67,8 +76,22 @@ class RSSMConfig:
         return cls(**values)
 
     @property
+    def reward_unit(self) -> float:
+        return 1.0 if self.reward_scale is None else self.reward_scale
+
+    @property
     def stoch_size(self) -> int:
         return self.stoch * (self.classes if self.latent == "categorical" else 1)
+
+
+def fit_reward_scale(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
+    """`config` with `reward_scale` set, if unset, to the mean |reward| of the data's non-terminal steps: dense
+    rewards (fork's progress, a few hundredths per step) then weigh in the loss as much as the rare terminal ones."""
+    if config.reward_scale is not None:
+        return config
+    rewards = np.abs(np.asarray(data.rewards)[~np.asarray(data.terminals)])
+    scale = float(rewards.mean()) if rewards.size and rewards.mean() > 0 else 1.0
+    return dataclasses.replace(config, reward_scale=scale)
 
 
 class State(NamedTuple):
@@ -176,21 +199,23 @@ class RSSM(NamedTuple):
         """The state before the first observation (and the zero action before it)."""
         return State(jnp.zeros(self.config.deter), jnp.zeros(self.config.stoch_size))
 
-    def observe(self, params, obs: jax.Array, prev_actions: jax.Array, key: jax.Array,
+    def observe(self, params, obs: jax.Array, prev_actions: jax.Array, key: jax.Array, first: jax.Array | None = None,
                 start: State | None = None) -> tuple[State, D.Latent, D.Latent]:
         """Posterior states, posteriors and priors (each stacked over T) of observations (T, obs_dim), where
-        `prev_actions[t]` (T, act_dim) led to `obs[t]`; starts from `start` (default: `initial()`)."""
-        net = self.net(params)
+        `prev_actions[t]` (T, act_dim) led to `obs[t]`; starts from `start` (default: `initial()`), and where
+        `first[t]` (T,) is set, from `initial()` and a zero action again (a new episode)."""
+        net, initial = self.net(params), self.initial()
+        first = jnp.zeros(obs.shape[0], bool) if first is None else first
 
         def step(state, inputs):
-            embed, prev_action, keys = inputs
-            prior_state, prior = net.img_step(state, prev_action, keys[0])
+            embed, prev_action, reset, keys = inputs
+            state = jax.tree.map(lambda a, b: jnp.where(reset, a, b), initial, state)
+            prior_state, prior = net.img_step(state, jnp.where(reset, 0.0, prev_action), keys[0])
             post_state, post = net.obs_step(prior_state.deter, embed, keys[1])
             return post_state, (post_state, post, prior)
 
-        first = self.initial() if start is None else start
         keys = jax.random.split(key, (obs.shape[0], 2))
-        return jax.lax.scan(step, first, (net.embed(obs), prev_actions, keys))[1]
+        return jax.lax.scan(step, initial if start is None else start, (net.embed(obs), prev_actions, first, keys))[1]
 
     def filter(self, params, state: State, prev_action: jax.Array, obs: jax.Array) -> State:
         """One step of posterior filtering for control (modes, no sampling)."""
@@ -224,36 +249,41 @@ class RSSM(NamedTuple):
         return D.symexp(self.net(params).decoder(states.features))
 
     def reward(self, params, states: State) -> jax.Array:
-        return D.symexp(self.net(params).reward(states.features)[..., 0])
+        return D.symexp(self.net(params).reward(states.features)[..., 0]) * self.config.reward_unit
 
     def continuation(self, params, states: State) -> jax.Array:
         """The probability that the episode goes on after arriving in each state."""
         return jax.nn.sigmoid(self.net(params).cont(states.features)[..., 0])
 
-    def loss(self, params, batch: SequenceBatch, key: jax.Array) -> tuple[jax.Array, dict]:
-        """Reconstruction (symlog MSE), reward (symlog MSE), continue (BCE) and balanced KL on sequence chunks."""
+    def loss(self, params, batch: Frames, key: jax.Array) -> tuple[jax.Array, dict]:
+        """Reconstruction (symlog MSE), reward (symlog MSE), continue (BCE) and balanced KL on windows of frames.
+        The reward and continue heads are not asked about an episode's first frame (nothing led to it), and
+        terminations, about one frame per episode but all that shows where collisions and goals are, weigh
+        `terminal_weight` times more."""
         c, net = self.config, self.net(params)
-        obs = jnp.concatenate([batch.observations[:, :1], batch.next_observations], axis=1)
-        prev_actions = jnp.concatenate([jnp.zeros_like(batch.actions[:, :1]), batch.actions], axis=1)
-        keys = jax.random.split(key, obs.shape[0])
-        states, posts, priors = jax.vmap(self.observe, in_axes=(None, 0, 0, 0))(params, obs, prev_actions, keys)
-        feat = states.features
-        recon = jnp.sum((net.decoder(feat) - D.symlog(obs)) ** 2, -1).mean()
-        reward = ((net.reward(feat[:, 1:])[..., 0] - D.symlog(batch.rewards)) ** 2).mean()
-        cont = optax.sigmoid_binary_cross_entropy(net.cont(feat[:, 1:])[..., 0],
-                                                  1.0 - batch.terminals.astype(jnp.float32)).mean()
+        keys = jax.random.split(key, batch.observations.shape[0])
+        states, posts, priors = jax.vmap(self.observe, in_axes=(None, 0, 0, 0, 0))(
+            params, batch.observations, batch.prev_actions, keys, batch.first)
+        feat, arrived = states.features, 1.0 - batch.first
+        weight = arrived * (1.0 + (c.terminal_weight - 1.0) * batch.terminals) / arrived.sum()
+        recon = jnp.sum((net.decoder(feat) - D.symlog(batch.observations)) ** 2, -1).mean()
+        reward = jnp.sum(weight * (net.reward(feat)[..., 0] - D.symlog(batch.rewards / c.reward_unit)) ** 2)
+        cont = jnp.sum(weight * optax.sigmoid_binary_cross_entropy(net.cont(feat)[..., 0], 1.0 - batch.terminals))
         kl, (dyn, rep) = D.kl_balance(posts, priors, c.dyn_scale, c.rep_scale, c.free_nats)
         total = recon + reward + cont + kl
         return total, {"loss": total, "recon": recon, "reward": reward, "cont": cont, "kl_dyn": dyn, "kl_rep": rep}
 
-    def prepare(self, data: Trajectories) -> tuple[Trajectories, jax.Array]:
-        """The training inputs: the dataset and every start of a `sequence_length` chunk inside an episode."""
+    def prepare(self, data: Trajectories) -> Frames:
+        """The training inputs: every episode as frames (see `frames_from`), checked for rewards and length."""
         if not np.any(np.asarray(data.rewards)):
             raise PhysgenError("the dataset holds no rewards (all zero), so the RSSM's reward head cannot be trained; "
                                "regenerate it with `physgen data`, or train the observation model alone with "
                                "`--method vae`")
-        return data, jnp.asarray(sequence_starts(data, self.config.sequence_length))
+        frames = frames_from(data)
+        if self.config.sequence_length > len(frames.first):
+            raise PhysgenError(f"sequence length {self.config.sequence_length} exceeds the {len(frames.first)} frames "
+                               "of the dataset; choose a shorter sequence_length or generate more episodes")
+        return frames
 
-    def batch(self, prepared: tuple[Trajectories, jax.Array], key: jax.Array) -> SequenceBatch:
-        data, starts = prepared
-        return sample_sequences(data, starts, key, self.config.batch_size, self.config.sequence_length)
+    def batch(self, frames: Frames, key: jax.Array) -> Frames:
+        return sample_frames(frames, key, self.config.batch_size, self.config.sequence_length)

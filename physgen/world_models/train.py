@@ -23,7 +23,7 @@ from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.train import make_optimizer
 from physgen.world_models.data import concat_trajectories
 from physgen.world_models.evaluate import open_loop_errors
-from physgen.world_models.rssm import RSSM, RSSMConfig
+from physgen.world_models.rssm import RSSM, RSSMConfig, fit_reward_scale
 from physgen.world_models.vae import VAE, VAEConfig
 
 METHODS = {"rssm": (RSSM, RSSMConfig), "vae": (VAE, VAEConfig)}
@@ -95,6 +95,8 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
     start = time.perf_counter()
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    if isinstance(config, RSSMConfig):
+        config = fit_reward_scale(config, data)
     model, _ = abstract_model(config, task.obs_dim, task.act_dim)
     arrays = model.prepare(data)  # checks the data before anything is compiled
     optimizer, run = _programs(model)
