@@ -176,3 +176,20 @@ def test_video_command_renders_a_checkpoint(smoke_run, tmp_path, capsys):
     written = sorted(tmp_path.glob("*.mp4"))
     assert len(written) == 2 and all(path.stat().st_size > 0 for path in written)
     assert capsys.readouterr().out.count(".mp4") == 2
+
+
+def test_sweep_steps_reports_success_and_latency_per_step_count(smoke_run, tmp_path):
+    from physgen.bench.sweep import knee, sweep_steps
+
+    rows = sweep_steps(smoke_run / "checkpoints" / "diffusion" / "seed_0", [1, 2], episodes=2, out=tmp_path)
+    assert [r["steps"] for r in rows] == [1, 2]
+    assert all(r["success"]["low"] <= r["success"]["estimate"] <= r["success"]["high"] and r["chunk_p99_us"] > 0
+               for r in rows)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["knee"] in (1, 2) and (tmp_path / "sweep.png").stat().st_size > 0
+    with pytest.raises(PhysgenError, match="bc checkpoint"):
+        sweep_steps(smoke_run / "checkpoints" / "bc" / "seed_0", [1], episodes=1, out=tmp_path)
+    rates = [{"steps": 1, "success": {"estimate": 0.5, "low": 0.3, "high": 0.7}},
+             {"steps": 5, "success": {"estimate": 0.8, "low": 0.6, "high": 0.9}},
+             {"steps": 10, "success": {"estimate": 0.82, "low": 0.62, "high": 0.92}}]
+    assert knee(rates) == 5  # the fewest steps inside the best one's interval
