@@ -41,3 +41,20 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
     return {"compile_s": compile_s, "chunk_p50_us": chunk_p50, "chunk_p99_us": chunk_p99,
             "action_p50_us": actions["p50_us"], "action_p99_us": actions["p99_us"],
             "sustainable_hz": 1e6 / actions["p99_us"], "calls": calls, "steps": steps or policy.config.inference_steps}
+
+
+def measure_step_latency(act, observations: np.ndarray, calls: int = 200) -> dict:
+    """Time a one-step controller `act(obs) -> action` (numpy in and out; a PPO policy, an MPC planner): the first
+    call (compilation) and `calls` more on consecutive `observations`. Every call computes an action, so the chunk
+    and action figures are the same."""
+    start = time.perf_counter()
+    act(observations[0])
+    compile_s = time.perf_counter() - start
+    times = []
+    for call in range(calls):
+        begin = time.perf_counter_ns()
+        act(observations[call % len(observations)])
+        times.append(time.perf_counter_ns() - begin)
+    p50, p99 = _percentiles(times)
+    return {"compile_s": compile_s, "chunk_p50_us": p50, "chunk_p99_us": p99, "action_p50_us": p50,
+            "action_p99_us": p99, "sustainable_hz": 1e6 / p99, "calls": calls, "steps": None}

@@ -124,3 +124,40 @@ def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, s
     return [Episode(np.asarray(r["obs"]), np.asarray(r["action"]), np.asarray(r["reward"]), np.asarray(r["term"]),
                     np.asarray(r["trunc"]), {k: np.asarray(r[k]) for k in task.events}, s)
             for r, s in zip(steps, seeds)]
+
+
+def gym_lockstep(task: Task, episode_seeds: np.ndarray, rows: int, policy: Callable[[int, np.ndarray], np.ndarray]):
+    """Step `rows` x len(`episode_seeds`) Gymnasium environments (row i, episode j starts from `episode_seeds[j]`)
+    in lockstep: `policy(t, obs)` gets every current observation (rows, episodes, obs_dim), finished episodes
+    repeating their last one, and returns every action (rows, episodes, act_dim).
+
+    Returns (observations (rows, E, H + 1, obs_dim), actions, rewards, ended, events), padded to the horizon H
+    with frozen copies as the pure-JAX rollouts are."""
+    shape, horizon = (rows, len(episode_seeds)), task.horizon
+    obs = np.zeros((*shape, horizon + 1, task.obs_dim), np.float32)
+    actions = np.zeros((*shape, horizon, task.act_dim), np.float32)
+    rewards = np.zeros((*shape, horizon), np.float32)
+    ended = np.zeros((*shape, horizon), bool)
+    events = {name: np.zeros((*shape, horizon), bool) for name in task.events}
+    envs = [[task.make_env() for _ in episode_seeds] for _ in range(rows)]
+    for row in envs:
+        for j, env in enumerate(row):
+            obs[:, j, 0] = env.reset(seed=int(episode_seeds[j]))[0]
+    live = np.ones(shape, bool)
+    for t in range(horizon):
+        chosen = np.asarray(policy(t, obs[:, :, t]))
+        obs[:, :, t + 1] = obs[:, :, t]
+        for i, j in zip(*np.nonzero(live)):
+            observation, reward, terminated, truncated, info = envs[i][j].step(chosen[i, j])
+            obs[i, j, t + 1], actions[i, j, t], rewards[i, j, t] = observation, chosen[i, j], reward
+            for name in task.events:
+                events[name][i, j, t] = info["events"][name]
+            if terminated or truncated:
+                ended[i, j, t], live[i, j] = True, False
+        if not live.any():
+            obs[:, :, t + 2:] = obs[:, :, t + 1, None]
+            break
+    for row in envs:
+        for env in row:
+            env.close()
+    return obs, actions, rewards, ended, events

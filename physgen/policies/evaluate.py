@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs import Task
-from physgen.envs.rollout import reset_key
+from physgen.envs.rollout import gym_lockstep, reset_key
 from physgen.policies.policy import Policy, PolicyState, act
 
 
@@ -77,50 +77,37 @@ def _sample_chunks(policy: Policy, states: PolicyState, histories: jax.Array, st
 def _gym_episodes(task: Task, policy: Policy, states: PolicyState, episode_seeds: np.ndarray, steps: int | None):
     """The same protocol stepped through the task's Gymnasium environment: every (seed, episode) in lockstep, one
     batched sampler call per T_a steps."""
-    config, horizon = policy.config, task.horizon
-    shape = (len(jax.tree.leaves(states)[0]), len(episode_seeds))
-    obs = np.zeros((*shape, horizon + 1, task.obs_dim), np.float32)
-    actions = np.zeros((*shape, horizon, task.act_dim), np.float32)
-    rewards = np.zeros((*shape, horizon), np.float32)
-    ended = np.zeros((*shape, horizon), bool)
-    events = {name: np.zeros((*shape, horizon), bool) for name in task.events}
-    envs = [[task.make_env() for _ in episode_seeds] for _ in range(shape[0])]
-    for row in envs:
-        for j, env in enumerate(row):
-            obs[:, j, 0] = env.reset(seed=int(episode_seeds[j]))[0]
-    histories = np.repeat(obs[:, :, :1], config.obs_steps, axis=2)
+    config = policy.config
+    seeds = len(jax.tree.leaves(states)[0])
     chunk_keys = jax.vmap(lambda s: jax.random.fold_in(reset_key(s), 2))(jnp.asarray(episode_seeds))
-    live = np.ones(shape, bool)
-    for t in range(horizon):
+    memory = {}
+
+    def choose(t: int, obs: np.ndarray) -> np.ndarray:
+        if t == 0:
+            memory["history"] = np.repeat(obs[:, :, None], config.obs_steps, axis=2)
+        else:
+            memory["history"] = np.concatenate([memory["history"][:, :, 1:], obs[:, :, None]], axis=2)
         if t % config.exec_steps == 0:
-            keys = jnp.broadcast_to(jax.vmap(lambda k: jax.random.fold_in(k, t))(chunk_keys), (shape[0], shape[1]))
-            chunks = np.asarray(_sample_chunks(policy, states, jnp.asarray(histories), steps, keys))
-        for i, j in zip(*np.nonzero(live)):
-            action = chunks[i, j, t % config.exec_steps]
-            observation, reward, terminated, truncated, info = envs[i][j].step(action)
-            obs[i, j, t + 1], actions[i, j, t], rewards[i, j, t] = observation, action, reward
-            for name in task.events:
-                events[name][i, j, t] = info["events"][name]
-            if terminated or truncated:
-                ended[i, j, t], live[i, j] = True, False
-                obs[i, j, t + 2:] = observation
-        histories = np.concatenate([histories[:, :, 1:], obs[:, :, t + 1, None]], axis=2)
-        if not live.any():
-            break
-    for row in envs:
-        for env in row:
-            env.close()
-    return obs, actions, rewards, ended, events
+            keys = jnp.broadcast_to(jax.vmap(lambda k: jax.random.fold_in(k, t))(chunk_keys),
+                                    (seeds, len(episode_seeds)))
+            memory["chunks"] = np.asarray(_sample_chunks(policy, states, jnp.asarray(memory["history"]), steps, keys))
+        return memory["chunks"][:, :, t % config.exec_steps]
+
+    return gym_lockstep(task, episode_seeds, seeds, choose)
 
 
 def evaluate(task: Task, policy: Policy, states: PolicyState, episode_seeds: np.ndarray, steps: int | None = None,
              expert_return: float | None = None) -> Rollouts:
     """Roll out every seed's policy (states stacked on axis 0) on the same episodes (paired comparison)."""
     if task.functional is None:
-        obs, actions, rewards, ended, events = _gym_episodes(task, policy, states, episode_seeds, steps)
+        recorded = _gym_episodes(task, policy, states, episode_seeds, steps)
     else:
-        obs, actions, rewards, ended, events = jax.device_get(
-            _compiled_episodes(task, policy, states, jnp.asarray(episode_seeds), steps))
+        recorded = jax.device_get(_compiled_episodes(task, policy, states, jnp.asarray(episode_seeds), steps))
+    return scored(task, *recorded, expert_return)
+
+
+def scored(task: Task, obs, actions, rewards, ended, events, expert_return: float | None) -> Rollouts:
+    """Rollouts from padded recordings (seeds, episodes, ...): lengths, returns and the task's success rule."""
     lengths = np.where(ended.any(-1), ended.argmax(-1) + 1, task.horizon)
     returns = rewards.sum(-1)
     success = np.array([[task.success({k: v[i, j] for k, v in events.items()}, returns[i, j], lengths[i, j],

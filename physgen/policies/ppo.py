@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from physgen.data import Normalizer
-from physgen.envs import Task, get_task
+from physgen.envs import FunctionalEnv, Task, get_task
 from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
 from physgen.io import write_json
@@ -104,48 +104,53 @@ def _bounds(task: Task):
 # ---------------------------------------------------------------- pure-JAX tasks: the whole run is one program
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
-    """Train one learner per key; returns (learners, per-update mean finished-episode return, metrics)."""
-    fns, graphdef = task.functional, _graphdef(task, config)
+def train_in(fns: FunctionalEnv, task: Task, config: PPOConfig, key: jax.Array):
+    """One PPO run in the pure-JAX environment `fns` (reset/step; it may be a learned model rather than
+    `task.functional`), as a traceable function of `key`: (learner, per-update mean finished-episode return,
+    metrics). `task` gives the spaces. `vmap` it over keys (and over whatever `fns` closes over) to train seeds
+    together."""
+    graphdef = _graphdef(task, config)
     optimizer = make_optimizer(config, config.num_updates)
     low, high = _bounds(task)
 
-    def train_one(key):
-        learner_key, reset_key, key = jax.random.split(key, 3)
-        learner = _init_learner(task, config, optimizer, learner_key)
-        env_state, obs = jax.vmap(fns.reset)(jax.random.split(reset_key, config.num_envs))
-        episode_return = jnp.zeros(config.num_envs)
+    learner_key, reset_key, key = jax.random.split(key, 3)
+    learner = _init_learner(task, config, optimizer, learner_key)
+    env_state, obs = jax.vmap(fns.reset)(jax.random.split(reset_key, config.num_envs))
+    episode_return = jnp.zeros(config.num_envs)
 
-        def env_step(carry, step_key):
-            learner, env_state, raw_obs, episode_return = carry
-            obs_stats, key, obs, action, log_prob, value = act(graphdef, learner.params, learner.obs_stats,
-                                                               learner.key, raw_obs, config)
-            learner = learner._replace(obs_stats=obs_stats, key=key)
-            out = jax.vmap(fns.step)(env_state, jnp.clip(action, low, high))
-            done = out.terminated | out.truncated
-            fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(step_key, config.num_envs))
-            env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
-                                     fresh_state, out.state)
-            episode_return = episode_return + out.reward
-            finished = (jnp.where(done, episode_return, 0.0).sum(), done.sum())
-            carry = (learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
-                     jnp.where(done, 0.0, episode_return))
-            return carry, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs),
-                           finished)
+    def env_step(carry, step_key):
+        learner, env_state, raw_obs, episode_return = carry
+        obs_stats, key, obs, action, log_prob, value = act(graphdef, learner.params, learner.obs_stats,
+                                                           learner.key, raw_obs, config)
+        learner = learner._replace(obs_stats=obs_stats, key=key)
+        out = jax.vmap(fns.step)(env_state, jnp.clip(action, low, high))
+        done = out.terminated | out.truncated
+        fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(step_key, config.num_envs))
+        env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
+                                 fresh_state, out.state)
+        episode_return = episode_return + out.reward
+        finished = (jnp.where(done, episode_return, 0.0).sum(), done.sum())
+        carry = (learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
+                 jnp.where(done, 0.0, episode_return))
+        return carry, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs),
+                       finished)
 
-        def one_update(carry, update_key):
-            carry, (rollout, (return_sum, count)) = jax.lax.scan(
-                env_step, carry, jax.random.split(update_key, config.rollout_steps))
-            learner, metrics = update(graphdef, optimizer, carry[0], rollout, config)
-            mean_return = jnp.where(count.sum() > 0, return_sum.sum() / jnp.maximum(count.sum(), 1), jnp.nan)
-            return (learner, *carry[1:]), (mean_return, metrics)
+    def one_update(carry, update_key):
+        carry, (rollout, (return_sum, count)) = jax.lax.scan(
+            env_step, carry, jax.random.split(update_key, config.rollout_steps))
+        learner, metrics = update(graphdef, optimizer, carry[0], rollout, config)
+        mean_return = jnp.where(count.sum() > 0, return_sum.sum() / jnp.maximum(count.sum(), 1), jnp.nan)
+        return (learner, *carry[1:]), (mean_return, metrics)
 
-        carry, (curve, metrics) = jax.lax.scan(one_update, (learner, env_state, obs, episode_return),
-                                               jax.random.split(key, config.num_updates))
-        return carry[0], curve, metrics
+    carry, (curve, metrics) = jax.lax.scan(one_update, (learner, env_state, obs, episode_return),
+                                           jax.random.split(key, config.num_updates))
+    return carry[0], curve, metrics
 
-    return jax.vmap(train_one)(keys)
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
+    """Train one learner per key in the task's own pure-JAX environment."""
+    return jax.vmap(partial(train_in, task.functional, task, config))(keys)
 
 
 # ---------------------------------------------------------------- Gymnasium tasks: Python steps the vector env
@@ -275,7 +280,8 @@ def evaluate(task: Task, config: PPOConfig, params, normalizer: Normalizer, seed
     return [e.episode_return for e in result]
 
 
-def _seed_slice(learners: Learner, i: int) -> tuple:
+def learner_of(learners: Learner, i: int) -> tuple:
+    """(parameters, observation normaliser) of seed `i` of learners stacked over seeds."""
     return (jax.tree.map(lambda x: x[i], learners.params),
             jax.tree.map(lambda x: x[i], learners.obs_stats).normalizer())
 
@@ -288,7 +294,7 @@ def save_ppo(path: str | Path, task: Task, config: PPOConfig, params, normalizer
 
 def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], learners: Learner, env_steps: int):
     for i, seed in enumerate(seeds):
-        save_ppo(folder / f"seed_{seed}", task, config, *_seed_slice(learners, i), seed=seed, env_steps=env_steps)
+        save_ppo(folder / f"seed_{seed}", task, config, *learner_of(learners, i), seed=seed, env_steps=env_steps)
 
 
 def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Path | None = None,
@@ -314,7 +320,7 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
         metrics = jax.tree.map(lambda x: x[:, -1], metrics)
     else:
         learners, curve, metrics = _train_gym(task, config, seeds, out_dir, progress)
-    eval_returns = [evaluate(task, config, *_seed_slice(learners, i), seed, config.eval_episodes)
+    eval_returns = [evaluate(task, config, *learner_of(learners, i), seed, config.eval_episodes)
                     if config.eval_episodes else [] for i, seed in enumerate(seeds)]
     result = {"task": task.name, "seeds": list(seeds), "config": dataclasses.asdict(config),
               "eval_returns": eval_returns, "curve": curve,
