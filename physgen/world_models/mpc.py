@@ -1,0 +1,184 @@
+"""`rssm-mpc`: receding-horizon planning in an RSSM's latent space with CEM or MPPI over its reward and continue
+heads.
+
+Each control step filters the newest observation into the latent state, then scores candidate action sequences
+by imagining them (prior modes) and summing predicted rewards, discounted and weighted by the predicted probability
+of still being in the episode: sum_t gamma^t prod_{k<t} c_k r_t. The first action of the refined plan is executed
+and the rest shifted to warm-start the next step. One control step is one jitted call (`MPC.act`); a pure-JAX task
+runs whole episodes in one compiled program (`evaluate_mpc`: scan over steps, vmap over episodes and seeds), a
+Gymnasium task steps its environments in lockstep with one compiled call per step for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from physgen.envs import Task
+from physgen.envs.rollout import gym_lockstep, reset_key
+from physgen.errors import PhysgenError
+from physgen.policies.evaluate import Rollouts, scored
+from physgen.world_models.rssm import RSSM, State
+
+PLANNERS = ("cem", "mppi")
+
+
+@dataclass(frozen=True)
+class MPCConfig:
+    """The planner: CEM or MPPI over `population` action sequences of `horizon` steps, `iterations` refinements per
+    control step. The defaults keep one step of fork's RSSM within a 50 Hz budget on a 2-core CPU. Longer horizons
+    planned worse on fork (3 RSSM seeds, 30 episodes each, seeds apart from the benchmark's): success 0.60 at 8
+    steps, 0.54 at 12, 0.36 at 24, 0.12 at 36, as the imagined error compounds."""
+
+    planner: str = "cem"
+    horizon: int = 8
+    population: int = 64
+    elites: int = 8  # CEM
+    temperature: float = 0.5  # MPPI, in units of return
+    iterations: int = 2
+    init_std: float = 0.5  # as a fraction of the half-width of the action bounds
+    min_std: float = 0.05
+    discount: float = 0.99
+
+    def __post_init__(self):
+        if self.planner not in PLANNERS:
+            raise PhysgenError(f"planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}")
+        for name in ("horizon", "population", "elites", "iterations"):
+            if getattr(self, name) < 1:
+                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.elites > self.population:
+            raise PhysgenError(f"elites ({self.elites}) cannot exceed population ({self.population})")
+
+
+class Carry(NamedTuple):
+    """What the controller keeps between steps: the latent state, the last action, the warm-start plan mean."""
+
+    state: State
+    action: jax.Array
+    plan: jax.Array  # (horizon, act_dim)
+
+
+class MPC(NamedTuple):
+    """A planner over a trained RSSM; `low`/`high` are the task's action bounds (tuples, so the MPC is hashable)."""
+
+    model: RSSM
+    config: MPCConfig
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @classmethod
+    def for_task(cls, model: RSSM, config: MPCConfig, task: Task) -> "MPC":
+        return cls(model, config, tuple(map(float, task.action_space.low)), tuple(map(float, task.action_space.high)))
+
+    def start(self) -> Carry:
+        """The carry before the first observation (the state and zero action the RSSM was trained to start from)."""
+        mid = (jnp.asarray(self.low) + jnp.asarray(self.high)) / 2
+        return Carry(self.model.initial(), jnp.zeros(self.model.act_dim),
+                     jnp.broadcast_to(mid, (self.config.horizon, self.model.act_dim)))
+
+    def returns(self, params, state: State, plans: jax.Array) -> jax.Array:
+        """Predicted discounted returns (P,) of action sequences `plans` (P, H, act_dim) from `state`."""
+        c = self.config
+
+        def one(actions):
+            states, _ = self.model.imagine(params, state, actions)
+            rewards, alive = self.model.reward(params, states), self.model.continuation(params, states)
+            weights = jnp.concatenate([jnp.ones(1), jnp.cumprod(alive)[:-1]]) * c.discount ** jnp.arange(c.horizon)
+            return jnp.sum(weights * rewards)
+
+        return jax.vmap(one)(plans)
+
+    def plan(self, params, state: State, mean: jax.Array, key: jax.Array) -> jax.Array:
+        """The refined plan mean (H, act_dim) from a warm start `mean`."""
+        return optimize(lambda plans: self.returns(params, state, plans), mean, key, self.config,
+                        jnp.asarray(self.low), jnp.asarray(self.high))
+
+    def act(self, params, carry: Carry, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, Carry]:
+        """One control step: filter `obs`, plan, return the first action and the carry for the next step."""
+        state = self.model.filter(params, carry.state, carry.action, obs)
+        mean = self.plan(params, state, carry.plan, key)
+        action = mean[0]
+        return action, Carry(state, action, jnp.concatenate([mean[1:], mean[-1:]]))
+
+
+def optimize(score, mean: jax.Array, key: jax.Array, config: MPCConfig, low: jax.Array, high: jax.Array) -> jax.Array:
+    """CEM or MPPI: refine the mean of a Gaussian over action sequences (H, act_dim) to maximize `score`
+    ((P, H, act_dim) -> (P,)), keeping the current mean among the candidates."""
+    c = config
+    std = jnp.full_like(mean, c.init_std) * (high - low) / 2
+
+    def iteration(carry, k):
+        mean, std = carry
+        noise = jax.random.normal(k, (c.population - 1, *mean.shape))
+        plans = jnp.clip(jnp.concatenate([mean[None], mean + std * noise]), low, high)
+        scores = score(plans)
+        if c.planner == "cem":
+            elite = plans[jax.lax.top_k(scores, c.elites)[1]]
+            mean, spread = elite.mean(0), elite.std(0)
+        else:
+            w = jax.nn.softmax((scores - scores.max()) / c.temperature)[:, None, None]
+            mean = jnp.sum(w * plans, 0)
+            spread = jnp.sqrt(jnp.sum(w * (plans - mean) ** 2, 0))
+        return (mean, jnp.maximum(spread, c.min_std * (high - low) / 2)), None
+
+    return jax.lax.scan(iteration, (mean, std), jax.random.split(key, c.iterations))[0][0]
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _episodes(task: Task, mpc: MPC, params, seeds: jax.Array):
+    fns = task.functional
+
+    def episode(params, seed):
+        key = reset_key(seed)
+        env_state, obs = fns.reset(key)
+
+        def step(carry, k):
+            env_state, obs, plan_carry = carry
+            action, plan_carry = mpc.act(params, plan_carry, obs, k)
+            out = fns.step(env_state, action)
+            return (out.state, out.obs, plan_carry), (out.obs, action, out.reward, out.terminated | out.truncated,
+                                                      out.events)
+
+        keys = jax.random.split(jax.random.fold_in(key, 2), task.horizon)
+        _, (next_obs, actions, rewards, ended, events) = jax.lax.scan(step, (env_state, obs, mpc.start()), keys)
+        return jnp.concatenate([obs[None], next_obs]), actions, rewards, ended, events
+
+    return jax.vmap(jax.vmap(episode, in_axes=(None, 0)), in_axes=(0, None))(params, seeds)
+
+
+@partial(jax.jit, static_argnums=0)
+def _act_all(mpc: MPC, params, carries: Carry, obs: jax.Array, keys: jax.Array):
+    """One control step of every (seed, episode): seed i's model (params[i]) on its row of carries."""
+    per_episode = jax.vmap(mpc.act, in_axes=(None, 0, 0, 0))
+    return jax.vmap(per_episode)(params, carries, obs, keys)
+
+
+def _gym_episodes(task: Task, mpc: MPC, params, episode_seeds: np.ndarray):
+    """Gymnasium tasks: every (seed, episode) stepped in lockstep, one compiled planning call per step."""
+    seeds = len(jax.tree.leaves(params)[0])
+    shape = (seeds, len(episode_seeds))
+    carry = {"plans": jax.tree.map(lambda x: jnp.broadcast_to(x, (*shape, *x.shape)), mpc.start())}
+    keys = jax.vmap(lambda s: jax.random.fold_in(reset_key(s), 2))(jnp.asarray(episode_seeds))
+
+    def choose(t: int, obs: np.ndarray) -> np.ndarray:
+        step_keys = jnp.broadcast_to(jax.vmap(lambda k: jax.random.fold_in(k, t))(keys), shape)
+        actions, carry["plans"] = _act_all(mpc, params, carry["plans"], jnp.asarray(obs), step_keys)
+        return np.asarray(actions)
+
+    return gym_lockstep(task, episode_seeds, seeds, choose)
+
+
+def evaluate_mpc(task: Task, mpc: MPC, params: Any, episode_seeds: np.ndarray,
+                 expert_return: float | None = None) -> Rollouts:
+    """Every seed's RSSM (params stacked on axis 0) controlling the same episodes: pure-JAX tasks in one compiled
+    program, Gymnasium tasks stepped in lockstep."""
+    if task.functional is None:
+        recorded = _gym_episodes(task, mpc, params, episode_seeds)
+    else:
+        recorded = jax.device_get(_episodes(task, mpc, params, jnp.asarray(episode_seeds)))
+    return scored(task, *recorded, expert_return)
