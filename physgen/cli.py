@@ -27,7 +27,12 @@ def _data(args: argparse.Namespace) -> None:
 
     task = get_task(args.task)
     for policy in [args.policy] if args.policy else task.datasets:
-        path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=policy)
+        if policy == "noisy":
+            from physgen.world_models.data import generate_noisy_dataset
+
+            path = generate_noisy_dataset(task, args.episodes or task.dataset_episodes, args.seed)
+        else:
+            path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=policy)
         dataset = load_dataset(task, path.name)
         meta, data = dataset.metadata, dataset.trajectories
         scores = ", ".join(f"{key} {meta[key]:.3f}" for key in ("ref_min_score", "ref_max_score") if key in meta)
@@ -47,18 +52,25 @@ def _train(args: argparse.Namespace) -> None:
     for name in ("seeds", "episodes"):
         if getattr(args, name) < 1:
             raise PhysgenError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    out = Path(args.out) / task.name / args.method
     if args.method == "ppo":
         from physgen.policies.ppo import train_from_cli
 
-        print(train_from_cli(task.name, list(range(args.seeds)), args.steps, str(Path(args.out) / task.name / "ppo")))
+        print(train_from_cli(task.name, list(range(args.seeds)), args.steps, str(out)))
+        return
+    if args.method in ("rssm", "vae"):
+        from physgen.world_models import train_from_cli
+
+        datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
+        print(train_from_cli(task.name, args.method, list(range(args.seeds)), args.steps, str(out.absolute()),
+                             datasets, images=args.images))
         return
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
     config = PolicyConfig(method=args.method, **changes)
-    dataset = load_dataset(task, args.dataset)
+    dataset = load_dataset(task, args.dataset or "expert-v0")
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))
     trained = train_policies(task, config, train, seeds)
-    out = Path(args.out) / task.name / args.method
     for index, seed in enumerate(seeds):
         path = save_policy(out / f"seed_{seed}", task, trained, index)
         print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint {path}")
@@ -116,19 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--episodes", type=int, default=None, help="default: the task's dataset size")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--policy", default=None,
-                      help="expert, random, or another of the task's demonstrators; writes <policy>-v0. "
+                      help="expert, random, noisy (pure-JAX tasks: the expert with action noise 1.0, for world "
+                      "models), or another of the task's demonstrators; writes <policy>-v0. "
                       "Default: the task's standard datasets (expert-v0; hopper also medium-v0)")
     data.set_defaults(run=_data)
 
     train = commands.add_parser("train", help="train a policy (offline methods: on the task's expert dataset; ppo: "
-                                "online), one checkpoint per seed")
+                                "online) or a world model (rssm, vae), one checkpoint per seed")
     train.add_argument("--task", required=True)
-    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc", "ppo"))
+    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc", "ppo", "rssm", "vae"))
     train.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, trained together (vmapped)")
     train.add_argument("--steps", type=int, default=None,
                        help="gradient steps, or environment steps per seed for ppo (default: the method's config)")
     train.add_argument("--network", choices=("mlp", "unet"), default=None)
-    train.add_argument("--dataset", default="expert-v0")
+    train.add_argument("--images", action="store_true", help="vae: learn rendered frames (pure-JAX tasks)")
+    train.add_argument("--dataset", default=None, help="default expert-v0; world models take a comma-separated "
+                       "list, e.g. expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
     train.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation episodes")
     train.add_argument("--out", default="runs")
@@ -137,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="train every method over seeds, evaluate on shared episodes, report "
                                 "success with confidence intervals, failure categories and videos")
     bench.add_argument("--task", required=True)
-    bench.add_argument("--methods", default=None, help="comma-separated, from diffusion, flow, bc, ppo "
-                       "(default: diffusion, flow, bc, and ppo where the budget allows)")
+    bench.add_argument("--methods", default=None, help="comma-separated, from diffusion, flow, bc, ppo, "
+                       "rssm-mpc, ppo-wm (default: diffusion, flow, bc, and the others where the budget allows)")
     bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
     bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
     bench.add_argument("--budget", choices=("smoke", "quick", "full"), default="quick")

@@ -193,3 +193,26 @@ def test_sweep_steps_reports_success_and_latency_per_step_count(smoke_run, tmp_p
              {"steps": 5, "success": {"estimate": 0.8, "low": 0.6, "high": 0.9}},
              {"steps": 10, "success": {"estimate": 0.82, "low": 0.62, "high": 0.92}}]
     assert knee(rates) == 5  # the fewest steps inside the best one's interval
+
+
+def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation(datasets, tmp_path, capsys):
+    out = run_bench("fork", methods=["rssm-mpc", "ppo-wm"], seeds=2, episodes=4, budget="smoke", out=tmp_path / "wm",
+                    progress=False, videos=False)
+    results = json.loads((out / "results.json").read_text())
+    protocol = json.loads((out / "protocol.json").read_text())["experiment"]
+    assert protocol["world_model_datasets"] == ["expert-v0", "noisy-v0"]
+    assert set(protocol["hyperparameters"]["ppo-wm"]) == {"rssm", "ppo", "dream"}
+    for method in ("rssm-mpc", "ppo-wm"):
+        assert [u["seed"] for u in results["units"][method]] == [0, 1]
+        assert all(len(u["episodes"]) == 4 for u in results["units"][method])
+        assert results["latency"][method]["action_p99_us"] > 0
+    assert len(results["curves"]["rssm-mpc"]) == 5 and len(results["curves"]["ppo-wm"]) == 1
+    world = results["world_model"]
+    assert len(world["rssm"]) == len(world["linear"]) == 25 and world["last_observation"][-1] > world["linear"][-1]
+    report = (out / "report.md").read_text()
+    assert "## World model" in report and f"| 25 | {world['rssm'][24]['estimate']:.4f}" in report
+    assert (out / "world_model" / "open_loop.png").stat().st_size > 10_000
+    # the ppo-wm policy is a PPO checkpoint like any other: `physgen video` replays it on the real task
+    assert main(["video", "--task", "fork", "--checkpoint", str(out / "checkpoints" / "ppo-wm" / "seed_0"),
+                 "--episodes", "1", "--out", str(tmp_path / "videos")]) == 0
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1

@@ -26,6 +26,8 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
     (["data", "--task", "hopper", "--policy", "oracle"],
      "task 'hopper' has no policy 'oracle'; its policies: random, expert, medium"),
     (["data", "--task", "fork", "--policy", "oracle"], "task 'fork' has no policy 'oracle'; its policies: random, expert"),
+    (["data", "--task", "hopper", "--policy", "noisy"], "task 'hopper' has no pure-JAX expert"),
+    (["train", "--task", "fork", "--method", "rssm", "--images"], "only the VAE learns images"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
     assert main(argv) == 2
@@ -37,3 +39,16 @@ def test_argument_errors_exit_with_code_2(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["data"])
     assert exit_info.value.code == 2
+
+
+def test_world_models_train_from_the_command_line(tmp_path, capsys):
+    assert main(["data", "--task", "fork", "--policy", "noisy", "--episodes", "12", "--seed", "5"]) == 0
+    assert capsys.readouterr().out.startswith("wrote physgen/fork/noisy-v0: 12 episodes")
+    assert main(["train", "--task", "fork", "--method", "rssm", "--steps", "2", "--dataset", "noisy-v0",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "rssm on fork (noisy-v0): 2 steps x 1 seeds" in out and "open-loop RMSE" in out
+    assert (tmp_path / "fork" / "rssm" / "seed_0").is_dir()
+    assert main(["train", "--task", "fork", "--method", "vae", "--steps", "20", "--dataset", "noisy-v0",
+                 "--out", str(tmp_path)]) == 0
+    assert "held-out reconstruction RMSE per seed" in capsys.readouterr().out

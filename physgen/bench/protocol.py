@@ -20,8 +20,10 @@ from physgen.io import write_json
 from physgen.policies.policy import PolicyConfig
 
 OFFLINE_METHODS = ("diffusion", "flow", "bc")
-METHODS = (*OFFLINE_METHODS, "ppo")
-GENERATIVE_METHODS = ("diffusion", "flow")
+WORLD_MODEL_METHODS = ("rssm-mpc", "ppo-wm")
+ONLINE_METHODS = ("ppo", *WORLD_MODEL_METHODS)  # joined to the defaults as the budget allows
+METHODS = (*OFFLINE_METHODS, *ONLINE_METHODS)
+GENERATIVE_METHODS = ("diffusion", "flow", *WORLD_MODEL_METHODS)  # compared against the others (BC, PPO)
 EVAL_SEED = 1_000_000
 STATS = {"confidence": 0.95, "resamples": 10_000, "bootstrap_seed": 0}
 CHECKPOINT_RULE = "the final EMA weights of every seed (no selection over checkpoints or seeds)"
@@ -40,25 +42,29 @@ class Budget:
     curve_episodes: int  # episodes per seed at the earlier points (pure-JAX tasks, where they are cheap: all)
     seeds: int
     ppo_steps: int  # environment steps per PPO seed
-    ppo_by_default: str  # "never", "pure-jax" (tasks that train in one compiled program) or "always"
+    rssm_steps: int  # gradient steps per RSSM seed (rssm-mpc and ppo-wm share the models)
+    dream_steps: int  # imagined environment steps per ppo-wm seed
+    ppo_by_default: str  # PPO and the world-model methods: "never", "pure-jax" (tasks that train in one compiled
+    # program) or "always"
 
 
 BUDGETS = {
     "smoke": Budget(steps=100, batch_size=64, hidden=64, episodes=4, curve_points=5, curve_episodes=2, seeds=2,
-                    ppo_steps=20_000, ppo_by_default="never"),
+                    ppo_steps=20_000, rssm_steps=100, dream_steps=4_096, ppo_by_default="never"),
     "quick": Budget(steps=2_000, batch_size=128, hidden=256, episodes=10, curve_points=5, curve_episodes=2, seeds=10,
-                    ppo_steps=200_000, ppo_by_default="pure-jax"),
+                    ppo_steps=200_000, rssm_steps=2_000, dream_steps=200_704, ppo_by_default="pure-jax"),
     "full": Budget(steps=10_000, batch_size=256, hidden=256, episodes=100, curve_points=10, curve_episodes=20,
-                   seeds=10, ppo_steps=1_000_000, ppo_by_default="always"),
+                   seeds=10, ppo_steps=1_000_000, rssm_steps=5_000, dream_steps=999_424, ppo_by_default="always"),
 }
 
 
 def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
     """The methods a run uses when none are named, and why PPO is left out (None when it is in)."""
     if budget.ppo_by_default == "always" or (budget.ppo_by_default == "pure-jax" and task.functional is not None):
-        return [*OFFLINE_METHODS, "ppo"], None
-    return list(OFFLINE_METHODS), (f"PPO is left out on this budget: {budget.ppo_steps:,} environment steps per seed "
-                                   f"on {task.name} do not fit it; add it with --methods ...,ppo or --budget full")
+        return list(METHODS), None
+    return list(OFFLINE_METHODS), (f"PPO and the world-model methods are left out on this budget: "
+                                   f"{budget.ppo_steps:,} environment steps per PPO seed on {task.name} do not fit "
+                                   "it; add them with --methods ...,ppo,rssm-mpc,ppo-wm or --budget full")
 
 
 # Per-task changes to PolicyConfig's defaults. hopper: sample prediction and shorter chunks, from a one-seed sweep at
@@ -106,6 +112,7 @@ def _versions() -> dict[str, str]:
 
 def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name: str, episodes: int, dataset,
                   note: str | None) -> dict:
+    from physgen.bench import world
     from physgen.policies.ppo import PPOConfig
 
     budget = BUDGETS[budget_name]
@@ -117,6 +124,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
     hyper = {m: dataclasses.asdict(policy_config(task, m, budget)) for m in methods if m in OFFLINE_METHODS}
     if "ppo" in methods:
         hyper["ppo"] = dataclasses.asdict(PPOConfig(total_steps=budget.ppo_steps))
+    hyper.update({m: world.hyperparameters(m, budget) for m in methods if m in WORLD_MODEL_METHODS})
     return {
         "experiment": {
             "task": task.name, "methods": methods, "training_seeds": seeds, "budget": budget_name,
@@ -129,6 +137,8 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                         **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},
             "statistics": STATS, "failure_rules": "physgen.bench.failures (rules in its docstring)",
             "ppo_left_out": note,
+            "world_model_datasets": (world.world_model_datasets(task)
+                                     if set(methods) & set(WORLD_MODEL_METHODS) else None),
         },
         "environment": {"packages": _versions(), "git_commit": _git_commit(), "python": platform.python_version(),
                         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",

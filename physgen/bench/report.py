@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import resource
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from physgen.bench.failures import CATEGORIES, hidden_by_aggregates  # noqa: E40
 from physgen.bench.protocol import GENERATIVE_METHODS  # noqa: E402
 from physgen.io import write_json, write_text  # noqa: E402
 from physgen.envs import Task  # noqa: E402
+
+
+# what the x axis of a method's success curve counts (default: gradient steps; rssm-mpc: the RSSM's)
+CURVE_AXES = {"ppo": "PPO environment steps", "ppo-wm": "PPO imagined steps"}
 
 
 def _interval(summary: dict, digits: int = 2) -> str:
@@ -64,8 +69,8 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
 
 def _figures(out: Path, summary: dict, curves: dict) -> None:
     methods = list(summary)
-    groups = [(label, {m: p for m, p in curves.items() if (m == "ppo") == is_ppo}) for label, is_ppo in
-              (("gradient steps", False), ("PPO environment steps", True))]
+    groups = [(label, {m: p for m, p in curves.items() if CURVE_AXES.get(m, "gradient steps") == label})
+              for label in dict.fromkeys(["gradient steps", *CURVE_AXES.values()])]
     groups = [(label, members) for label, members in groups if members]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
     for ax, (label, members) in zip(axes[0], groups):
@@ -103,7 +108,34 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     plt.close(fig)
 
 
-def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: dict, videos: dict,
+def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
+    """The RSSMs' own evaluation and what each method took from the real environment (empty without world models)."""
+    path = out / "world_model" / "open_loop.json"
+    if not path.exists():
+        return [""]
+    result = json.loads(path.read_text())
+    hyper = experiment["hyperparameters"]
+    lines = ["", "## World model", "",
+             f"The RSSMs of `rssm-mpc` and `ppo-wm` (one per training seed, trained on the training splits of "
+             f"{', '.join(f'`{d}`' for d in result['datasets'])} in {result['training_seconds']:.0f} s) predict "
+             f"{result['chunks']} held-out chunks open loop: they observe {result['context']} steps, then imagine "
+             "the rest from the recorded actions. RMSE over observation dimensions (raw units), the RSSM's with a "
+             "95% bootstrap interval over seeds, beside the last observation held and a linear model fitted by "
+             "least squares:", "", "| steps ahead | RSSM | last observation | linear |", "|---|---|---|---|"]
+    for k in sorted({1, 5, 10, len(result["rssm"])}):
+        if k <= len(result["rssm"]):
+            lines.append(f"| {k} | {_interval(result['rssm'][k - 1], 4)} | {result['last_observation'][k - 1]:.4f} | "
+                         f"{result['linear'][k - 1]:.4f} |")
+    steps = {"ppo": hyper.get("ppo", {}).get("total_steps")}
+    lines += ["", "![open loop](world_model/open_loop.png)", "",
+              "Real environment steps per seed: the offline and world-model methods none beyond the dataset's; "
+              + (f"PPO {steps['ppo']:,}" if steps["ppo"] else "PPO not run")
+              + (f"; `ppo-wm` trained on {hyper['ppo-wm']['ppo']['total_steps']:,} imagined steps"
+                 if "ppo-wm" in hyper else "") + ".", ""]
+    return lines
+
+
+def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, latency: dict, videos: dict,
             seconds: float) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
@@ -134,7 +166,7 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: di
                   "Probability that a seed of the generative method beats a seed of the baseline (success rate; "
                   "0.5 = no difference):", "", "| method | baseline | P(improvement) |", "|---|---|---|"]
         lines += [f"| {m} | {b} | {_interval(v)} |" for m, b, v in pairs]
-    lines += ["", "![success](success.png)", "", "## Latency", "",
+    lines += ["", "![success](success.png)", *_world_model_section(out, task, experiment), "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
               "prefetch); sustainable rate: 99% of calls within their period.", "",
@@ -143,7 +175,8 @@ def _report(task: Task, protocol: dict, summary: dict, curves: dict, latency: di
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
               for m, v in latency.items()]
     lines += ["", "## Success over training", "", "Success rate (mean over seeds, 95% bootstrap interval) at each "
-              "evaluated training step (gradient steps; PPO: environment steps).", "", "| method | step: success |",
+              "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO: environment steps; ppo-wm: "
+              "imagined steps, final point only).", "", "| method | step: success |",
               "|---|---|"]
     for method, points in curves.items():
         lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {_interval(p)}" for p in points) + " |")
@@ -180,9 +213,11 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     statistics = protocol["experiment"]["statistics"]
     summary = summarize_units(units, statistics)
     curves = _curves(units, statistics)
+    world_model = out / "world_model" / "open_loop.json"
     write_json(out / "results.json", {"task": task.name, "summary": summary, "curves": curves, "latency": latency,
-                                      "units": units})
+                                      "world_model": json.loads(world_model.read_text()) if world_model.exists()
+                                      else None, "units": units})
     _figures(out, summary, curves)
     clips = failure_videos(out, task, units) if videos else {}
-    report = _report(task, protocol, summary, curves, latency, clips, seconds)
+    report = _report(out, task, protocol, summary, curves, latency, clips, seconds)
     write_text(out / "report.md", report)

@@ -19,7 +19,7 @@ import numpy as np
 from rich.progress import Progress
 
 from physgen.bench.failures import categorize, fit_support, nearest_distances
-from physgen.control.latency import measure_latency
+from physgen.control.latency import measure_latency, measure_step_latency
 from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
                                     make_protocol)
 from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
@@ -44,7 +44,7 @@ def unit_path(out: Path, method: str, seed: int) -> Path:
     return out / "units" / method / f"seed_{seed}"
 
 
-def _write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
+def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
     """Arrays first, then the JSON: a unit counts as done once its JSON exists."""
     path = unit_path(out, method, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def _run_offline(out: Path, method: str, seeds: list[int], pending: list[int], e
 
     train_policies(evaluation.task, config, train, seeds, progress=False, callback=at_point)
     rollouts, trained = final["rollouts"], final["trained"]
-    _write_latency(out, method, measure_latency(trained.policy, trained.state_of(0), np.asarray(train.observations),
+    write_latency(out, method, measure_latency(trained.policy, trained.state_of(0), np.asarray(train.observations),
                                                 evaluation.task.control_hz))
     for i, seed in ((i, seed) for i, seed in enumerate(seeds) if seed in pending):
         save_policy(out / "checkpoints" / method / f"seed_{seed}", evaluation.task, trained, i)
@@ -118,29 +118,15 @@ def _run_offline(out: Path, method: str, seeds: list[int], pending: list[int], e
             method, seed, all_seeds, rollouts.observations[i], rollouts.actions[i],
             {k: v[i] for k, v in rollouts.events.items()}, rollouts.lengths[i], rollouts.returns[i],
             rollouts.success[i], curves[seed])
-        _write_unit(out, method, seed, record, arrays)
+        write_unit(out, method, seed, record, arrays)
 
 
-def _write_latency(out: Path, method: str, latency: dict) -> None:
+def write_latency(out: Path, method: str, latency: dict) -> None:
     """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes)."""
     write_json(out / "units" / method / "latency.json", latency)
 
 
-def _ppo_latency(policy, observations: np.ndarray, calls: int = 200) -> dict:
-    start = time.perf_counter()
-    policy(observations[:1])
-    compile_s = time.perf_counter() - start
-    times = []
-    for call in range(calls):
-        begin = time.perf_counter_ns()
-        policy(observations[call % len(observations)][None])
-        times.append((time.perf_counter_ns() - begin) / 1e3)
-    p50, p99 = np.percentile(times, [50, 99])
-    return {"compile_s": compile_s, "chunk_p50_us": p50, "chunk_p99_us": p99, "action_p50_us": p50,
-            "action_p99_us": p99, "sustainable_hz": 1e6 / p99, "calls": calls, "steps": None}
-
-
-def _padded(task: Task, episodes: list[Episode]):
+def padded_episodes(task: Task, episodes: list[Episode]):
     """Episodes of different lengths as arrays padded to the horizon with frozen copies (as `evaluate` returns)."""
     n, horizon = len(episodes), task.horizon
     obs = np.zeros((n, horizon + 1, task.obs_dim), np.float32)
@@ -155,7 +141,7 @@ def _padded(task: Task, episodes: list[Episode]):
     return obs, actions, events
 
 
-def _ppo_outcomes(task: Task, policy, episodes: int, expert_return):
+def ppo_outcomes(task: Task, policy, episodes: int, expert_return):
     run = rollout_gym(task, policy, EVAL_SEED, episodes)
     returns = np.array([e.episode_return for e in run])
     lengths = np.array([e.length for e in run])
@@ -176,17 +162,18 @@ def _run_ppo(out: Path, seeds: list[int], pending: list[int], evaluation: Evalua
     for seed in pending:
         curve = []
         for point in intermediate:
-            _, _, _, success = _ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
+            _, _, _, success = ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
                                              experiment["curve_episodes"], evaluation.expert_return)
             curve.append({"step": int(point.name), "success_rate": float(success.mean()), "episodes": len(success)})
-        run, returns, lengths, success = _ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
+        run, returns, lengths, success = ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
                                                        experiment["episodes"], evaluation.expert_return)
         curve.append({"step": config.total_steps, "success_rate": float(success.mean()), "episodes": len(success)})
-        obs, actions, events = _padded(task, run)
+        obs, actions, events = padded_episodes(task, run)
         record, arrays = evaluation.record("ppo", seed, np.array([e.seed for e in run]), obs, actions, events,
                                            lengths, returns, success, curve)
-        _write_unit(out, "ppo", seed, record, arrays)
-    _write_latency(out, "ppo", _ppo_latency(load_ppo_policy(folder / f"seed_{seeds[0]}"), obs[0]))
+        write_unit(out, "ppo", seed, record, arrays)
+    policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
+    write_latency(out, "ppo", measure_step_latency(lambda o: policy(o[None]), obs[0]))
 
 
 def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):
@@ -218,7 +205,8 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     evaluation = Evaluation(task, dataset, fit_support(train.observations, validation.observations, seed=0))
     settings = BUDGETS[budget]
-    work = {m: settings.ppo_steps if m == "ppo" else settings.steps for m in methods}
+    work = {m: {"ppo": settings.ppo_steps, "rssm-mpc": settings.rssm_steps, "ppo-wm": settings.dream_steps}.get(
+        m, settings.steps) for m in methods}
     started = time.perf_counter()
     with Progress(disable=not progress) as bar:
         job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work[m] * len(seeds) for m in methods))
@@ -230,8 +218,14 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
             bar.update(job, description=f"bench {task.name} ({budget}): {method}, {len(seeds)} seeds")
             if method in OFFLINE_METHODS:
                 _run_offline(out, method, seeds, pending, evaluation, train, protocol, bar, job)
-            else:
+            elif method == "ppo":
                 _run_ppo(out, seeds, pending, evaluation, protocol, bar, job)
+            else:
+                from physgen.bench import world
+
+                {"rssm-mpc": world.run_rssm_mpc, "ppo-wm": world.run_ppo_wm}[method](
+                    out, seeds, pending, evaluation, protocol)
+                bar.advance(job, work[method] * len(seeds))
     units = {m: [json.loads(unit_path(out, m, s).with_suffix(".json").read_text()) for s in seeds] for m in methods}
     latency = {m: json.loads((out / "units" / m / "latency.json").read_text()) for m in methods}
     write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
