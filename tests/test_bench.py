@@ -196,6 +196,9 @@ def test_sweep_steps_reports_success_and_latency_per_step_count(smoke_run, tmp_p
 
 
 def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation(datasets, tmp_path, capsys):
+    from physgen.world_models.data import generate_noisy_dataset
+
+    generate_noisy_dataset(get_task("fork"), episodes=100, seed=1)  # else the bench writes the full 1000 episodes
     out = run_bench("fork", methods=["rssm-mpc", "ppo-wm"], seeds=2, episodes=4, budget="smoke", out=tmp_path / "wm",
                     progress=False, videos=False)
     results = json.loads((out / "results.json").read_text())
@@ -212,6 +215,13 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     report = (out / "report.md").read_text()
     assert "## World model" in report and f"| 25 | {world['rssm'][24]['estimate']:.4f}" in report
     assert (out / "world_model" / "open_loop.png").stat().st_size > 10_000
+    # a run that lost a unit resumes from the saved models and curves to the same numbers
+    (out / "units" / "rssm-mpc" / "seed_1.json").unlink()
+    (out / "results.json").unlink()
+    run_bench("fork", methods=["rssm-mpc", "ppo-wm"], seeds=2, episodes=4, budget="smoke", out=out, progress=False,
+              videos=False)
+    again = json.loads((out / "results.json").read_text())
+    assert again["summary"] == results["summary"] and again["curves"] == results["curves"]
     # the ppo-wm policy is a PPO checkpoint like any other: `physgen video` replays it on the real task
     assert main(["video", "--task", "fork", "--checkpoint", str(out / "checkpoints" / "ppo-wm" / "seed_0"),
                  "--episodes", "1", "--out", str(tmp_path / "videos")]) == 0

@@ -128,7 +128,9 @@ def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
                          f"{result['linear'][k - 1]:.4f} |")
     steps = {"ppo": hyper.get("ppo", {}).get("total_steps")}
     lines += ["", "![open loop](world_model/open_loop.png)", "",
-              "Real environment steps per seed: the offline and world-model methods none beyond the dataset's; "
+              f"Real data per seed: the offline methods learn from `{experiment['dataset']['id']}`, the world-model "
+              f"methods from the {result['training_episodes']:,} training episodes of the datasets above, neither "
+              "takes an environment step; "
               + (f"PPO {steps['ppo']:,}" if steps["ppo"] else "PPO not run")
               + (f"; `ppo-wm` trained on {hyper['ppo-wm']['ppo']['total_steps']:,} imagined steps"
                  if "ppo-wm" in hyper else "") + ".", ""]

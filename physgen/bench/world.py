@@ -10,6 +10,7 @@ Their units, curves, failure categories, latency and videos are those of every o
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -61,34 +62,46 @@ def _splits(task: Task):
 
 
 def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], callback=None):
-    """(model, params stacked over seeds, train split, held-out split): loaded from `checkpoints/rssm/` when every
-    seed is there, else trained as one group (calling `callback(done, model, params)` during training) and saved, with
-    the open-loop evaluation written to `world_model/`."""
-    from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
+    """(model, params stacked over seeds, train split, held-out split). Without `callback` the models are loaded
+    from `checkpoints/rssm/` when every seed is there; otherwise they are trained as one group (calling
+    `callback(done, model, params)` during training; training is seeded, so a retrained group is the same) and
+    saved. The open-loop evaluation is written to `world_model/` whenever it is missing."""
     from physgen.world_models.train import load_world_model, save_world_model, train_world_models
 
     train, test = _splits(task)
     folder = out / "checkpoints" / "rssm"
-    if all((folder / f"seed_{s}").exists() for s in seeds):  # the protocol check guarantees the same config
+    if callback is None and all((folder / f"seed_{s}").exists() for s in seeds):  # protocol check: same config
         loaded = [load_world_model(folder / f"seed_{s}", task.name) for s in seeds]
-        params = jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p, _ in loaded])
-        return loaded[0][0], params, train, test
-    trained = train_world_models(task, config, train, seeds, progress=False, callback=callback)
-    for i, seed in enumerate(seeds):
-        save_world_model(folder / f"seed_{seed}", task, trained, i)
+        model, params = loaded[0][0], jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p, _ in loaded])
+        seconds = loaded[0][2]["training_seconds"]
+    else:
+        trained = train_world_models(task, config, train, seeds, progress=False, callback=callback)
+        for i, seed in enumerate(seeds):
+            save_world_model(folder / f"seed_{seed}", task, trained, i)
+        model, params, seconds = trained.model, trained.params, trained.seconds
+    if not (out / "world_model" / "open_loop.json").exists():
+        _write_open_loop(out, task, model, params, train, test, seeds, seconds)
+    return model, params, train, test
+
+
+def _write_open_loop(out: Path, task: Task, model, params, train, test, seeds: list[int], seconds: float) -> None:
+    from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
+
     horizon = min(25, int(np.asarray(test.episode_lengths).max()) // 2)
-    result = open_loop_errors(trained.model, trained.params, train, test, context=horizon, horizon=horizon)
+    result = open_loop_errors(model, params, train, test, context=horizon, horizon=horizon)
+    plot_open_loop(out / "world_model" / "open_loop.png", result)
     write_json(out / "world_model" / "open_loop.json", {
         "context": result.context, "chunks": int(result.imagined.shape[1]), "seeds": list(seeds),
         "rssm_per_seed": result.rssm.tolist(), "last_observation": result.last.tolist(),
         "linear": result.linear.tolist(),
         "rssm": [result.interval(k).as_dict() for k in range(1, result.rssm.shape[1] + 1)],
-        "training_seconds": trained.seconds, "datasets": world_model_datasets(task)})
-    plot_open_loop(out / "world_model" / "open_loop.png", result)
-    return trained.model, trained.params, train, test
+        "training_seconds": seconds, "datasets": world_model_datasets(task),
+        "training_episodes": int(train.num_episodes)})
 
 
 def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, protocol: dict) -> None:
+    """Evaluate MPC at every curve point while the RSSMs train (their curves are kept in `units/rssm-mpc/`, so a
+    resumed run loads the models and evaluates only the final point), then write the pending units."""
     from physgen.bench.runner import write_latency, write_unit
     from physgen.control.latency import measure_step_latency
     from physgen.world_models.mpc import MPC, evaluate_mpc
@@ -98,6 +111,7 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, pr
     config, mpc_config = RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])
     all_seeds = np.asarray(experiment["evaluation_seeds"])
     curve_seeds = all_seeds[: experiment["curve_episodes"]]
+    saved_curves = out / "units" / "rssm-mpc" / "curves.json"
     curves: dict[int, list[dict]] = {s: [] for s in seeds}
     final = {}
 
@@ -109,9 +123,13 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, pr
             curves[seed].append({"step": done, "success_rate": float(rollouts.success[i].mean()),
                                  "episodes": int(rollouts.success.shape[1])})
 
-    model, params, train, _ = world_models(out, task, config, seeds, callback=point)
-    if not final:  # models loaded from checkpoints (ppo-wm trained them): the final evaluation only
+    if saved_curves.exists():
+        model, params, train, _ = world_models(out, task, config, seeds)
         point(config.steps, model, params)
+        curves = {int(s): c for s, c in json.loads(saved_curves.read_text()).items()}
+    else:
+        model, params, train, _ = world_models(out, task, config, seeds, callback=point)
+        write_json(saved_curves, curves)
     mpc, rollouts = final["mpc"], final["rollouts"]
     for i, seed in ((i, s) for i, s in enumerate(seeds) if s in pending):
         record, arrays = evaluation.record(
@@ -142,13 +160,13 @@ def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation, prot
     config, ppo, dream = (RSSMConfig.from_dict(values["rssm"]), PPOConfig.from_dict(values["ppo"]),
                           DreamConfig(**values["dream"]))
     model, params, train, _ = world_models(out, task, config, seeds)
-    frames = frames_from(train)
-    learners, imagined = train_ppo_in_models(task, model, params, frames, seeds, ppo, dream)
     folder = out / "checkpoints" / "ppo-wm"
-    for i, seed in enumerate(seeds):
-        save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(learners, i), seed=seed, trained_in="rssm",
-                 imagined_steps=ppo.num_updates * ppo.steps_per_update,
-                 final_imagined_return=float(np.nanmean(imagined[i, -5:])))
+    if not all((folder / f"seed_{s}").exists() for s in seeds):  # else only the evaluation was lost
+        learners, imagined = train_ppo_in_models(task, model, params, frames_from(train), seeds, ppo, dream)
+        for i, seed in enumerate(seeds):
+            save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(learners, i), seed=seed, trained_in="rssm",
+                     imagined_steps=ppo.num_updates * ppo.steps_per_update,
+                     final_imagined_return=float(np.nanmean(imagined[i, -5:])))
     for seed in pending:
         run, returns, lengths, success = ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
                                                       experiment["episodes"], evaluation.expert_return)

@@ -48,6 +48,8 @@ def start_frames(frames: Frames, context: int) -> np.ndarray:
     """Indices of the frames an imagined episode may start from: not terminal, with `context` frames of the same
     episode up to and including them."""
     first, terminal = np.asarray(frames.first), np.asarray(frames.terminals) > 0
+    if context > len(first):
+        raise PhysgenError(f"context {context} exceeds the {len(first)} frames of the dataset; lower the context")
     episode = np.cumsum(first)
     index = np.arange(len(first))
     valid = (index >= context - 1) & ~terminal
@@ -99,6 +101,6 @@ def train_ppo_in_models(task: Task, model: RSSM, params: Any, frames: Frames, se
     program: (learners stacked over seeds, per-update mean imagined return (seeds, updates))."""
     ppo = ppo.validate()
     starts = jnp.asarray(start_frames(frames, dream.context))
-    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 1) for s in seeds])  # apart from the RSSM's keys
     learners, curve, _ = _train(task, model, ppo, dream, params, frames, starts, keys)
     return learners, np.asarray(curve)

@@ -51,6 +51,9 @@ class MPCConfig:
         for name in ("horizon", "population", "elites", "iterations"):
             if getattr(self, name) < 1:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("temperature", "init_std", "min_std", "discount"):
+            if not getattr(self, name) > 0:
+                raise PhysgenError(f"{name} must be positive, got {getattr(self, name)}")
         if self.elites > self.population:
             raise PhysgenError(f"elites ({self.elites}) cannot exceed population ({self.population})")
 
@@ -144,7 +147,7 @@ def _episodes(task: Task, mpc: MPC, params, seeds: jax.Array):
             return (out.state, out.obs, plan_carry), (out.obs, action, out.reward, out.terminated | out.truncated,
                                                       out.events)
 
-        keys = jax.random.split(jax.random.fold_in(key, 2), task.horizon)
+        keys = jax.vmap(partial(jax.random.fold_in, jax.random.fold_in(key, 2)))(jnp.arange(task.horizon))
         _, (next_obs, actions, rewards, ended, events) = jax.lax.scan(step, (env_state, obs, mpc.start()), keys)
         return jnp.concatenate([obs[None], next_obs]), actions, rewards, ended, events
 

@@ -255,14 +255,18 @@ class RSSM(NamedTuple):
         return D.symexp(self.net(params).reward(states.features)[..., 0]) * self.config.reward_unit
 
     def continuation(self, params, states: State) -> jax.Array:
-        """The probability that the episode goes on after arriving in each state."""
-        return jax.nn.sigmoid(self.net(params).cont(states.features)[..., 0])
+        """The probability that the episode goes on after arriving in each state. The loss weighs terminal frames
+        `terminal_weight` times more, which lowers the head's logit by log(terminal_weight) at the optimum; that
+        is added back here, so the result is calibrated."""
+        logit = self.net(params).cont(states.features)[..., 0]
+        return jax.nn.sigmoid(logit + jnp.log(self.config.terminal_weight))
 
     def loss(self, params, batch: Frames, key: jax.Array) -> tuple[jax.Array, dict]:
         """Reconstruction (symlog MSE), reward (symlog MSE), continue (BCE) and balanced KL on windows of frames.
         The reward and continue heads are not asked about an episode's first frame (nothing led to it), and
         terminations, about one frame per episode but all that shows where collisions and goals are, weigh
-        `terminal_weight` times more."""
+        `terminal_weight` times more (`continuation` undoes the bias this gives the continue head; the reward
+        head's predictions lean towards terminal rewards where a state is ambiguous)."""
         c, net = self.config, self.net(params)
         keys = jax.random.split(key, batch.observations.shape[0])
         states, posts, priors = jax.vmap(self.observe, in_axes=(None, 0, 0, 0, 0))(
