@@ -171,7 +171,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
     lines += ["", "![success](success.png)", *_world_model_section(out, task, experiment), "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
-              "prefetch); sustainable rate: 99% of calls within their period.", "",
+              "prefetch); PPO, ppo-wm and rssm-mpc (filter and plan) compute every action in one call, so their chunk "
+              "and action figures are the same; sustainable rate: 99% of calls within their period.", "",
               "| method | compile | chunk p50 / p99 | action p50 / p99 | sustainable rate |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {v['compile_s']:.1f} s | {v['chunk_p50_us']:,.0f} / {v['chunk_p99_us']:,.0f} us | "
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
