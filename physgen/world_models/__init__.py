@@ -1,5 +1,6 @@
 """World models: a beta-VAE of observations, the RSSM (Dreamer), open-loop evaluation, latent MPC on top of them."""
 
+from physgen.world_models.dream import DreamConfig, dream_env, train_ppo_in_models
 from physgen.world_models.evaluate import OpenLoop, open_loop_errors, plot_open_loop
 from physgen.world_models.mpc import MPC, MPCConfig, evaluate_mpc
 from physgen.world_models.rssm import RSSM, RSSMConfig
@@ -7,6 +8,6 @@ from physgen.world_models.train import (TrainedWorldModels, load_world_model, sa
                                         train_world_models)
 from physgen.world_models.vae import VAE, VAEConfig, render_frames
 
-__all__ = ["MPC", "MPCConfig", "OpenLoop", "RSSM", "RSSMConfig", "TrainedWorldModels", "VAE", "VAEConfig",
-           "evaluate_mpc", "load_world_model", "open_loop_errors", "plot_open_loop", "render_frames",
-           "save_world_model", "train_from_cli", "train_world_models"]
+__all__ = ["DreamConfig", "MPC", "MPCConfig", "OpenLoop", "RSSM", "RSSMConfig", "TrainedWorldModels", "VAE",
+           "VAEConfig", "dream_env", "evaluate_mpc", "load_world_model", "open_loop_errors", "plot_open_loop",
+           "render_frames", "save_world_model", "train_from_cli", "train_ppo_in_models", "train_world_models"]
