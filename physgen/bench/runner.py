@@ -165,15 +165,26 @@ def _run_ppo(out: Path, seeds: list[int], pending: list[int], evaluation: Evalua
             _, _, _, success = ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
                                              experiment["curve_episodes"], evaluation.expert_return)
             curve.append({"step": int(point.name), "success_rate": float(success.mean()), "episodes": len(success)})
-        run, returns, lengths, success = ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
-                                                       experiment["episodes"], evaluation.expert_return)
-        curve.append({"step": config.total_steps, "success_rate": float(success.mean()), "episodes": len(success)})
-        obs, actions, events = padded_episodes(task, run)
-        record, arrays = evaluation.record("ppo", seed, np.array([e.seed for e in run]), obs, actions, events,
-                                           lengths, returns, success, curve)
-        write_unit(out, "ppo", seed, record, arrays)
+        states = write_ppo_unit(out, "ppo", folder, seed, evaluation, experiment["episodes"], config.total_steps, curve)
     policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
-    write_latency(out, "ppo", measure_step_latency(lambda o: policy(o[None]), obs[0]))
+    write_latency(out, "ppo", measure_step_latency(lambda o: policy(o[None]), states))
+
+
+def write_ppo_unit(out: Path, method: str, folder: Path, seed: int, evaluation: Evaluation, episodes: int,
+                   final_step: int, curve: list[dict]) -> np.ndarray:
+    """Evaluate the PPO-style checkpoint `folder/seed_<seed>` on the bench's episodes and write its unit, the
+    final evaluation appended to `curve` at `final_step`; returns the first episode's states."""
+    from physgen.policies.ppo import load_ppo_policy
+
+    task = evaluation.task
+    run, returns, lengths, success = ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"), episodes,
+                                                  evaluation.expert_return)
+    curve = [*curve, {"step": final_step, "success_rate": float(success.mean()), "episodes": len(success)}]
+    obs, actions, events = padded_episodes(task, run)
+    record, arrays = evaluation.record(method, seed, np.array([e.seed for e in run]), obs, actions, events,
+                                       lengths, returns, success, curve)
+    write_unit(out, method, seed, record, arrays)
+    return obs[0]
 
 
 def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):

@@ -150,7 +150,7 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, pr
 
 
 def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation, protocol: dict) -> None:
-    from physgen.bench.runner import ppo_outcomes, padded_episodes, write_latency, write_unit
+    from physgen.bench.runner import write_latency, write_ppo_unit
     from physgen.control.latency import measure_step_latency
     from physgen.policies.ppo import learner_of, load_ppo_policy, save_ppo
     from physgen.world_models.dream import train_ppo_in_models
@@ -168,13 +168,7 @@ def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation, prot
                      imagined_steps=ppo.num_updates * ppo.steps_per_update,
                      final_imagined_return=float(np.nanmean(imagined[i, -5:])))
     for seed in pending:
-        run, returns, lengths, success = ppo_outcomes(task, load_ppo_policy(folder / f"seed_{seed}"),
-                                                      experiment["episodes"], evaluation.expert_return)
-        curve = [{"step": ppo.num_updates * ppo.steps_per_update, "success_rate": float(success.mean()),
-                  "episodes": len(success)}]
-        obs, actions, events = padded_episodes(task, run)
-        record, arrays = evaluation.record("ppo-wm", seed, np.array([e.seed for e in run]), obs, actions, events,
-                                           lengths, returns, success, curve)
-        write_unit(out, "ppo-wm", seed, record, arrays)
+        write_ppo_unit(out, "ppo-wm", folder, seed, evaluation, experiment["episodes"],
+                       ppo.num_updates * ppo.steps_per_update, [])
     policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
     write_latency(out, "ppo-wm", measure_step_latency(lambda o: policy(o[None]), np.asarray(train.observations[:200])))
