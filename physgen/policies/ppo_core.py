@@ -36,8 +36,34 @@ class ActorCritic(nnx.Module):
 def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, out_scale: float, rngs: nnx.Rngs) -> nnx.List:
     sizes = (in_dim, *hidden, out_dim)
     scales = [math.sqrt(2)] * len(hidden) + [out_scale]
-    return nnx.List([nnx.Linear(a, b, kernel_init=nnx.initializers.orthogonal(s), rngs=rngs)
+    return nnx.List([nnx.Linear(a, b, kernel_init=orthogonal(s), rngs=rngs)
                      for a, b, s in zip(sizes[:-1], sizes[1:], scales)])
+
+
+def orthogonal(scale: float):
+    """Orthogonal kernel initializer (Saxe et al.): the Q of a Gaussian matrix, drawn from the same Haar
+    distribution as `nnx.initializers.orthogonal`, but by Gram-Schmidt in plain jnp. The LAPACK QR that flax calls
+    deadlocks XLA:CPU's thread pool now and then when it is vmapped over seeds: each batched QR blocks a pool thread
+    waiting for work queued behind it on the same pool."""
+    def init(key, shape, dtype=jnp.float32):
+        rows, cols = shape
+        tall = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+        q = _orthonormal_columns(tall)
+        return (scale * (q if rows >= cols else q.T)).astype(dtype)
+    return init
+
+
+def _orthonormal_columns(a: jax.Array) -> jax.Array:
+    """Gram-Schmidt with one re-orthogonalisation pass ("twice is enough"): the Q of a = QR with diag(R) > 0."""
+    columns = jnp.arange(a.shape[1])
+
+    def one_column(j, q):
+        earlier = q * (columns < j)
+        v = q[:, j]
+        for _ in range(2):
+            v = v - earlier @ (earlier.T @ v)
+        return q.at[:, j].set(v / jnp.linalg.norm(v))
+    return jax.lax.fori_loop(0, a.shape[1], one_column, a)
 
 
 def _forward(layers: nnx.List, x: jax.Array) -> jax.Array:
