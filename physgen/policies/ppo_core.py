@@ -53,6 +53,7 @@ def orthogonal(scale: float):
     return init
 
 
+@jax.jit
 def _orthonormal_columns(a: jax.Array) -> jax.Array:
     """Gram-Schmidt with one re-orthogonalisation pass ("twice is enough"): the Q of a = QR with diag(R) > 0."""
     columns = jnp.arange(a.shape[1])
