@@ -6,8 +6,9 @@ physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormaliz
     physgen's default size (64/128/256), DDIM 10 steps (target p99 <= 10 ms).
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
 `DDIMScheduler` and flow by a hand-written Euler loop, under `torch.inference_mode()`. Prints p50/p95/p99 and the
-ratio of medians and p99s, measured in the same run. Then training throughput (gradient steps/s) for 1 seed and 10
-seeds vmapped. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16.
+ratio of medians and p99s, measured in the same run. "net only" is the floor under physgen's row: the same
+number of network forward passes in one compiled call on device arrays. Then training throughput (gradient
+steps/s) for 1 seed and 10 seeds vmapped. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16.
 
     python benchmarks/sampler_latency.py [--calls 300]
 """
@@ -63,6 +64,24 @@ def physgen_runner(changes: dict, steps: int) -> tuple[PolicyRunner, float]:
     start = time.perf_counter()
     runner = PolicyRunner(policy, state, steps)
     return runner, time.perf_counter() - start
+
+
+def network_alone(runner: PolicyRunner, steps: int):
+    """`steps` chained forward passes of the runner's network in one compiled call on device arrays, without the
+    sampler's arithmetic, normalization or numpy I/O: the floor under an `act` of that many steps."""
+    policy, params = runner.policy, runner.state.params
+    x = jnp.zeros((1, policy.config.action_steps, policy.act_dim))
+    cond = jnp.zeros((1, policy.config.obs_steps * policy.obs_dim))
+
+    @jax.jit
+    def forward(params, x):
+        net = policy.network(params)
+        for k in range(steps):
+            x = net(x, jnp.full((1,), k / steps), cond)
+        return x
+
+    forward(params, x).block_until_ready()
+    return lambda i: forward(params, x).block_until_ready()
 
 
 def torch_act(changes: dict, steps: int):
@@ -136,6 +155,8 @@ def main() -> None:
         calls = args.calls if "DP-size" not in name else max(20, args.calls // 10)
         ours = percentiles(time_calls(lambda i: runner.act(obs, i), calls))
         print(f"{name:<26} {'physgen':>8} {compile_seconds:9.2f} " + " ".join(f"{v:9.0f}" for v in ours), flush=True)
+        floor = percentiles(time_calls(network_alone(runner, steps), calls))
+        print(f"{'':<26} {'net only':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
         if torch_version is None:
             continue
         theirs = percentiles(time_calls(torch_act(changes, steps), calls))

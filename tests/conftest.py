@@ -5,8 +5,8 @@ import os
 # loads; subprocesses inherit it. Benchmarks and user runs keep the default optimization level.
 os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0"]))
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 from physgen.data import generate_dataset
 from physgen.envs import get_task
