@@ -1,0 +1,60 @@
+"""The `hopper` quality bar (diffusion and flow reach >= 90% of the expert's return), one configuration at a time.
+
+Each argument is a comma-separated list of `PolicyConfig` fields. The script trains that configuration on 90% of
+`physgen/hopper/expert-v0` (created from the shipped expert if missing), one seed, and prints the mean return of
+`--episodes` held-out evaluation episodes, its share of the dataset's expert return, the mean episode length, the
+success rate, the last training loss and the wall-clock time.
+
+    python benchmarks/hopper_policies.py \\
+        method=diffusion,prediction=sample,action_steps=8,exec_steps=4,steps=30000 \\
+        method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from physgen.data import generate_dataset, load_dataset, split_episodes
+from physgen.envs import get_task
+from physgen.envs.rollout import episode_seeds
+from physgen.errors import PhysgenError
+from physgen.policies.evaluate import evaluate
+from physgen.policies.policy import PolicyConfig
+from physgen.policies.train import train_policies
+
+
+def parse_config(spec: str) -> PolicyConfig:
+    fields = dict(item.split("=", 1) for item in spec.split(","))
+    values = {k: int(v) if v.isdigit() else v for k, v in fields.items()}
+    return PolicyConfig(**{"batch_size": 256, "steps_per_call": 3000, **values})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    task = get_task("hopper")
+    try:
+        dataset = load_dataset(task)
+    except PhysgenError:
+        generate_dataset(task, seed=0)
+        dataset = load_dataset(task)
+    train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
+    expert = dataset.metadata["ref_max_score"]
+    for spec in args.configs:
+        config = parse_config(spec)
+        start = time.perf_counter()
+        trained = train_policies(task, config, train, [args.seed], progress=False)
+        result = evaluate(task, trained.policy, trained.states, episode_seeds(1_000_000, args.episodes),
+                          expert_return=expert)
+        mean = result.returns.mean()
+        print(f"{spec}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), length {result.lengths.mean():.0f}, "
+              f"success {result.success.mean():.2f}, loss {trained.losses[0, -1]:.4f}, "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
