@@ -20,10 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from physgen.data import generate_dataset, load_dataset, split_episodes  # noqa: E402
+from physgen.bench.runner import expert_dataset  # noqa: E402
+from physgen.data import split_episodes  # noqa: E402
 from physgen.envs import fork, get_task  # noqa: E402
 from physgen.envs.rollout import episode_seeds  # noqa: E402
-from physgen.errors import PhysgenError  # noqa: E402
 from physgen.policies.evaluate import evaluate  # noqa: E402
 from physgen.policies.policy import PolicyConfig  # noqa: E402
 from physgen.policies.train import train_policies  # noqa: E402
@@ -44,11 +44,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fork_policies")
     args = parser.parse_args()
     task = get_task("fork")
-    try:
-        dataset = load_dataset(task)
-    except PhysgenError:
-        generate_dataset(task, seed=0)
-        dataset = load_dataset(task)
+    dataset = expert_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     eval_seeds = episode_seeds(10_000, args.episodes)
     out = Path(args.out)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from physgen.data import generate_dataset, load_dataset, split_episodes
+from physgen.bench.runner import expert_dataset
+from physgen.data import split_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
-from physgen.errors import PhysgenError
 from physgen.policies.evaluate import evaluate
 from physgen.policies.policy import PolicyConfig
 from physgen.policies.train import train_policies
@@ -37,11 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     task = get_task("hopper")
-    try:
-        dataset = load_dataset(task)
-    except PhysgenError:
-        generate_dataset(task, seed=0)
-        dataset = load_dataset(task)
+    dataset = expert_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
     for spec in args.configs:
