@@ -13,20 +13,27 @@ success rate, the last training loss and the wall-clock time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from physgen.bench.runner import expert_dataset
 from physgen.data import split_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
+from physgen.errors import PhysgenError
 from physgen.policies.evaluate import evaluate
 from physgen.policies.policy import PolicyConfig
 from physgen.policies.train import train_policies
 
 
 def parse_config(spec: str) -> PolicyConfig:
-    fields = dict(item.split("=", 1) for item in spec.split(","))
-    values = {k: int(v) if v.isdigit() else v for k, v in fields.items()}
+    items = [item.split("=", 1) for item in spec.split(",")]
+    known = {field.name for field in dataclasses.fields(PolicyConfig)}
+    bad = [item[0] for item in items if len(item) != 2 or item[0] not in known]
+    if bad:
+        raise PhysgenError(f"{spec!r}: {', '.join(bad)} is not a PolicyConfig field=value; write e.g. "
+                           "method=diffusion,steps=30000")
+    values = {k: int(v) if v.isdigit() else v for k, v in items}
     return PolicyConfig(**{"batch_size": 256, "steps_per_call": 3000, **values})
 
 
@@ -36,12 +43,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    try:
+        configs = [parse_config(spec) for spec in args.configs]
+    except PhysgenError as error:
+        parser.exit(2, f"physgen: error: {error}\n")
     task = get_task("hopper")
     dataset = expert_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
-    for spec in args.configs:
-        config = parse_config(spec)
+    for spec, config in zip(args.configs, configs):
         start = time.perf_counter()
         trained = train_policies(task, config, train, [args.seed], progress=False)
         result = evaluate(task, trained.policy, trained.states, episode_seeds(1_000_000, args.episodes),
