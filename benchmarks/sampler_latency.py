@@ -100,7 +100,7 @@ def torch_act(changes: dict, steps: int):
         net = ref.MLPDenoiser(chunk, cond_dim, config.hidden, config.depth, config.time_dim)
     net.eval()
     scheduler = DDIMScheduler(num_train_timesteps=config.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
-                              clip_sample=True, set_alpha_to_one=True, prediction_type="epsilon")
+                              clip_sample=True, set_alpha_to_one=True, prediction_type=config.prediction)
     scheduler.set_timesteps(steps)
     obs = np.zeros((config.obs_steps, OBS_DIM), np.float32)
 
