@@ -43,7 +43,8 @@ class Budget:
     seeds: int
     ppo_steps: int  # environment steps per PPO seed
     rssm_steps: int  # gradient steps per RSSM seed (rssm-mpc and ppo-wm share the models). On fork, MPC over
-    # RSSMs of 2,000 steps succeeded in 0 of 100 episodes (10 seeds), over RSSMs of 5,000 steps in 0.58 (3 seeds)
+    # RSSMs of 2,000 steps succeeded in 0 of 100 episodes (10 seeds), of 5,000 steps in 0.48-0.58 and of 10,000
+    # steps in 0.90 (3 seeds, 30 episodes; README, "World models")
     dream_steps: int  # imagined environment steps per ppo-wm seed
     ppo_by_default: str  # PPO and the world-model methods: "never", "pure-jax" (tasks that train in one compiled
     # program) or "always"
@@ -53,9 +54,9 @@ BUDGETS = {
     "smoke": Budget(steps=100, batch_size=64, hidden=64, episodes=4, curve_points=5, curve_episodes=2, seeds=2,
                     ppo_steps=20_000, rssm_steps=100, dream_steps=4_096, ppo_by_default="never"),
     "quick": Budget(steps=2_000, batch_size=128, hidden=256, episodes=10, curve_points=5, curve_episodes=2, seeds=10,
-                    ppo_steps=200_000, rssm_steps=5_000, dream_steps=200_704, ppo_by_default="pure-jax"),
+                    ppo_steps=200_000, rssm_steps=10_000, dream_steps=200_704, ppo_by_default="pure-jax"),
     "full": Budget(steps=10_000, batch_size=256, hidden=256, episodes=100, curve_points=10, curve_episodes=20,
-                   seeds=10, ppo_steps=1_000_000, rssm_steps=5_000, dream_steps=999_424, ppo_by_default="always"),
+                   seeds=10, ppo_steps=1_000_000, rssm_steps=10_000, dream_steps=999_424, ppo_by_default="always"),
 }
 
 
