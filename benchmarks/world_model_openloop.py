@@ -8,7 +8,7 @@ beside the last-observation and linear least-squares baselines; rssm-mpc success
 bootstrap interval and pooled Wilson interval); and p50/p99 of one jitted control step (filter + plan) on this CPU.
 Writes the true-vs-imagined figure to --out.
 
-    python benchmarks/world_model_openloop.py [--steps 5000] [--seeds 3] [--episodes 50] [--out runs/wm-fork]
+    python benchmarks/world_model_openloop.py [--steps 10000] [--seeds 3] [--episodes 50] [--out runs/wm-fork]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--episodes", type=int, default=50, help="MPC evaluation episodes per seed")
     parser.add_argument("--data-episodes", type=int, default=500, help="episodes per dataset")
