@@ -6,7 +6,7 @@ Each argument is a comma-separated list of `PolicyConfig` fields. The script tra
 success rate, the last training loss and the wall-clock time.
 
     python benchmarks/hopper_policies.py \\
-        method=diffusion,prediction=sample,action_steps=8,exec_steps=4,steps=30000 \\
+        method=diffusion,action_steps=4,exec_steps=2,steps=30000 \\
         method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0]
 """
 
@@ -27,13 +27,21 @@ from physgen.policies.train import train_policies
 
 
 def parse_config(spec: str) -> PolicyConfig:
+    """`field=value,...` as a PolicyConfig; each value is read as its field's default's type (a tuple as 64/128/256)."""
     items = [item.split("=", 1) for item in spec.split(",")]
-    known = {field.name for field in dataclasses.fields(PolicyConfig)}
-    bad = [item[0] for item in items if len(item) != 2 or item[0] not in known]
+    defaults = {field.name: field.default for field in dataclasses.fields(PolicyConfig)}
+    bad = [item[0] for item in items if len(item) != 2 or item[0] not in defaults]
     if bad:
         raise PhysgenError(f"{spec!r}: {', '.join(bad)} is not a PolicyConfig field=value; write e.g. "
                            "method=diffusion,steps=30000")
-    values = {k: int(v) if v.isdigit() else v for k, v in items}
+    values = {}
+    for name, text in items:
+        kind = type(defaults[name])
+        try:
+            values[name] = tuple(int(v) for v in text.split("/")) if kind is tuple else kind(text)
+        except ValueError:
+            wanted = {int: "an integer", float: "a number", tuple: "integers separated by /"}[kind]
+            raise PhysgenError(f"{spec!r}: {name} must be {wanted}, got {text!r}") from None
     return PolicyConfig(**{"batch_size": 256, "steps_per_call": 3000, **values})
 
 

@@ -106,6 +106,8 @@ def test_bad_configs_are_refused():
         PolicyConfig(method="gan")
     with pytest.raises(PhysgenError, match="steps must be at least 1, got 0"):
         PolicyConfig(steps=0)
+    with pytest.raises(PhysgenError, match="hidden must be at least 1, got -3"):
+        PolicyConfig(hidden=-3)
     with pytest.raises(PhysgenError, match="exec_steps"):
         PolicyConfig(exec_steps=17)
     with pytest.raises(PhysgenError, match="divisible by 4"):

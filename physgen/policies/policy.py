@@ -75,7 +75,8 @@ class PolicyConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise PhysgenError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("steps", "batch_size", "steps_per_call", "inference_steps", "obs_steps"):
+        for name in ("steps", "batch_size", "steps_per_call", "inference_steps", "obs_steps", "hidden", "depth",
+                     "time_dim", "train_diffusion_steps", "unet_kernel", "unet_groups", "sinkhorn_iterations"):
             if getattr(self, name) < 1:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.exec_steps <= self.action_steps:
