@@ -14,7 +14,7 @@ from physgen.world_models import distributions as D
 from physgen.world_models.data import frames_from, sample_frames
 from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
 from physgen.world_models.mpc import MPC, MPCConfig, evaluate_mpc, optimize
-from physgen.world_models.rssm import RSSM, RSSMConfig
+from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
 from physgen.world_models.train import load_world_model, save_world_model, train_world_models
 from physgen.world_models.vae import VAE, VAEConfig, render_frames
 
@@ -165,6 +165,21 @@ def test_training_is_seeded_and_checkpoints_round_trip(trained, fork_data, tmp_p
     model, params, meta = load_world_model(save_world_model(tmp_path / "rssm", task, trained, 1), "fork")
     assert model == trained.model and meta["method"] == "rssm" and meta["seed"] == 1
     jax.tree.map(np.testing.assert_array_equal, params, trained.params_of(1))
+
+
+def test_scales_are_fitted_from_the_data_and_standardize_observations():
+    obs = np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0], [4.0, 5.0, 8.0]], np.float32)
+    data = Trajectories.from_steps(obs, np.zeros((3, 1), np.float32), np.array([0.1, -0.3, 1.0], np.float32), obs,
+                                   np.array([False, False, True]), [3])
+    config = fit_scales(RSSMConfig(), data)
+    assert config.reward_scale == pytest.approx(0.2)  # mean |reward| of the non-terminal steps
+    np.testing.assert_allclose(config.obs_center, [2.0, 5.0, 4.0])
+    np.testing.assert_allclose(config.obs_scale, [np.sqrt(8 / 3), 1.0, np.sqrt(26 / 3)], rtol=1e-6)  # constant: 1
+    np.testing.assert_allclose(config.standardize(jnp.asarray(obs)).std(0), [1.0, 0.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(config.unstandardize(config.standardize(jnp.asarray(obs))), obs, atol=1e-5)
+    assert fit_scales(config, data) == config  # what is set stays
+    with pytest.raises(PhysgenError, match="obs_center and obs_scale go together"):
+        RSSMConfig(obs_scale=(1.0,))
 
 
 def test_bad_sequence_length_and_a_dataset_without_rewards_are_refused(fork_data):

@@ -6,8 +6,8 @@
     loss, metrics = model.loss(params, batch, key)                          # batch: windows of `Frames`
 
 Step t of `observe` takes the action that led to observation t: h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]), prior
-p(z_t | h_t), posterior q(z_t | h_t, o_t). Vector observations enter and are reconstructed in symlog space;
-the reward head predicts symlog(r_{t-1}) and the continue head 1 - terminal_{t-1} from the state at t.
+p(z_t | h_t), posterior q(z_t | h_t, o_t). Vector observations are standardized by the training data's mean and
+standard deviation, then enter and are reconstructed in symlog space; the reward head predicts symlog(r_{t-1}) and the continue head 1 - terminal_{t-1} from the state at t.
 Training windows run across episode boundaries and reset the state at each episode's first frame (DreamerV3's
 replay): a window kept inside one episode would put every termination at the same number of steps after the reset,
 and the heads would learn that clock instead of the collision or the goal.
@@ -52,7 +52,10 @@ class RSSMConfig:
     rep_scale: float = 0.1
     free_nats: float = 1.0
     terminal_weight: float = 10.0  # weight of terminal frames in the reward and continue losses
-    reward_scale: float | None = None  # rewards are divided by it before symlog; None: fitted by `fit_reward_scale`
+    reward_scale: float | None = None  # rewards are divided by it before symlog; None: fitted by `fit_scales`
+    # observations become (obs - obs_center) / obs_scale before symlog; None: fitted by `fit_scales`
+    obs_center: tuple[float, ...] | None = None
+    obs_scale: tuple[float, ...] | None = None
     # training
     steps: int = 5_000
     batch_size: int = 16
@@ -71,30 +74,54 @@ class RSSMConfig:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.reward_scale is not None and not self.reward_scale > 0:
             raise PhysgenError(f"reward_scale must be positive, got {self.reward_scale}")
+        if (self.obs_center is None) != (self.obs_scale is None):
+            raise PhysgenError("obs_center and obs_scale go together; set both or neither")
+        if self.obs_scale is not None and not min(self.obs_scale) > 0:
+            raise PhysgenError(f"obs_scale must be positive, got {self.obs_scale}")
         if self.sequence_length < 2:
             raise PhysgenError(f"sequence_length must be at least 2 (one transition), got {self.sequence_length}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "RSSMConfig":
-        return cls(**values)
+        tuples = {k: tuple(values[k]) for k in ("obs_center", "obs_scale") if values.get(k) is not None}
+        return cls(**{**values, **tuples})
 
     @property
     def reward_unit(self) -> float:
         return 1.0 if self.reward_scale is None else self.reward_scale
+
+    def standardize(self, obs: jax.Array) -> jax.Array:
+        if self.obs_scale is None:
+            return obs
+        return (obs - jnp.asarray(self.obs_center)) / jnp.asarray(self.obs_scale)
+
+    def unstandardize(self, x: jax.Array) -> jax.Array:
+        if self.obs_scale is None:
+            return x
+        return x * jnp.asarray(self.obs_scale) + jnp.asarray(self.obs_center)
 
     @property
     def stoch_size(self) -> int:
         return self.stoch * (self.classes if self.latent == "categorical" else 1)
 
 
-def fit_reward_scale(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
-    """`config` with `reward_scale` set, if unset, to the mean |reward| of the data's non-terminal steps: dense
-    rewards (fork's progress, a few hundredths per step) then weigh in the loss as much as the rare terminal ones."""
-    if config.reward_scale is not None:
-        return config
-    rewards = np.abs(np.asarray(data.rewards)[~np.asarray(data.terminals)])
-    scale = float(rewards.mean()) if rewards.size and rewards.mean() > 0 else 1.0
-    return dataclasses.replace(config, reward_scale=scale)
+def fit_scales(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
+    """`config` with what is unset fitted to the data.
+
+    `reward_scale`: the mean |reward| of the non-terminal steps, so that dense rewards (fork's progress, a few
+    hundredths per step) weigh in the loss as much as the rare terminal ones. `obs_center`/`obs_scale`: each
+    observation dimension's mean and standard deviation (1 where it is constant), so that a dimension with a small
+    range (fork's goal, +-0.2 against positions over +-1.5) weighs as much in the reconstruction as the others."""
+    changes = {}
+    if config.reward_scale is None:
+        rewards = np.abs(np.asarray(data.rewards)[~np.asarray(data.terminals)])
+        changes["reward_scale"] = float(rewards.mean()) if rewards.size and rewards.mean() > 0 else 1.0
+    if config.obs_scale is None:
+        obs = np.asarray(data.observations, np.float64)
+        std = obs.std(0)
+        changes["obs_center"] = tuple(map(float, obs.mean(0)))
+        changes["obs_scale"] = tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+    return dataclasses.replace(config, **changes)
 
 
 class State(NamedTuple):
@@ -164,7 +191,7 @@ class RSSMNet(nnx.Module):
         return State(deter, D.mode(prior) if key is None else D.sample(prior, key)), prior
 
     def embed(self, obs):
-        return jax.nn.silu(self.encoder(D.symlog(obs)))
+        return jax.nn.silu(self.encoder(D.symlog(self.config.standardize(obs))))
 
     def obs_step(self, deter, embed, key) -> tuple[State, D.Latent]:
         """The posterior given the deterministic state and an observation's embedding; `key=None` takes its mode."""
@@ -249,7 +276,7 @@ class RSSM(NamedTuple):
 
     def decode(self, params, states: State) -> jax.Array:
         """Observations predicted from states (raw units)."""
-        return D.symexp(self.net(params).decoder(states.features))
+        return self.config.unstandardize(D.symexp(self.net(params).decoder(states.features)))
 
     def reward(self, params, states: State) -> jax.Array:
         return D.symexp(self.net(params).reward(states.features)[..., 0]) * self.config.reward_unit
@@ -273,7 +300,7 @@ class RSSM(NamedTuple):
             params, batch.observations, batch.prev_actions, keys, batch.first)
         feat, arrived = states.features, 1.0 - batch.first
         weight = arrived * (1.0 + (c.terminal_weight - 1.0) * batch.terminals) / arrived.sum()
-        recon = jnp.sum((net.decoder(feat) - D.symlog(batch.observations)) ** 2, -1).mean()
+        recon = jnp.sum((net.decoder(feat) - D.symlog(c.standardize(batch.observations))) ** 2, -1).mean()
         reward = jnp.sum(weight * (net.reward(feat)[..., 0] - D.symlog(batch.rewards / c.reward_unit)) ** 2)
         cont = jnp.sum(weight * optax.sigmoid_binary_cross_entropy(net.cont(feat)[..., 0], 1.0 - batch.terminals))
         kl, (dyn, rep) = D.kl_balance(posts, priors, c.dyn_scale, c.rep_scale, c.free_nats)

@@ -23,7 +23,7 @@ from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.train import make_optimizer
 from physgen.world_models.data import concat_trajectories
 from physgen.world_models.evaluate import open_loop_errors
-from physgen.world_models.rssm import RSSM, RSSMConfig, fit_reward_scale
+from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
 from physgen.world_models.vae import VAE, VAEConfig, render_frames
 
 CONFIGS = {"rssm": RSSMConfig, "vae": VAEConfig}
@@ -97,7 +97,7 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     if isinstance(config, RSSMConfig):
-        config = fit_reward_scale(config, data)
+        config = fit_scales(config, data)
     model, _ = abstract_model(config, task.obs_dim, task.act_dim)
     arrays = model.prepare(data)  # checks the data before anything is compiled
     optimizer, run = _programs(model)
@@ -127,7 +127,7 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
 
 
 def save_world_model(path: str | Path, task: Task, trained: TrainedWorldModels, index: int) -> Path:
-    """Checkpoint seed `index` of `trained`: parameters and config (symlog inputs need no normalizer)."""
+    """Checkpoint seed `index` of `trained`: parameters and config (which holds the observation and reward scales)."""
     meta = {"method": trained.method, "task": task.name, "seed": trained.seeds[index],
             "config": dataclasses.asdict(trained.model.config), "obs_dim": task.obs_dim, "act_dim": task.act_dim,
             "training_seconds": trained.seconds}
