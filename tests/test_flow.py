@@ -28,7 +28,7 @@ def test_sinkhorn_recovers_a_known_permutation_and_is_a_valid_coupling():
     x0 = jax.random.normal(jax.random.key(0), (n, 4, 2))
     perm = np.random.default_rng(0).permutation(n)
     x1 = x0[perm] + 1e-3
-    log_plan = flow.sinkhorn_log_plan(x0, x1, epsilon=0.01, iterations=300)
+    log_plan = flow.sinkhorn_log_plan(flow.pair_cost(x0, x1), epsilon=0.01, iterations=300)
     plan = np.exp(np.asarray(log_plan))
     np.testing.assert_allclose(plan.sum(1), 1 / n, rtol=1e-3)
     np.testing.assert_allclose(plan.sum(0), 1 / n, rtol=1e-3)
@@ -43,9 +43,30 @@ def test_ot_pairs_cost_close_to_the_exact_assignment():
     cost = np.asarray(jnp.sum((x0[:, None] - x1[None]) ** 2, axis=(2, 3)))
     rows, cols = linear_sum_assignment(cost)
     exact = cost[rows, cols].mean()
-    i, j = flow.ot_pairs(jax.random.key(3), x0, x1, epsilon=0.01, iterations=100)
+    i, j = flow.ot_pairs(jax.random.key(3), flow.pair_cost(x0, x1), epsilon=0.01, iterations=100)
     assert cost[np.asarray(i), np.asarray(j)].mean() <= 1.05 * exact
     assert np.diag(cost).mean() >= 1.3 * exact  # what independent pairing pays here
+
+
+def test_conditional_ot_pairs_within_a_condition_and_plain_ot_across_identical_ones():
+    """Two conditions, each with its own actions: noise stays with its row's condition (so the noise each
+    condition sees is the standard normal drawn for it), and within a condition the plan is the plain OT plan."""
+    n = 32
+    x0 = jax.random.normal(jax.random.key(0), (n, 1, 2))
+    x1 = jax.random.normal(jax.random.key(1), (n, 1, 2)) * 0.5 + 2.0
+    cond = jnp.repeat(jnp.array([[0.0], [1.0]]), n // 2, axis=0)
+    same = np.asarray(cond[:, None, 0] == cond[None, :, 0])
+    plain = flow.pair_cost(x0, x1)
+    _, j_plain = flow.ot_pairs(jax.random.key(3), plain, epsilon=0.01, iterations=200)
+    assert not same[np.arange(n), np.asarray(j_plain)].all()  # plain OT hands noise to the other condition
+    conditional = flow.pair_cost(x0, x1, cond, cond, condition_weight=10.0)
+    _, j = flow.ot_pairs(jax.random.key(3), conditional, epsilon=0.01, iterations=200)
+    assert same[np.arange(n), np.asarray(j)].all()
+    for half in (slice(0, n // 2), slice(n // 2, n)):
+        block = np.asarray(plain)[half, half]
+        rows, cols = linear_sum_assignment(block)
+        picked = np.asarray(j)[half] - half.start
+        assert block[np.arange(n // 2), picked].mean() <= 1.05 * block[rows, cols].mean()
 
 
 def test_loss_is_zero_for_the_exact_velocity_of_a_point_mass():

@@ -3,6 +3,13 @@
 Noise x0 ~ N(0, I) flows to data x1 along straight lines x_t = (1 - t) x0 + t x1 with velocity x1 - x0. OT-CFM
 (Tong et al.) re-pairs each minibatch by an entropic optimal-transport plan between noise and data, computed on the
 device by log-domain Sinkhorn iterations; each noise sample's data partner is drawn from its row of the plan.
+
+A policy's flow is conditioned on the observations, and at sampling time the noise is drawn independently of them,
+so the coupling must leave the noise paired with each condition standard normal. Plain minibatch OT does not: it
+gives each condition the noise nearest its own action (on hopper, where no two observations are alike, flow fell
+from 89% of the expert's return to 45%). The coupling here is conditional OT (Kerrigan et al. 2024; Chemseddine et
+al. 2024): noise i carries the condition of batch row i, and moving it to another condition costs
+`condition_weight` times their squared distance, so pairs are re-drawn only among near-identical conditions.
 """
 
 from __future__ import annotations
@@ -18,14 +25,21 @@ COUPLINGS = ("independent", "ot")
 INTEGRATORS = ("euler", "midpoint")
 
 
-def sinkhorn_log_plan(x0: jax.Array, x1: jax.Array, epsilon: float = 0.05, iterations: int = 100) -> jax.Array:
-    """Log of the entropic OT plan between two equal-size batches (uniform weights) for squared Euclidean cost.
+def pair_cost(x0: jax.Array, x1: jax.Array, c0: jax.Array | None = None, c1: jax.Array | None = None,
+              condition_weight: float = 0.0) -> jax.Array:
+    """Squared distances (n, n) between the rows of two batches, per element and divided by the largest; with
+    conditions, plus `condition_weight` times the conditions' squared distance per element in the same unit."""
+    def squared(a, b):
+        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        return jnp.mean((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
 
-    The cost is divided by its maximum, so `epsilon` is relative to the largest squared distance in the batch.
-    """
-    a, b = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
-    cost = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
-    cost = cost / jnp.maximum(cost.max(), 1e-12)
+    actions = squared(x0, x1)
+    cost = actions if c0 is None else actions + condition_weight * squared(c0, c1)
+    return cost / jnp.maximum(actions.max(), 1e-12)
+
+
+def sinkhorn_log_plan(cost: jax.Array, epsilon: float = 0.05, iterations: int = 100) -> jax.Array:
+    """Log of the entropic OT plan (uniform weights) between two equal-size batches for a cost matrix (n, n)."""
     n = cost.shape[0]
     log_weight = -jnp.log(n)
 
@@ -39,19 +53,20 @@ def sinkhorn_log_plan(x0: jax.Array, x1: jax.Array, epsilon: float = 0.05, itera
     return (f[:, None] + g[None, :] - cost) / epsilon
 
 
-def ot_pairs(key: jax.Array, x0: jax.Array, x1: jax.Array, epsilon: float, iterations: int):
-    """Indices (i, j): every x0[i] once, its partner x1[j] drawn from row i of the OT plan."""
-    log_plan = sinkhorn_log_plan(x0, x1, epsilon, iterations)
-    return jnp.arange(x0.shape[0]), jax.random.categorical(key, log_plan, axis=1)
+def ot_pairs(key: jax.Array, cost: jax.Array, epsilon: float, iterations: int):
+    """Indices (i, j): every row i once, its partner column j drawn from row i of the OT plan for `cost`."""
+    return jnp.arange(cost.shape[0]), jax.random.categorical(key, sinkhorn_log_plan(cost, epsilon, iterations), axis=1)
 
 
-def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: jax.Array, coupling: str = "ot",
-                       epsilon: float = 0.05, iterations: int = 100) -> jax.Array:
-    """Mean squared error between the predicted and the straight-line velocity x1 - x0 at a uniform random time."""
+def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: jax.Array,
+                       coupling: str = "independent", epsilon: float = 0.05, iterations: int = 100,
+                       condition_weight: float = 10.0) -> jax.Array:
+    """Mean squared error between the predicted and the straight-line velocity x1 - x0 at a uniform random time;
+    `coupling="ot"` pairs noise and data by conditional OT (module docstring)."""
     k_noise, k_pairs, k_t = jax.random.split(key, 3)
     x0 = jax.random.normal(k_noise, x1.shape)
     if coupling == "ot":
-        i, j = ot_pairs(k_pairs, x0, x1, epsilon, iterations)
+        i, j = ot_pairs(k_pairs, pair_cost(x0, x1, cond, cond, condition_weight), epsilon, iterations)
         x0, x1, cond = x0[i], x1[j], cond[j]
     t = jax.random.uniform(k_t, (x1.shape[0],))
     tb = t.reshape(-1, *([1] * (x1.ndim - 1)))

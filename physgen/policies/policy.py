@@ -52,10 +52,13 @@ class PolicyConfig:
     sampler: str = "ddim"
     ddim_eta: float = 0.0
     # flow matching
-    coupling: str = "ot"
+    # on hopper (T_p 4 / T_a 2, 30k steps) independent pairs reached 89% of the expert, conditional OT 85% at twice
+    # the training time, and plain minibatch OT 45% (README)
+    coupling: str = "independent"
     integrator: str = "euler"
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 100
+    condition_weight: float = 10.0  # OT's cost of moving noise to another condition, per unit squared distance
     # sampling steps (denoising or integration) used unless the caller asks for another number
     inference_steps: int = 10
     # training
@@ -79,6 +82,8 @@ class PolicyConfig:
                      "time_dim", "train_diffusion_steps", "unet_kernel", "unet_groups", "sinkhorn_iterations"):
             if getattr(self, name) < 1:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.condition_weight >= 0:
+            raise PhysgenError(f"condition_weight must be zero or positive, got {self.condition_weight}")
         if not 1 <= self.exec_steps <= self.action_steps:
             raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
                                f"(T_p={self.action_steps})")
@@ -130,7 +135,7 @@ class Policy(NamedTuple):
             return diffusion.diffusion_loss(net, schedule, config.prediction, x1, cond, key)
         if config.method == "flow":
             return flow.flow_matching_loss(net, x1, cond, key, config.coupling, config.sinkhorn_epsilon,
-                                           config.sinkhorn_iterations)
+                                           config.sinkhorn_iterations, config.condition_weight)
         return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
 
     def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None) -> jax.Array:
