@@ -7,7 +7,8 @@
 
 Step t of `observe` takes the action that led to observation t: h_t = GRU(h_{t-1}, [z_{t-1}, a_{t-1}]), prior
 p(z_t | h_t), posterior q(z_t | h_t, o_t). Vector observations are standardized by the training data's mean and
-standard deviation, then enter and are reconstructed in symlog space; the reward head predicts symlog(r_{t-1}) and the continue head 1 - terminal_{t-1} from the state at t.
+standard deviation, then enter and are reconstructed in symlog space; the reward head predicts symlog(r_{t-1})
+and the continue head 1 - terminal_{t-1} from the state at t.
 Training windows run across episode boundaries and reset the state at each episode's first frame (DreamerV3's
 replay): a window kept inside one episode would put every termination at the same number of steps after the reset,
 and the heads would learn that clock instead of the collision or the goal.
