@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from physgen.data import Trajectories
+from physgen.data import Normalizer, Trajectories
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
 from physgen.world_models.data import Frames, frames_from, sample_frames
@@ -91,15 +91,14 @@ class RSSMConfig:
     def reward_unit(self) -> float:
         return 1.0 if self.reward_scale is None else self.reward_scale
 
+    def _obs_normalizer(self) -> Normalizer:
+        return Normalizer(jnp.asarray(self.obs_center), jnp.asarray(self.obs_scale))
+
     def standardize(self, obs: jax.Array) -> jax.Array:
-        if self.obs_scale is None:
-            return obs
-        return (obs - jnp.asarray(self.obs_center)) / jnp.asarray(self.obs_scale)
+        return obs if self.obs_scale is None else self._obs_normalizer().normalize(obs)
 
     def unstandardize(self, x: jax.Array) -> jax.Array:
-        if self.obs_scale is None:
-            return x
-        return x * jnp.asarray(self.obs_scale) + jnp.asarray(self.obs_center)
+        return x if self.obs_scale is None else self._obs_normalizer().unnormalize(x)
 
     @property
     def stoch_size(self) -> int:
@@ -118,10 +117,9 @@ def fit_scales(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
         rewards = np.abs(np.asarray(data.rewards)[~np.asarray(data.terminals)])
         changes["reward_scale"] = float(rewards.mean()) if rewards.size and rewards.mean() > 0 else 1.0
     if config.obs_scale is None:
-        obs = np.asarray(data.observations, np.float64)
-        std = obs.std(0)
-        changes["obs_center"] = tuple(map(float, obs.mean(0)))
-        changes["obs_scale"] = tuple(float(s) if s > 1e-6 else 1.0 for s in std)
+        normalizer = Normalizer.fit(data.observations, "gaussian")
+        changes["obs_center"] = tuple(map(float, normalizer.shift))
+        changes["obs_scale"] = tuple(map(float, normalizer.scale))
     return dataclasses.replace(config, **changes)
 
 
