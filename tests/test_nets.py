@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from physgen.policies import diffusion, flow
 from physgen.policies.nets import ConditionalUnet1D, Conv1d, MLPDenoiser, Upsample1d, sinusoidal_embedding
 
 
@@ -59,3 +60,20 @@ def test_mlp_denoiser_shapes_and_dependence_on_every_input(conditioning):
     assert base.shape == (4, 16, 2)
     for changed in (net(x + 1, t, c), net(x, t + 0.2, c), net(x, t, c + 1)):
         assert not np.allclose(changed, base)
+
+
+@pytest.mark.parametrize("network", ["film", "concat", "unet"])
+def test_samplers_with_precomputed_contexts_equal_calling_the_network_each_step(network):
+    if network == "unet":
+        net = ConditionalUnet1D((8, 2), 6, dims=(8, 16), time_dim=8, groups=4, rngs=nnx.Rngs(0))
+    else:
+        net = MLPDenoiser((8, 2), 6, hidden=32, depth=3, time_dim=16, conditioning=network, rngs=nnx.Rngs(0))
+    step_by_step = lambda x, t, cond: net(x, t, cond)  # a plain callable: its context is computed at every step
+    x, cond = jax.random.normal(jax.random.key(1), (3, 8, 2)), jax.random.normal(jax.random.key(2), (3, 6))
+    for method in ("euler", "midpoint"):
+        run = jax.jit(lambda f, x, c: flow.integrate(f, x, c, 4, method), static_argnums=0)
+        np.testing.assert_allclose(run(net, x, cond), run(step_by_step, x, cond), rtol=1e-5, atol=1e-5)
+    schedule = diffusion.make_schedule("cosine", 20)
+    run = jax.jit(lambda f, c: diffusion.sample(f, schedule, "epsilon", c, jax.random.key(3), (3, 8, 2), 5, "ddpm"),
+                  static_argnums=0)
+    np.testing.assert_allclose(run(net, cond), run(step_by_step, cond), rtol=1e-5, atol=1e-5)

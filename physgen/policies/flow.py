@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from physgen.policies.diffusion import unroll_for
+from physgen.policies.diffusion import step_contexts, unroll_for
 
 COUPLINGS = ("independent", "ot")
 INTEGRATORS = ("euler", "midpoint")
@@ -75,16 +75,19 @@ def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: 
 
 
 def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, method: str = "euler") -> jax.Array:
-    """Integrate dx/dt = velocity(x, t, cond) from t = 0 to 1 in `steps` equal steps (one `lax.scan`)."""
+    """Integrate dx/dt = velocity(x, t, cond) from t = 0 to 1 in `steps` equal steps (one `lax.scan`; the network's
+    context for every step is computed before it, in one batched pass)."""
     dt = 1.0 / steps
-    batch = x.shape[0]
+    times = jnp.arange(steps) * dt
+    contexts, apply = step_contexts(velocity, times, cond, x.shape[0])
+    if method == "midpoint":
+        contexts = contexts, step_contexts(velocity, times + 0.5 * dt, cond, x.shape[0])[0]
 
-    def one_step(x, i):
-        t = jnp.full((batch,), i * dt)
+    def one_step(x, context):
         if method == "midpoint":
-            half = x + 0.5 * dt * velocity(x, t, cond)
-            return x + dt * velocity(half, t + 0.5 * dt, cond), None
-        return x + dt * velocity(x, t, cond), None
+            half = x + 0.5 * dt * apply(x, context[0])
+            return x + dt * apply(half, context[1]), None
+        return x + dt * apply(x, context), None
 
-    x, _ = jax.lax.scan(one_step, x, jnp.arange(steps), unroll=unroll_for(steps))
+    x, _ = jax.lax.scan(one_step, x, contexts, unroll=unroll_for(steps))
     return x

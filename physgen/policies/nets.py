@@ -6,7 +6,10 @@ from the time embedding and the observations, three resolutions. Its convolution
 one matmul, which XLA:CPU runs several times faster than `lax.conv` (`nnx.Conv`); `Conv1d(fast=False)` is the
 reference form, and the tests check that both agree.
 
-Every network is called as `net(x, t, cond)` with x (B, T_p, act_dim), t (B,) in [0, 1] and cond (B, T_o * obs_dim).
+Every network is called as `net(x, t, cond)` with x (B, T_p, act_dim), t (B,) in [0, 1] and cond (B, T_o * obs_dim),
+which is `net.apply(x, net.context(t, cond))`: `context` computes everything that does not depend on x (time
+embedding, FiLM scales and shifts), so a sampler computes it for all its steps in one batched pass
+(`diffusion.step_contexts`).
 """
 
 from __future__ import annotations
@@ -58,8 +61,17 @@ class MLPDenoiser(nnx.Module):
         self.output = nnx.Linear(hidden, flat, rngs=rngs)
 
     def __call__(self, x, t, cond):
-        batch = x.shape[0]
+        return self.apply(x, self.context(t, cond))
+
+    def context(self, t, cond):
+        """The time embedding and observations, concatenated, or with FiLM each layer's (scale, shift)."""
         context = jnp.concatenate([self.time(t), cond], axis=-1)
+        if self.conditioning == "concat":
+            return context
+        return [tuple(jnp.split(film(context), 2, axis=-1)) for film in self.film]
+
+    def apply(self, x, context):
+        batch = x.shape[0]
         x = x.reshape(batch, -1)
         if self.conditioning == "concat":
             h = mish(self.input(jnp.concatenate([x, context], axis=-1)))
@@ -67,9 +79,8 @@ class MLPDenoiser(nnx.Module):
                 h = mish(layer(h))
         else:
             h = self.input(x)
-            for i, layer in enumerate([None, *self.hidden]):
+            for layer, (scale, shift) in zip([None, *self.hidden], context):
                 h = h if layer is None else layer(h)
-                scale, shift = jnp.split(self.film[i](context), 2, axis=-1)
                 h = mish(h * (1.0 + scale) + shift)
         return self.output(h).reshape(batch, *self.chunk_shape)
 
@@ -128,8 +139,12 @@ class ResidualBlock(nnx.Module):
         self.film = nnx.Linear(cond_dim, 2 * c_out, rngs=rngs)
         self.residual = Conv1d(c_in, c_out, 1, fast=fast, rngs=rngs) if c_in != c_out else None
 
-    def __call__(self, x, cond):
-        scale, bias = jnp.split(self.film(mish(cond)), 2, axis=-1)
+    def modulation(self, context):
+        """FiLM's (scale, bias) from the network's context."""
+        return tuple(jnp.split(self.film(mish(context)), 2, axis=-1))
+
+    def __call__(self, x, modulation):
+        scale, bias = modulation
         h = self.block0(x) * scale[:, None, :] + bias[:, None, :]
         h = self.block1(h)
         return h + (x if self.residual is None else self.residual(x))
@@ -158,16 +173,28 @@ class ConditionalUnet1D(nnx.Module):
         self.output = Conv1d(dims[0], act_dim, 1, fast=fast, rngs=rngs)
 
     def __call__(self, x, t, cond):
+        return self.apply(x, self.context(t, cond))
+
+    def blocks(self) -> list[ResidualBlock]:
+        """The residual blocks in the order `apply` runs them."""
+        return [*(b for down in self.down for b in down[:2]), *self.mid, *(b for up in self.up for b in up[:2])]
+
+    def context(self, t, cond):
+        """Every residual block's FiLM (scale, bias), from the time embedding and observations."""
         context = jnp.concatenate([self.time(t), cond], axis=-1)
+        return [block.modulation(context) for block in self.blocks()]
+
+    def apply(self, x, context):
+        films = iter(context)
         skips = []
         for block_a, block_b, downsample in self.down:
-            x = block_b(block_a(x, context), context)
+            x = block_b(block_a(x, next(films)), next(films))
             skips.append(x)
             if downsample is not None:
                 x = downsample(x)
         for block in self.mid:
-            x = block(x, context)
+            x = block(x, next(films))
         for block_a, block_b, upsample in self.up:
             x = jnp.concatenate([x, skips.pop()], axis=-1)
-            x = upsample(block_b(block_a(x, context), context))
+            x = upsample(block_b(block_a(x, next(films)), next(films)))
         return self.output(self.final(x))

@@ -122,9 +122,9 @@ class Policy(NamedTuple):
         """Parameters from a key (vmappable over keys)."""
         return nnx.split(make_network(self.config, self.obs_dim, self.act_dim, key))[1]
 
-    def network(self, params):
-        model = nnx.merge(self.graphdef, params)
-        return lambda x, t, cond: model(x, t, cond)
+    def network(self, params) -> nnx.Module:
+        """The network, called as `net(x, t, cond)` (see `physgen.policies.nets`)."""
+        return nnx.merge(self.graphdef, params)
 
     def loss(self, params, batch: WindowBatch, key: jax.Array) -> jax.Array:
         """The training loss on a normalized batch of windows."""
