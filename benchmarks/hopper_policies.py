@@ -3,11 +3,12 @@
 Each argument is a comma-separated list of `PolicyConfig` fields. The script trains that configuration on 90% of
 `physgen/hopper/expert-v0` (created from the shipped expert if missing), one seed, and prints the mean return of
 `--episodes` held-out evaluation episodes, its share of the dataset's expert return, the mean episode length, the
-success rate, the last training loss and the wall-clock time.
+success rate, the last training loss and the wall-clock time. `--exec-steps` evaluates the same trained policy again
+with other numbers of executed actions T_a (receding horizon), which need no retraining.
 
     python benchmarks/hopper_policies.py \\
         method=diffusion,action_steps=4,exec_steps=2,steps=30000 \\
-        method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0]
+        method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0] [--exec-steps 2,1]
 """
 
 from __future__ import annotations
@@ -50,9 +51,16 @@ def main() -> None:
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exec-steps", default="", help="comma-separated T_a values to evaluate besides the config's")
     args = parser.parse_args()
     try:
         configs = [parse_config(spec) for spec in args.configs]
+        exec_steps = [int(k) for k in args.exec_steps.split(",") if k]
+        for config in configs:
+            for k in exec_steps:
+                dataclasses.replace(config, exec_steps=k)
+    except ValueError:
+        parser.exit(2, f"physgen: error: --exec-steps must be integers separated by commas, got {args.exec_steps!r}\n")
     except PhysgenError as error:
         parser.exit(2, f"physgen: error: {error}\n")
     task = get_task("hopper")
@@ -62,12 +70,15 @@ def main() -> None:
     for spec, config in zip(args.configs, configs):
         start = time.perf_counter()
         trained = train_policies(task, config, train, [args.seed], progress=False)
-        result = evaluate(task, trained.policy, trained.states, episode_seeds(1_000_000, args.episodes),
-                          expert_return=expert)
-        mean = result.returns.mean()
-        print(f"{spec}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), length {result.lengths.mean():.0f}, "
-              f"success {result.success.mean():.2f}, loss {trained.losses[0, -1]:.4f}, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        for k in [config.exec_steps, *(k for k in exec_steps if k != config.exec_steps)]:
+            policy = trained.policy._replace(config=dataclasses.replace(config, exec_steps=k))
+            result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
+                              expert_return=expert)
+            mean = result.returns.mean()
+            label = spec if k == config.exec_steps else f"  same policy, exec_steps={k}"
+            print(f"{label}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
+                  f"length {result.lengths.mean():.0f}, success {result.success.mean():.2f}, "
+                  f"loss {trained.losses[0, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
