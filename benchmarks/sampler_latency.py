@@ -10,7 +10,11 @@ ratio of medians and p99s, measured in the same run. "net only" is the floor und
 number of network forward passes in one compiled call on device arrays. Then training throughput (gradient
 steps/s) for 1 seed and 10 seeds vmapped. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16.
 
-    python benchmarks/sampler_latency.py [--calls 300]
+    python benchmarks/sampler_latency.py [--calls 300] [--inline-dispatch]
+
+`--inline-dispatch` runs every compiled call in the calling thread instead of handing it to JAX's CPU worker
+thread (`jax.config.update("jax_cpu_enable_async_dispatch", False)` before JAX starts): a control loop waits for
+each action anyway, and the hand-off costs tens of microseconds per call.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 from physgen.data import Normalizer, Trajectories
 from physgen.envs import get_task
+from physgen.policies.diffusion import step_contexts
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
 from physgen.policies.runner import PolicyRunner
 from physgen.policies.train import train_policies
@@ -67,17 +72,18 @@ def physgen_runner(changes: dict, steps: int) -> tuple[PolicyRunner, float]:
 
 
 def network_alone(runner: PolicyRunner, steps: int):
-    """`steps` chained forward passes of the runner's network in one compiled call on device arrays, without the
-    sampler's arithmetic, normalization or numpy I/O: the floor under an `act` of that many steps."""
+    """`steps` chained forward passes of the runner's network in one compiled call on device arrays (the conditioning
+    computed once for all of them, as the samplers do), without the sampler's arithmetic, normalization or numpy
+    I/O: the floor under an `act` of that many steps."""
     policy, params = runner.policy, runner.state.params
     x = jnp.zeros((1, policy.config.action_steps, policy.act_dim))
     cond = jnp.zeros((1, policy.config.obs_steps * policy.obs_dim))
 
     @jax.jit
     def forward(params, x):
-        net = policy.network(params)
+        contexts, apply = step_contexts(policy.network(params), jnp.arange(steps) / steps, cond, 1)
         for k in range(steps):
-            x = net(x, jnp.full((1,), k / steps), cond)
+            x = apply(x, jax.tree.map(lambda c: c[k], contexts))
         return x
 
     forward(params, x).block_until_ready()
@@ -139,7 +145,12 @@ def training_throughput(seeds: int, steps: int = 400) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--inline-dispatch", action="store_true",
+                        help="run each call in the calling thread (jax_cpu_enable_async_dispatch=False), as a control "
+                             "process should")
     args = parser.parse_args()
+    # must be set before JAX creates its CPU client
+    jax.config.update("jax_cpu_enable_async_dispatch", not args.inline_dispatch)
     try:
         import torch
 
@@ -147,7 +158,8 @@ def main() -> None:
     except ImportError:
         torch_version = None
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch_version or 'not installed'}, "
-          f"{os.cpu_count()} CPU cores; {args.calls} calls after 10 warm-up calls; times in microseconds")
+          f"{os.cpu_count()} CPU cores; {args.calls} calls after 10 warm-up calls; "
+          f"{'inline' if args.inline_dispatch else 'asynchronous'} dispatch; times in microseconds")
     print(f"{'case':<26} {'':>8} {'compile s':>9} {'p50':>9} {'p95':>9} {'p99':>9}")
     for name, changes, steps in CASES:
         runner, compile_seconds = physgen_runner(changes, steps)

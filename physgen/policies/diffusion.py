@@ -94,7 +94,7 @@ def step_contexts(net: Callable, times: jax.Array, cond: jax.Array, batch: int) 
     if not hasattr(net, "context"):
         return jnp.repeat(times[:, None], batch, axis=1), lambda x, t: net(x, t, cond)
     # one flat batch of steps x rows (not a vmap over steps), so that each step's slice is contiguous
-    flat = net.context(jnp.repeat(times, batch), jnp.tile(cond, (steps, 1)))
+    flat = net.context(jnp.repeat(times, batch), jnp.tile(cond, (steps,) + (1,) * (cond.ndim - 1)))
     return jax.tree.map(lambda a: a.reshape(steps, batch, *a.shape[1:]), flat), net.apply
 
 
@@ -113,12 +113,12 @@ def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: ja
     k_init, k_steps = jax.random.split(key)
 
     contexts, apply = step_contexts(denoise, timesteps / train_steps, cond, shape[0])
+    deterministic = sampler == "ddim" and eta == 0.0  # no noise to draw for sigma = 0 (eta is a Python float)
 
     def reverse_step(x, inputs):
         t, t_prev, k, context = inputs
         output = apply(x, context)
         x0, eps = _clean_and_noise(schedule, prediction, output, x, t)
-        deterministic = sampler == "ddim" and eta == 0.0  # skip drawing noise that sigma = 0 would multiply
         noise = jnp.zeros(shape) if deterministic else jax.random.normal(k, shape)
         if sampler == "ddpm":
             mean, var = ddpm_posterior(schedule, x0, x, t, t_prev)

@@ -79,7 +79,7 @@ class MLPDenoiser(nnx.Module):
                 h = mish(layer(h))
         else:
             h = self.input(x)
-            for layer, (scale, shift) in zip([None, *self.hidden], context):
+            for layer, (scale, shift) in zip([None, *self.hidden], context, strict=True):
                 h = h if layer is None else layer(h)
                 h = mish(h * (1.0 + scale) + shift)
         return self.output(h).reshape(batch, *self.chunk_shape)
