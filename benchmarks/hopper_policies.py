@@ -56,9 +56,9 @@ def main() -> None:
     try:
         configs = [parse_config(spec) for spec in args.configs]
         exec_steps = [int(k) for k in args.exec_steps.split(",") if k]
-        for config in configs:
-            for k in exec_steps:
-                dataclasses.replace(config, exec_steps=k)
+        # per config: itself, then the same policy with each other T_a (built here so a bad T_a stops before training)
+        evaluated = [[config, *(dataclasses.replace(config, exec_steps=k) for k in exec_steps
+                                if k != config.exec_steps)] for config in configs]
     except ValueError:
         parser.exit(2, f"physgen: error: --exec-steps must be integers separated by commas, got {args.exec_steps!r}\n")
     except PhysgenError as error:
@@ -67,15 +67,15 @@ def main() -> None:
     dataset = expert_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
-    for spec, config in zip(args.configs, configs):
+    for spec, (config, *variants) in zip(args.configs, evaluated):
         start = time.perf_counter()
         trained = train_policies(task, config, train, [args.seed], progress=False)
-        for k in [config.exec_steps, *(k for k in exec_steps if k != config.exec_steps)]:
-            policy = trained.policy._replace(config=dataclasses.replace(config, exec_steps=k))
+        for variant in [config, *variants]:
+            policy = trained.policy._replace(config=variant)
             result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
                               expert_return=expert)
             mean = result.returns.mean()
-            label = spec if k == config.exec_steps else f"  same policy, exec_steps={k}"
+            label = spec if variant is config else f"  same policy, exec_steps={variant.exec_steps}"
             print(f"{label}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
                   f"length {result.lengths.mean():.0f}, success {result.success.mean():.2f}, "
                   f"loss {trained.losses[0, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
