@@ -75,7 +75,9 @@ def main() -> None:
             result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
                               expert_return=expert)
             mean = result.returns.mean()
-            label = spec if variant is config else f"  same policy, exec_steps={variant.exec_steps}"
+            label = f"{spec} seed {args.seed}"
+            if variant is not config:
+                label = f"  same policy, exec_steps={variant.exec_steps}"
             print(f"{label}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
                   f"length {result.lengths.mean():.0f}, success {result.success.mean():.2f}, "
                   f"loss {trained.losses[0, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
