@@ -7,7 +7,8 @@ physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormaliz
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
 `DDIMScheduler` and flow by a hand-written Euler loop, under `torch.inference_mode()`. Prints p50/p95/p99 and the
 ratio of medians and p99s, measured in the same run. "net only" is the floor under physgen's row: the same
-number of network forward passes in one compiled call on device arrays. Then training throughput (gradient
+number of network forward passes in one compiled call on device arrays; "matvecs" (MLP rows) is only the matrix-vector
+products of those passes, in numpy: a floor set by the CPU rather than by XLA. Then training throughput (gradient
 steps/s) for 1 seed and 10 seeds vmapped. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16.
 
     python benchmarks/sampler_latency.py [--calls 300] [--inline-dispatch]
@@ -90,6 +91,23 @@ def network_alone(runner: PolicyRunner, steps: int):
     return lambda i: forward(params, x).block_until_ready()
 
 
+def numpy_matvecs(runner: PolicyRunner, steps: int):
+    """Only the matrix-vector products of `steps` forward passes of an MLP denoiser, in numpy (BLAS), weights already
+    in memory: no activation, conditioning or sampler arithmetic, a floor set by this CPU rather than by XLA."""
+    net = runner.policy.network(runner.state.params)
+    kernels = [np.asarray(layer.kernel[...]) for layer in [net.input, *net.hidden, net.output]]
+    x = np.zeros((1, kernels[0].shape[0]), np.float32)
+
+    def forward(i):
+        for _ in range(steps):
+            h = x
+            for kernel in kernels:
+                h = h @ kernel
+        return h
+
+    return forward
+
+
 def torch_act(changes: dict, steps: int):
     """An eager-PyTorch `act(seed)`: numpy in, numpy out, the same network and sampler."""
     import torch
@@ -169,6 +187,9 @@ def main() -> None:
         print(f"{name:<26} {'physgen':>8} {compile_seconds:9.2f} " + " ".join(f"{v:9.0f}" for v in ours), flush=True)
         floor = percentiles(time_calls(network_alone(runner, steps), calls))
         print(f"{'':<26} {'net only':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
+        if runner.policy.config.network == "mlp":
+            floor = percentiles(time_calls(numpy_matvecs(runner, steps), calls))
+            print(f"{'':<26} {'matvecs':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
         if torch_version is None:
             continue
         theirs = percentiles(time_calls(torch_act(changes, steps), calls))
