@@ -1,14 +1,16 @@
 """The `hopper` quality bar (diffusion and flow reach >= 90% of the expert's return), one configuration at a time.
 
 Each argument is a comma-separated list of `PolicyConfig` fields. The script trains that configuration on 90% of
-`physgen/hopper/expert-v0` (created from the shipped expert if missing), one seed, and prints the mean return of
-`--episodes` held-out evaluation episodes, its share of the dataset's expert return, the mean episode length, the
-success rate, the last training loss and the wall-clock time. `--exec-steps` evaluates the same trained policy again
-with other numbers of executed actions T_a (receding horizon), which need no retraining.
+`physgen/hopper/expert-v0` (created from the shipped expert if missing), seeds `--seed` .. `--seed + --seeds - 1`
+(trained together, vmapped), and prints per seed the mean return of `--episodes` held-out evaluation episodes, its
+share of the dataset's expert return, the mean episode length, the success rate, the last training loss and the
+wall-clock time; with several seeds, then the mean and interquartile mean of the shares over seeds with 95%
+percentile-bootstrap intervals. `--exec-steps` evaluates the same trained policies again with other numbers of
+executed actions T_a (receding horizon), which need no retraining.
 
     python benchmarks/hopper_policies.py \\
         method=diffusion,action_steps=4,exec_steps=2,steps=30000 \\
-        method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0] [--exec-steps 2,1]
+        method=flow,action_steps=8,exec_steps=4,steps=30000 [--episodes 10] [--seed 0] [--seeds 1] [--exec-steps 2,1]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import time
 
 from physgen.bench.runner import expert_dataset
+from physgen.bench.stats import bootstrap_interval
 from physgen.data import split_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
@@ -50,7 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the first training seed")
+    parser.add_argument("--seeds", type=int, default=1, help="how many consecutive seeds, trained together")
     parser.add_argument("--exec-steps", default="", help="comma-separated T_a values to evaluate besides the config's")
     args = parser.parse_args()
     try:
@@ -63,24 +67,32 @@ def main() -> None:
         parser.exit(2, f"physgen: error: --exec-steps must be integers separated by commas, got {args.exec_steps!r}\n")
     except PhysgenError as error:
         parser.exit(2, f"physgen: error: {error}\n")
+    if args.seeds < 1 or args.episodes < 1:
+        parser.exit(2, "physgen: error: --seeds and --episodes must be at least 1\n")
+    seeds = list(range(args.seed, args.seed + args.seeds))
     task = get_task("hopper")
     dataset = expert_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
     for spec, (config, *variants) in zip(args.configs, evaluated):
         start = time.perf_counter()
-        trained = train_policies(task, config, train, [args.seed], progress=False)
+        trained = train_policies(task, config, train, seeds, progress=False)
         for variant in [config, *variants]:
             policy = trained.policy._replace(config=variant)
             result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
                               expert_return=expert)
-            mean = result.returns.mean()
-            label = f"{spec} seed {args.seed}"
-            if variant is not config:
-                label = f"  same policy, exec_steps={variant.exec_steps}"
-            print(f"{label}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
-                  f"length {result.lengths.mean():.0f}, success {result.success.mean():.2f}, "
-                  f"loss {trained.losses[0, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+            label = spec if variant is config else f"  same policies, exec_steps={variant.exec_steps}"
+            for index, seed in enumerate(seeds):
+                mean = result.returns[index].mean()
+                print(f"{label} seed {seed}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
+                      f"length {result.lengths[index].mean():.0f}, success {result.success[index].mean():.2f}, "
+                      f"loss {trained.losses[index, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+            if len(seeds) > 1:
+                shares = 100 * result.returns.mean(axis=1) / expert
+                summary = [bootstrap_interval(shares, statistic) for statistic in ("mean", "iqm")]
+                print(f"{label} over seeds {seeds[0]}-{seeds[-1]}: "
+                      + ", ".join(f"{name} {s.estimate:.1f}% [{s.low:.1f}, {s.high:.1f}]"
+                                  for name, s in zip(("mean", "IQM"), summary)) + " of the expert", flush=True)
 
 
 if __name__ == "__main__":
