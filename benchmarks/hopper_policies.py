@@ -82,14 +82,13 @@ def main() -> None:
             result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
                               expert_return=expert)
             label = spec if variant is config else f"  same policies, exec_steps={variant.exec_steps}"
-            for index, seed in enumerate(seeds):
-                mean = result.returns[index].mean()
+            means = result.returns.mean(axis=1)
+            for index, (seed, mean) in enumerate(zip(seeds, means, strict=True)):
                 print(f"{label} seed {seed}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "
                       f"length {result.lengths[index].mean():.0f}, success {result.success[index].mean():.2f}, "
                       f"loss {trained.losses[index, -1]:.4f}, {time.perf_counter() - start:.0f} s", flush=True)
             if len(seeds) > 1:
-                shares = 100 * result.returns.mean(axis=1) / expert
-                summary = [bootstrap_interval(shares, statistic) for statistic in ("mean", "iqm")]
+                summary = [bootstrap_interval(100 * means / expert, statistic) for statistic in ("mean", "iqm")]
                 print(f"{label} over seeds {seeds[0]}-{seeds[-1]}: "
                       + ", ".join(f"{name} {s.estimate:.1f}% [{s.low:.1f}, {s.high:.1f}]"
                                   for name, s in zip(("mean", "IQM"), summary)) + " of the expert", flush=True)
