@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from physgen.policies import diffusion, flow
-from physgen.policies.nets import ConditionalUnet1D, Conv1d, MLPDenoiser, Upsample1d, sinusoidal_embedding
+from physgen.policies.nets import ConditionalUnet1D, Conv1d, MLPDenoiser, Upsample1d, mish, sinusoidal_embedding
 
 
 def test_sinusoidal_embedding_closed_form():
@@ -14,6 +14,19 @@ def test_sinusoidal_embedding_closed_form():
     angles = 1000.0 * 0.5 * freqs
     np.testing.assert_allclose(emb[0], [0, 0, 1, 1], atol=1e-6)
     np.testing.assert_allclose(emb[1], np.concatenate([np.sin(angles), np.cos(angles)]), rtol=1e-5)
+
+
+def test_mish_and_its_derivative_equal_the_textbook_form_in_float64():
+    x = np.concatenate([np.linspace(-60, 60, 2001), [-1e4, -88.0, 19.99, 20.0, 20.01, 1e4]]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    softplus = np.logaddexp(0.0, x64)
+    expected = x64 * np.tanh(softplus)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * x64))
+    expected_grad = np.tanh(softplus) + x64 * (1.0 - np.tanh(softplus) ** 2) * sigmoid
+    np.testing.assert_allclose(mish(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-7)
+    grad = jax.vmap(jax.grad(mish))(jnp.asarray(x))
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(np.asarray(jax.grad(lambda v: mish(v).sum())(jnp.asarray(x)))).all()
 
 
 @pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 1), (5, 1), (3, 2)])

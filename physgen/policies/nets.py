@@ -21,8 +21,31 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+_MISH_LINEAR_FROM = 20.0  # above this, tanh(softplus(x)) is 1 in float32 and Mish is x
+
+
+@jax.custom_jvp
 def mish(x):
-    return x * jnp.tanh(jax.nn.softplus(x))
+    """Mish, x * tanh(softplus(x)), from one exponential: with n = e^x (e^x + 2), tanh(softplus(x)) = n / (n + 2).
+    The textbook form evaluates exp, log1p and tanh forward and again backward; these element-wise passes took about
+    a fifth of a training step of the MLP policies on XLA:CPU."""
+    return _mish_and_derivative(x)[0]
+
+
+@mish.defjvp
+def _mish_jvp(primals, tangents):
+    value, derivative = _mish_and_derivative(primals[0])
+    return value, derivative * tangents[0]
+
+
+def _mish_and_derivative(x):
+    linear = x > _MISH_LINEAR_FROM
+    e = jnp.exp(jnp.minimum(x, _MISH_LINEAR_FROM))
+    n = e * (e + 2.0)
+    tanh_softplus = n / (n + 2.0)
+    # d/dx = tanh(sp) + x sech^2(sp) sigmoid(x), with sech^2(sp) = 4 (n + 1) / (n + 2)^2 (no cancellation near 1)
+    derivative = tanh_softplus + x * 4.0 * (n + 1.0) / (n + 2.0) ** 2 * e / (1.0 + e)
+    return jnp.where(linear, x, x * tanh_softplus), jnp.where(linear, 1.0, derivative)
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0) -> jax.Array:
