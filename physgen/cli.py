@@ -10,6 +10,7 @@ from physgen.errors import PhysgenError
 
 
 def _tasks(args: argparse.Namespace) -> None:
+    from physgen.bench.protocol import describe_recipe
     from physgen.envs import list_tasks
 
     for task in list_tasks():
@@ -18,7 +19,8 @@ def _tasks(args: argparse.Namespace) -> None:
               f"  success: {task.success_rule}\n"
               f"  events: {', '.join(task.events)} (failures: {', '.join(task.failure_events) or 'none'})\n"
               f"  demonstrations: {task.demonstrations}\n"
-              f"  gymnasium id: {task.gym_id}")
+              f"  gymnasium id: {task.gym_id}\n"
+              + "".join(f"  recipe: {line}\n" for line in describe_recipe(task)).rstrip("\n"))
 
 
 def _data(args: argparse.Namespace) -> None:

@@ -141,6 +141,28 @@ def test_a_different_protocol_in_the_same_folder_is_refused(smoke_run):
         run_bench("fork", out=smoke_run, progress=False, **{**SMOKE, "seeds": 3})
 
 
+def test_the_task_recipe_sets_the_policy_configs_and_is_recorded_with_the_command(smoke_run):
+    from physgen.bench.protocol import bench_command, policy_config
+    from physgen.envs.base import Recipe
+
+    hopper = get_task("hopper")
+    quick = policy_config(hopper, "diffusion", "quick")
+    assert (quick.action_steps, quick.exec_steps, quick.prediction) == (4, 1, "sample")
+    assert policy_config(hopper, "diffusion", "full").prediction == "epsilon"
+    assert quick.steps == hopper.recipe.budgets["quick"]["steps"] and quick.steps_per_call * 5 >= quick.steps
+    recipe = Recipe(policy={"hidden": 32}, methods={"bc": {"hidden": 16}}, budgets={"quick": {"steps": 7}},
+                    method_budgets={("bc", "quick"): {"steps": 9}})
+    assert recipe.settings("bc", "quick") == {"hidden": 16, "steps": 9}
+    assert recipe.settings("flow", "quick") == {"hidden": 32, "steps": 7}
+    protocol = json.loads((smoke_run / "protocol.json").read_text())["experiment"]
+    assert protocol["recipe"] == get_task("fork").recipe.as_dict()
+    assert protocol["hyperparameters"]["diffusion"]["steps"] == 100
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert results["run"]["command"] == "physgen bench --task fork --budget smoke --methods diffusion,bc"
+    assert bench_command(hopper, {"budget": "quick", "methods": ["diffusion", "flow", "bc"],
+                                  "training_seeds": list(range(10)), "episodes": 10}) == "physgen bench --task hopper"
+
+
 def test_bad_bench_arguments_give_one_line_errors(capsys):
     assert main(["bench", "--task", "fork", "--methods", "diffusion,gan"]) == 2
     assert main(["bench", "--task", "fork", "--seeds", "0"]) == 2

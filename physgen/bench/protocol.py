@@ -32,31 +32,28 @@ PACKAGES = ("physgen", "jax", "jaxlib", "flax", "optax", "gymnasium", "minari", 
 
 @dataclass(frozen=True)
 class Budget:
-    """How much a run trains and evaluates. PPO joins the default methods when `ppo_steps` is set for the task."""
+    """How much a run evaluates, and trains PPO and the world models; the offline policies' gradient steps, batch and
+    width per budget come from the task's recipe (`Task.recipe`). PPO joins the default methods when
+    `ppo_by_default` allows it for the task."""
 
-    steps: int  # gradient steps per seed of the offline methods
-    batch_size: int
-    hidden: int
     episodes: int  # final evaluation episodes per seed
     curve_points: int  # evaluations over training, the last one the final evaluation
     curve_episodes: int  # episodes per seed at the earlier points (pure-JAX tasks, where they are cheap: all)
     seeds: int
     ppo_steps: int  # environment steps per PPO seed
-    rssm_steps: int  # gradient steps per RSSM seed (rssm-mpc and ppo-wm share the models). On fork, MPC over
-    # RSSMs of 2,000 steps succeeded in 0 of 100 episodes (10 seeds), of 5,000 steps in 0.48-0.58 and of 10,000
-    # steps in 0.90 (3 seeds, 30 episodes; README, "World models")
+    rssm_steps: int  # gradient steps per RSSM seed (rssm-mpc and ppo-wm share the models; docs/recipes.md)
     dream_steps: int  # imagined environment steps per ppo-wm seed
     ppo_by_default: str  # PPO and the world-model methods: "never", "pure-jax" (tasks that train in one compiled
     # program) or "always"
 
 
 BUDGETS = {
-    "smoke": Budget(steps=100, batch_size=64, hidden=64, episodes=4, curve_points=5, curve_episodes=2, seeds=2,
-                    ppo_steps=20_000, rssm_steps=100, dream_steps=4_096, ppo_by_default="never"),
-    "quick": Budget(steps=2_000, batch_size=128, hidden=256, episodes=10, curve_points=5, curve_episodes=2, seeds=10,
-                    ppo_steps=200_000, rssm_steps=10_000, dream_steps=200_704, ppo_by_default="pure-jax"),
-    "full": Budget(steps=10_000, batch_size=256, hidden=256, episodes=100, curve_points=10, curve_episodes=20,
-                   seeds=10, ppo_steps=1_000_000, rssm_steps=10_000, dream_steps=999_424, ppo_by_default="always"),
+    "smoke": Budget(episodes=4, curve_points=5, curve_episodes=2, seeds=2, ppo_steps=20_000, rssm_steps=100,
+                    dream_steps=4_096, ppo_by_default="never"),
+    "quick": Budget(episodes=10, curve_points=5, curve_episodes=2, seeds=10, ppo_steps=200_000, rssm_steps=10_000,
+                    dream_steps=200_704, ppo_by_default="pure-jax"),
+    "full": Budget(episodes=100, curve_points=10, curve_episodes=20, seeds=10, ppo_steps=1_000_000,
+                   rssm_steps=10_000, dream_steps=999_424, ppo_by_default="always"),
 }
 
 
@@ -69,16 +66,41 @@ def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
                                    "it; add them with --methods ...,ppo,rssm-mpc,ppo-wm or --budget full")
 
 
-# Per-task changes to PolicyConfig's defaults. hopper: shorter chunks, from a one-seed sweep at 3,000 steps (README,
-# "Benchmark"): diffusion returned 45% of the expert with T_p 16 / T_a 8, 57% with T_p 4 / T_a 2; BC 44% with
-# 16 / 8 and 65% with 8 / 4.
-TASK_POLICY_SETTINGS = {"hopper": {"action_steps": 8, "exec_steps": 4}}
+def policy_config(task: Task, method: str, budget_name: str) -> PolicyConfig:
+    """The task's recipe for `method` on a budget, evaluated at the budget's curve points."""
+    settings = task.recipe.settings(method, budget_name)
+    steps = settings.get("steps", PolicyConfig.steps)
+    return PolicyConfig(method=method, steps_per_call=-(-steps // BUDGETS[budget_name].curve_points), **settings)
 
 
-def policy_config(task: Task, method: str, budget: Budget) -> PolicyConfig:
-    return PolicyConfig(method=method, steps=budget.steps, batch_size=budget.batch_size, hidden=budget.hidden,
-                        steps_per_call=-(-budget.steps // budget.curve_points),
-                        **TASK_POLICY_SETTINGS.get(task.name, {}))
+def bench_command(task: Task, experiment: dict) -> str:
+    """The `physgen bench` command line that reproduces a run's experiment (defaults left out)."""
+    budget = BUDGETS[experiment["budget"]]
+    parts = [f"physgen bench --task {task.name}"]
+    if experiment["budget"] != "quick":
+        parts.append(f"--budget {experiment['budget']}")
+    if experiment["methods"] != default_methods(task, budget)[0]:
+        parts.append(f"--methods {','.join(experiment['methods'])}")
+    if experiment["training_seeds"] != list(range(budget.seeds)):
+        parts.append(f"--seeds {len(experiment['training_seeds'])}")
+    if experiment["episodes"] != budget.episodes:
+        parts.append(f"--episodes {experiment['episodes']}")
+    return " ".join(parts)
+
+
+def describe_recipe(task: Task) -> list[str]:
+    """The task's recipe in words: the settings shared by the offline methods, each method's own, and the budgets."""
+    configs = {m: policy_config(task, m, "quick") for m in OFFLINE_METHODS}
+    c = configs["diffusion"]
+    sizes = {b: policy_config(task, "diffusion", b) for b in BUDGETS}
+    budgets = " / ".join(f"{b} {p.steps:,} steps, batch {p.batch_size}, width {p.hidden}" for b, p in sizes.items())
+    full_prediction = f" ({sizes['full'].prediction} on full)" if sizes["full"].prediction != c.prediction else ""
+    return [f"chunks: T_o {c.obs_steps}, T_p {c.action_steps}, T_a {c.exec_steps}; {c.network} depth {c.depth}; "
+            f"learning rate {c.learning_rate:g}, warm-up {c.warmup_steps}, EMA {c.ema_decay}",
+            f"budgets: {budgets}",
+            f"diffusion: {c.prediction} prediction{full_prediction}, {c.schedule} schedule, {c.sampler} "
+            f"{c.inference_steps} steps; flow: {configs['flow'].coupling} pairs, {configs['flow'].integrator} "
+            f"{configs['flow'].inference_steps} steps; bc: mean squared error"]
 
 
 def curve_steps(config: PolicyConfig) -> list[int]:
@@ -123,7 +145,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                                       dataset.trajectories.num_episodes).tolist())
     if dataset_seeds & set(evaluation.tolist()):
         raise PhysgenError("evaluation episode seeds overlap the dataset's; regenerate the dataset with another --seed")
-    hyper = {m: dataclasses.asdict(policy_config(task, m, budget)) for m in methods if m in OFFLINE_METHODS}
+    hyper = {m: dataclasses.asdict(policy_config(task, m, budget_name)) for m in methods if m in OFFLINE_METHODS}
     if "ppo" in methods:
         hyper["ppo"] = dataclasses.asdict(PPOConfig(total_steps=budget.ppo_steps))
     hyper.update({m: world.hyperparameters(m, budget) for m in methods if m in WORLD_MODEL_METHODS})
@@ -132,7 +154,9 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
             "task": task.name, "methods": methods, "training_seeds": seeds, "budget": budget_name,
             "budget_settings": dataclasses.asdict(budget), "episodes": episodes,
             "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
-            "curve_steps": {m: curve_steps(policy_config(task, m, budget)) for m in methods if m in OFFLINE_METHODS},
+            "curve_steps": {m: curve_steps(policy_config(task, m, budget_name)) for m in methods
+                            if m in OFFLINE_METHODS},
+            "recipe": task.recipe.as_dict(),
             "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper,
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
                         "validation_fraction": 0.1, "split_seed": 0,

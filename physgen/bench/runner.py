@@ -21,7 +21,7 @@ from rich.progress import Progress
 from physgen.bench.failures import categorize, fit_support, nearest_distances
 from physgen.control.latency import measure_latency, measure_step_latency
 from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
-                                    make_protocol)
+                                    make_protocol, policy_config)
 from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
 from physgen.envs import Task, get_task
 from physgen.envs.rollout import Episode, rollout_gym
@@ -207,6 +207,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos."""
     from physgen.bench.report import write_results_and_report
 
+    started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
     out = Path(out if out is not None else Path("runs") / "bench" / task.name).absolute()
@@ -216,9 +217,8 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     evaluation = Evaluation(task, dataset, fit_support(train.observations, validation.observations, seed=0))
     settings = BUDGETS[budget]
-    work = {m: {"ppo": settings.ppo_steps, "rssm-mpc": settings.rssm_steps, "ppo-wm": settings.dream_steps}.get(
-        m, settings.steps) for m in methods}
-    started = time.perf_counter()
+    work = {"ppo": settings.ppo_steps, "rssm-mpc": settings.rssm_steps, "ppo-wm": settings.dream_steps}
+    work = {m: work[m] if m in work else policy_config(task, m, budget).steps for m in methods}
     with Progress(disable=not progress) as bar:
         job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work[m] * len(seeds) for m in methods))
         for method in methods:

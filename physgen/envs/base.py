@@ -36,6 +36,38 @@ class FunctionalEnv(NamedTuple):
     render: Callable
 
 
+BUDGETS = ("smoke", "quick", "full")
+# Sizes every task starts from; a task's recipe changes what works for it.
+STANDARD_POLICY_BUDGETS = {
+    "smoke": {"steps": 100, "batch_size": 64, "hidden": 64},
+    "quick": {"steps": 2_000, "batch_size": 128, "hidden": 256},
+    "full": {"steps": 10_000, "batch_size": 256, "hidden": 256},
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A task's default settings for the offline policies, chosen by measurement (docs/recipes.md), as values of
+    `physgen.policies.policy.PolicyConfig` fields: `policy` for every method, `methods` for one method, `budgets`
+    for one budget (smoke, quick, full: gradient steps, batch, network width), `method_budgets` for one method on
+    one budget. Later ones override earlier ones."""
+
+    policy: Mapping[str, Any] = field(default_factory=dict)
+    methods: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    budgets: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: STANDARD_POLICY_BUDGETS)
+    method_budgets: Mapping[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
+
+    def settings(self, method: str, budget: str) -> dict[str, Any]:
+        """The PolicyConfig field values of `method` trained on `budget`."""
+        return {**self.policy, **self.methods.get(method, {}), **self.budgets[budget],
+                **self.method_budgets.get((method, budget), {})}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"policy": dict(self.policy), "methods": {m: dict(v) for m, v in self.methods.items()},
+                "budgets": {b: dict(v) for b, v in self.budgets.items()},
+                "method_budgets": {f"{m} on {b}": dict(v) for (m, b), v in self.method_budgets.items()}}
+
+
 @dataclass(frozen=True, eq=False)
 class Task:
     """Everything the rest of physgen needs to know about a task.
@@ -46,7 +78,8 @@ class Task:
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
     Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators`, factories of
     observation -> action callables by name such as "expert" (Gymnasium tasks). `physgen data` writes one dataset per
-    name in `datasets` by default, each of `dataset_episodes` episodes.
+    name in `datasets` by default, each of `dataset_episodes` episodes. `recipe` holds the policy settings that
+    work on the task, which `physgen bench` trains with.
     """
 
     name: str
@@ -66,6 +99,7 @@ class Task:
     demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
     datasets: tuple[str, ...] = ("expert",)
     dataset_episodes: int = 1000
+    recipe: Recipe = field(default_factory=Recipe)
 
     @property
     def obs_dim(self) -> int:

@@ -12,7 +12,7 @@ from importlib import resources
 import gymnasium as gym
 import numpy as np
 
-from physgen.envs.base import Task, box
+from physgen.envs.base import STANDARD_POLICY_BUDGETS, Recipe, Task, box
 from physgen.errors import PhysgenError
 
 GYM_ID = "Hopper-v5"
@@ -76,4 +76,11 @@ TASK = Task(
     demonstrators={"expert": shipped_expert("expert"), "medium": shipped_expert("medium")},
     datasets=("expert", "medium"),
     dataset_episodes=100,
+    # chosen over 10 seeds each (docs/recipes.md): short chunks executed one action at a time
+    recipe=Recipe(policy={"action_steps": 4, "exec_steps": 1},
+                  budgets={"smoke": STANDARD_POLICY_BUDGETS["smoke"],
+                           "quick": {"steps": 16_000, "batch_size": 128, "hidden": 256},
+                           "full": {"steps": 30_000, "batch_size": 256, "hidden": 256}},
+                  # sample prediction learns faster, epsilon prediction ends steadier over seeds
+                  method_budgets={("diffusion", "full"): {"prediction": "epsilon"}}),
 )

@@ -48,15 +48,11 @@ class PolicyConfig:
     # diffusion
     train_diffusion_steps: int = 100
     schedule: str = "cosine"
-    # the clean chunk: on fork and hopper it learned far faster than epsilon, which was steadier over seeds on hopper
-    # at 30k steps (README)
-    prediction: str = "sample"
+    prediction: str = "sample"  # the clean chunk; a task's recipe may choose epsilon (docs/recipes.md)
     sampler: str = "ddim"
     ddim_eta: float = 0.0
     # flow matching
-    # on hopper (T_p 4 / T_a 2, 30k steps) independent pairs reached 89% of the expert, conditional OT 85% at twice
-    # the training time, and plain minibatch OT 45% (README)
-    coupling: str = "independent"
+    coupling: str = "independent"  # conditional OT costs twice the training time (docs/recipes.md)
     integrator: str = "euler"
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 100

@@ -31,9 +31,8 @@ PLANNERS = ("cem", "mppi")
 @dataclass(frozen=True)
 class MPCConfig:
     """The planner: CEM or MPPI over `population` action sequences of `horizon` steps, `iterations` refinements per
-    control step. The defaults keep one step of fork's RSSM within a 50 Hz budget on a 2-core CPU. Longer horizons
-    planned worse on fork (3 RSSM seeds, 30 episodes each, seeds apart from the benchmark's): success 0.60 at 8
-    steps, 0.54 at 12, 0.36 at 24, 0.12 at 36, as the imagined error compounds."""
+    control step. The defaults keep one step of fork's RSSM within a 50 Hz budget on a 2-core CPU; longer horizons
+    planned worse on fork, as the imagined error compounds (docs/recipes.md)."""
 
     planner: str = "cem"
     horizon: int = 8
