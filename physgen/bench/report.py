@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from physgen.bench import stats  # noqa: E402
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates  # noqa: E402
-from physgen.bench.protocol import GENERATIVE_METHODS  # noqa: E402
+from physgen.bench.protocol import GENERATIVE_METHODS, bench_command  # noqa: E402
 from physgen.io import write_json, write_text  # noqa: E402
 from physgen.envs import Task  # noqa: E402
 
@@ -149,8 +149,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
              f"percentile bootstrap over seeds ({experiment['statistics']['resamples']:,} resamples, seed "
              f"{experiment['statistics']['bootstrap_seed']}) unless marked Wilson (pooled over all episodes). "
              f"Full protocol: `protocol.json` (commit {environment['git_commit'][:10]}, "
-             f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation trained and "
-             f"evaluated for {seconds / 60:.1f} minutes; peak memory so far "
+             f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation (dataset, "
+             f"training, evaluation) took {seconds / 60:.1f} minutes; peak memory so far "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB."]
     if experiment["ppo_left_out"]:
         lines += ["", f"**{experiment['ppo_left_out']}.**"]
@@ -217,7 +217,13 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     summary = summarize_units(units, statistics)
     curves = _curves(units, statistics)
     world_model = out / "world_model" / "open_loop.json"
-    write_json(out / "results.json", {"task": task.name, "summary": summary, "curves": curves, "latency": latency,
+    experiment = protocol["experiment"]
+    run = {"command": bench_command(task, experiment), "budget": experiment["budget"],
+           "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
+           "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+           "machine": protocol["environment"]["machine"], "devices": protocol["environment"]["jax_devices"]}
+    write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "curves": curves,
+                                      "latency": latency,
                                       "world_model": json.loads(world_model.read_text()) if world_model.exists()
                                       else None, "units": units})
     _figures(out, summary, curves)
