@@ -8,8 +8,8 @@ PyTorch (if the `compare` extra is installed): the same networks in eager mode, 
 `DDIMScheduler` and flow by a hand-written Euler loop, under `torch.inference_mode()`. Prints p50/p95/p99 and the
 ratio of medians and p99s, measured in the same run. "net only" is the floor under physgen's row: the same
 number of network forward passes in one compiled call on device arrays; "matvecs" (MLP rows) is only the matrix-vector
-products of those passes, in numpy: a floor set by the CPU rather than by XLA. Then training throughput (gradient
-steps/s) for 1 seed and 10 seeds vmapped. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16.
+products of those passes, in numpy: a floor set by the CPU rather than by XLA. Observation 11-D and action 3-D
+(hopper's), T_o = 2, T_p = 16. Training throughput: `benchmarks/train_throughput.py`.
 
     python benchmarks/sampler_latency.py [--calls 300] [--inline-dispatch]
 
@@ -28,12 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.data import Normalizer, Trajectories
-from physgen.envs import get_task
+from physgen.data import Normalizer
 from physgen.policies.diffusion import step_contexts
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
 from physgen.policies.runner import PolicyRunner
-from physgen.policies.train import train_policies
 
 OBS_DIM, ACT_DIM = 11, 3
 DP_UNET = (256, 512, 1024)
@@ -145,21 +143,6 @@ def torch_act(changes: dict, steps: int):
     return act
 
 
-def training_throughput(seeds: int, steps: int = 400) -> float:
-    """Gradient steps/s per seed (MLP diffusion, batch 256) after compilation, on random windows of 100k steps."""
-    rng = np.random.default_rng(0)
-    n = 100_000
-    data = Trajectories.from_steps(rng.normal(size=(n, OBS_DIM)).astype(np.float32),
-                                   rng.uniform(-1, 1, (n, ACT_DIM)).astype(np.float32), np.zeros(n, np.float32),
-                                   rng.normal(size=(n, OBS_DIM)).astype(np.float32), np.zeros(n, bool), [1000] * 100)
-    marks = []
-    config = PolicyConfig(method="diffusion", steps=steps, steps_per_call=steps // 4)
-    train_policies(get_task("hopper"), config, data, list(range(seeds)), progress=False,
-                   callback=lambda done, _: marks.append((done, time.perf_counter())))
-    (first_steps, first_time), (last_steps, last_time) = marks[0], marks[-1]
-    return (last_steps - first_steps) / (last_time - first_time)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
@@ -195,10 +178,6 @@ def main() -> None:
         theirs = percentiles(time_calls(torch_act(changes, steps), calls))
         print(f"{'':<26} {'pytorch':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in theirs)
               + f"   physgen faster: x{theirs[0] / ours[0]:.1f} (p50), x{theirs[2] / ours[2]:.1f} (p99)", flush=True)
-    for seeds in (1, 10):
-        rate = training_throughput(seeds)
-        print(f"training, MLP diffusion, batch 256, {seeds:>2} seed(s) vmapped: {rate:7.1f} steps/s per seed, "
-              f"{rate * seeds:7.1f} seed-steps/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput of the offline policies at the hopper recipe's size, beside the machine's peak and PyTorch.
 
-For MLP diffusion, flow and BC (hopper's quick recipe: T_o 2, T_p 4, width 256, depth 3, batch 256), prints:
+For MLP diffusion, flow and BC (hopper's quick recipe: T_o 2, T_p 4, width 256, depth 3, batch 128), prints:
   - seed-steps/s (gradient steps per second summed over seeds) for 1 seed and for 10 seeds trained together
     (vmapped), timed between `train_policies` calls after the first (compiled) one;
   - the FLOPs of one gradient step (loss, gradient, AdamW update) from XLA's cost analysis, the GFLOP/s that
@@ -11,7 +11,7 @@ For MLP diffusion, flow and BC (hopper's quick recipe: T_o 2, T_p 4, width 256, 
   - with the `compare` extra: the same MLP and loss trained by eager PyTorch (AdamW, gradient clipping, EMA), one
     model, and physgen's ratio to it.
 
-    python benchmarks/train_throughput.py [--steps 300] [--repeats 3] [--baseline DIR]
+    python benchmarks/train_throughput.py [--steps 300] [--repeats 3] [--batch 128] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 OBS_DIM, ACT_DIM, DATA_STEPS = 11, 3, 100_000
-SIZE = dict(action_steps=4, exec_steps=1, hidden=256, batch_size=256)  # hopper's quick recipe
-METHODS = {"diffusion": dict(prediction="epsilon"), "flow": {}, "bc": {}}
+SIZE = dict(action_steps=4, exec_steps=1, hidden=256, batch_size=128)  # hopper's quick recipe
+METHODS = {"diffusion": {}, "flow": {}, "bc": {}}  # diffusion predicts the clean chunk, as the recipe does
 
 
 def random_data():
@@ -121,7 +121,7 @@ def torch_steps_per_second(method: str, steps: int) -> float | None:
         if method == "diffusion":
             t = torch.randint(0, 100, (batch,))
             ab = alphas_cumprod[t][:, None, None]
-            loss = ((net(ab.sqrt() * x1 + (1 - ab).sqrt() * noise, t / 100, cond) - noise) ** 2).mean()
+            loss = ((net(ab.sqrt() * x1 + (1 - ab).sqrt() * noise, t / 100, cond) - x1) ** 2).mean()
         elif method == "flow":
             t = torch.rand(batch)
             xt = (1 - t[:, None, None]) * noise + t[:, None, None] * x1
@@ -146,8 +146,8 @@ def torch_steps_per_second(method: str, steps: int) -> float | None:
 def baseline_rate(directory: str, method: str, seeds: int, steps: int) -> float:
     """The same measurement of the physgen code in `directory`, in a fresh interpreter."""
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            "from train_throughput import seed_steps_per_second as rate; "
-            f"print(rate({method!r}, {seeds}, {steps}))")
+            f"import train_throughput as t; t.SIZE['batch_size'] = {SIZE['batch_size']}; "
+            f"print(t.seed_steps_per_second({method!r}, {seeds}, {steps}))")
     env = {**os.environ, "PYTHONPATH": os.path.abspath(directory)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
@@ -158,8 +158,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="gradient steps per timed call (3 timed calls)")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per row; the median is printed")
     parser.add_argument("--baseline", default=None, help="a checkout of another physgen version to measure beside")
+    parser.add_argument("--batch", type=int, default=SIZE["batch_size"], help="batch size (default: the recipe's)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
+    SIZE["batch_size"] = args.batch
     peak = peak_gflops()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; peak (2048^3 float32 "
           f"matmul, median of 20): {peak:.0f} GFLOP/s; medians of {args.repeats} measurements", flush=True)
