@@ -1,15 +1,19 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from physgen import PhysgenError
-from physgen.data import load_dataset
+from physgen.data import WindowBatch, load_dataset
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
 from physgen.policies.evaluate import evaluate
-from physgen.policies.policy import PolicyConfig
+from physgen.policies.policy import Policy, PolicyConfig
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import train_policies
 
@@ -68,6 +72,36 @@ def test_sampler_compiles_once_and_actions_stay_in_bounds(trained):
     assert runner._act._cache_size() == 1
 
 
+@pytest.fixture(scope="module")
+def runners(trained):
+    return {method: PolicyRunner(result.policy, result.state_of(0)) for method, result in trained.items()}
+
+
+@pytest.mark.parametrize("method", ["diffusion", "flow", "bc"])
+@settings(max_examples=30, deadline=None)
+@given(obs=hnp.arrays(np.float32, (2, 6), elements=st.floats(-2.0**100, 2.0**100, width=32)))  # ~1e30
+def test_any_finite_observation_gives_finite_bounded_actions(runners, method, obs):
+    """Observations far outside the data (fork's arena is +-1.5) once sampled NaN chunks: normalized to
+    thousands, they blew up FiLM's products and the flow's Euler steps."""
+    chunk = runners[method].act(obs, 0)
+    assert chunk.shape == (16, 2) and np.all(np.isfinite(chunk)) and np.all(np.abs(chunk) <= 1.0)
+
+
+def test_the_issue_observations_give_finite_actions(runners):
+    obs = np.array([[0.1, -1.0, 0, 0, 60.0, 1.0], [0.1, -0.96, 0, 1, 340.0, 1.0]], np.float32)  # goal x at 60-340
+    for method, runner in runners.items():
+        for seed in range(5):
+            chunk = runner.act(obs, seed)
+            assert np.all(np.isfinite(chunk)) and np.all(np.abs(chunk) <= 1.0), method
+
+
+def test_a_broken_policy_is_refused_not_passed_on(trained):
+    state = trained["bc"].state_of(0)
+    broken = state._replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+    with pytest.raises(PhysgenError, match="the policy produced a non-finite chunk; its parameters are corrupt"):
+        PolicyRunner(trained["bc"].policy, broken).act(np.zeros((2, 6), np.float32), 0)
+
+
 def test_diffusion_steps_are_chosen_at_sampling_time(trained):
     result = trained["diffusion"]
     obs = np.zeros((2, 6), np.float32)
@@ -112,3 +146,13 @@ def test_bad_configs_are_refused():
         PolicyConfig(exec_steps=17)
     with pytest.raises(PhysgenError, match="divisible by 4"):
         PolicyConfig(network="unet", action_steps=10)
+    for time_dim in (2, 3, 17):  # sin and cos halves: an odd size broke the first layer, 2 divided 0 by 0
+        with pytest.raises(PhysgenError, match=f"time_dim must be even and at least 4 .*, got {time_dim}$"):
+            PolicyConfig(time_dim=time_dim)
+
+
+def test_the_smallest_time_dim_trains():
+    config = PolicyConfig(method="flow", hidden=8, depth=1, time_dim=4, action_steps=4, exec_steps=2)
+    policy, params = Policy.create(config, 3, 2, jax.random.key(0))
+    batch = WindowBatch(jnp.ones((5, 2, 3)), jnp.zeros((5, 4, 2)))
+    assert np.isfinite(policy.loss(params, batch, jax.random.key(1)))

@@ -25,6 +25,7 @@ from physgen.policies.nets import ConditionalUnet1D, MLPDenoiser
 
 METHODS = ("diffusion", "flow", "bc")
 NETWORKS = ("mlp", "unet")
+OBS_CLIP = 10.0  # normalized units: 4.5 data ranges beyond min-max's [-1, 1], as PPO's observation clip
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class PolicyConfig:
                      "time_dim", "train_diffusion_steps", "unet_kernel", "unet_groups", "sinkhorn_iterations"):
             if getattr(self, name) < 1:
                 raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.time_dim % 2 or self.time_dim < 4:  # sin and cos halves, frequencies spaced over half - 1 gaps
+            raise PhysgenError(f"time_dim must be even and at least 4 (the sinusoidal time embedding), got "
+                               f"{self.time_dim}")
         if not self.condition_weight >= 0:
             raise PhysgenError(f"condition_weight must be zero or positive, got {self.condition_weight}")
         if not 1 <= self.exec_steps <= self.action_steps:
@@ -164,6 +168,11 @@ class PolicyState(NamedTuple):
 
 def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Array,
         steps: int | None = None) -> jax.Array:
-    """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim)."""
-    chunk = policy.sample(state.params, state.obs_norm.normalize(obs_history), key, steps)
+    """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim).
+
+    Normalized observations are clipped to +-`OBS_CLIP`: far outside the data, FiLM multiplies the network's
+    hidden units by the observations at every layer, and a flow's Euler steps compound the resulting velocity
+    until float32 overflows to NaN (a fork goal coordinate at 300 did, where the data spans +-0.2)."""
+    obs = jnp.clip(state.obs_norm.normalize(obs_history), -OBS_CLIP, OBS_CLIP)
+    chunk = policy.sample(state.params, obs, key, steps)
     return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)

@@ -72,5 +72,9 @@ class PolicyRunner:
             raise PhysgenError(f"observation history has shape {obs.shape}, the policy expects {self.obs_shape} "
                                "(obs_steps x obs_dim)")
         if not np.all(np.isfinite(obs)):
-            raise PhysgenError("observation history holds NaN or Inf; check the sensor or state estimator")
-        return np.asarray(self._act(self._leaves, obs, seed))
+            raise PhysgenError("observation history holds NaN or Inf (or a value beyond float32); check the sensor "
+                               "or state estimator")
+        chunk = np.asarray(self._act(self._leaves, obs, seed))
+        if not np.all(np.isfinite(chunk)):  # clipping keeps NaN: broken weights must not reach the actuators
+            raise PhysgenError("the policy produced a non-finite chunk; its parameters are corrupt: train it again")
+        return chunk
