@@ -41,10 +41,12 @@ class Controller:
     - With `ensemble=k` (ACT's temporal ensembling), every chunk still covering call t contributes its action
       for t, weighted exp(-k * i), i = 0 for the oldest; otherwise the newest chunk alone acts.
 
-    A bad observation (not numeric, a shape other than (obs_dim,), NaN or Inf), or a non-finite action from
-    the policy, gives the safe action: "hold" repeats the last action returned, "zero" returns zero clipped
-    into the bounds (which "hold" also returns before the first action). The call sets `fault` to the reason
-    and does not advance the plan: the next good observation resumes it. Every action lies inside the bounds.
+    A bad observation (not an array of numbers, a shape other than (obs_dim,), NaN, Inf or beyond float32), or
+    a chunk with a non-finite action from the policy, gives the safe action: "hold" repeats the last action
+    returned, "zero" returns zero clipped into the bounds (which "hold" also returns before the first action).
+    The call sets `fault` to the reason and does not advance the plan: the next good observation resumes it,
+    sampling afresh (with the next chunk's key) where the non-finite chunk was dropped. Every action lies inside
+    the bounds, and `act` never raises: whatever goes wrong inside it is a fault too.
 
     Latency is measured from entry to return of every `act`; a call slower than 1 / `rate_hz` misses its
     deadline. `stats()` covers every call since construction (the warm-up excluded), across episodes.
@@ -119,9 +121,12 @@ class Controller:
         obs, fault = self._check(obs)
         action = None
         if fault is None:
-            action = self._step(obs)
-            if not np.all(np.isfinite(action)):
-                action, fault = None, "the policy produced a non-finite action"
+            try:
+                action = self._step(obs)
+                if action is None:
+                    fault = "the policy produced a non-finite chunk: dropped, the next call samples another"
+            except Exception as error:  # a failed worker or a closed controller: the loop still gets an action
+                fault = f"the controller failed ({type(error).__name__}: {error})"
         if action is None:
             action = self._zero if self.safe_action == "zero" or self._last is None else self._last
             self._flagged += 1
@@ -166,9 +171,12 @@ class Controller:
     def _check(self, obs) -> tuple[np.ndarray | None, str | None]:
         try:
             with np.errstate(all="ignore"):
-                obs = np.asarray(obs, np.float32)
-        except (TypeError, ValueError):
-            return None, f"the observation is not numeric ({type(obs).__name__})"
+                array = np.asarray(obs)
+                if array.dtype.kind not in "biufO":  # strings ("1.5" would convert), complex, dates, ...
+                    raise TypeError(array.dtype)
+                obs = array.astype(np.float32)  # objects: float() of each, which may raise anything
+        except Exception as error:  # 10**400 (OverflowError), ragged lists, a foreign __array__ or __float__
+            return None, f"the observation is not numeric ({type(obs).__name__}; {type(error).__name__})"
         if obs.shape != self.obs_shape:
             return None, f"the observation has shape {obs.shape}, the policy expects {self.obs_shape}"
         if not np.all(np.isfinite(obs)):
@@ -183,8 +191,8 @@ class Controller:
     def _sample_chunk(self, history: np.ndarray, chunk: int) -> np.ndarray:
         return np.asarray(self._sample(self._leaves, history, self._key, np.int32(chunk)))
 
-    def _step(self, obs: np.ndarray) -> np.ndarray:
-        """Advance the plan by one call and return its action (not yet checked for finiteness)."""
+    def _step(self, obs: np.ndarray) -> np.ndarray | None:
+        """Advance the plan by one call and return its action; None, without advancing, for a non-finite chunk."""
         self._history.extend([obs] * (self.obs_steps if not self._history else 1))
         t = self._t
         if t % self.exec_steps == 0:
@@ -193,6 +201,8 @@ class Controller:
                 chunk = future.result()
             else:
                 start, chunk = t, self._sample_chunk(np.stack(self._history), self._next_chunk())
+            if not np.all(np.isfinite(chunk)):
+                return None  # dropped before the plan moves: the next call, at the same t, samples another
             self._chunks = [*self._chunks, (start, chunk)] if self.ensemble is not None else [(start, chunk)]
         if self.prefetch and (t + self.prefetch) % self.exec_steps == 0:
             history = np.stack(self._history)
@@ -206,7 +216,7 @@ class Controller:
             actions = np.stack([chunk[t - start] for start, chunk in self._chunks])
             action = (weights @ actions / weights.sum()).astype(np.float32)
         self._t += 1
-        return np.clip(action, self.action_low, self.action_high)
+        return np.clip(action, self.action_low, self.action_high)  # a finite chunk gives a finite action
 
     def _record(self, start: int) -> None:
         latency = time.perf_counter_ns() - start

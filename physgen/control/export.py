@@ -6,8 +6,8 @@ serialized with `jax.export` (StableHLO). Loading needs jax and numpy only: no t
     chunk = policy.act(obs_history, seed)    # (T_p, act_dim); execute the first `policy.exec_steps`
 
 File layout: MAGIC, the header's length (8 bytes, little-endian), the JSON header, the serialized `Exported`.
-The header holds the dimensions, chunking, bounds, task, method and config, and the SHA-256 of the serialized
-bytes.
+The header holds the dimensions, chunking, bounds, task, method and config, and a SHA-256 of the rest of the
+header (as sorted JSON) and the serialized bytes: a flipped bit in either is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import jax
@@ -28,7 +27,7 @@ import physgen
 from physgen.errors import PhysgenError
 
 MAGIC = b"physgen-jaxexport\n"
-FORMAT = 1
+FORMAT = 2  # 2: the digest covers the header too
 KEY_IMPL = "threefry2x32"  # jax's default PRNG; integer seeds map to keys as jax.random.key(seed) does
 PLATFORMS = ("cpu", "cuda")
 
@@ -42,7 +41,11 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
     """
     from physgen.policies import act  # deferred, so that loading an export never imports the training code
 
+    path = _check_request(path, steps)
     config = policy.config
+    if config.method == "diffusion" and steps is not None and steps > config.train_diffusion_steps:
+        raise PhysgenError(f"steps must be at most the {config.train_diffusion_steps} diffusion steps the policy "
+                           f"was trained with, got {steps}")
 
     def sample(obs_history, key_data):
         key = jax.random.wrap_key_data(key_data, impl=KEY_IMPL)
@@ -58,9 +61,9 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
               "exec_steps": config.exec_steps, "inference_steps": steps or config.inference_steps,
               "action_low": low, "action_high": high, "key_impl": KEY_IMPL, "platforms": list(platforms),
               "config": dataclasses.asdict(config),
-              "physgen_version": physgen.__version__, "sha256": hashlib.sha256(payload).hexdigest()}
-    encoded = json.dumps(header).encode()
-    return _write_atomically(Path(path), MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
+              "physgen_version": physgen.__version__}
+    encoded = json.dumps({**header, "sha256": _digest(header, payload)}).encode()
+    return _write_atomically(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None = None,
@@ -68,6 +71,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None
     """`physgen export`: the EMA policy of a `physgen train` checkpoint as an exported file at `out`."""
     from physgen.policies import load_policy  # deferred, as in export_policy
 
+    _check_request(out, steps)  # before the checkpoint is read and the sampler traced
     policy, state, meta = load_policy(checkpoint, task)
     return export_policy(policy, state, out, steps, task=meta["task"])
 
@@ -92,8 +96,13 @@ class ExportedPolicy:
             raise PhysgenError(f"observation history has shape {obs.shape}, the exported policy expects "
                                f"{(self.obs_steps, self.obs_dim)} (obs_steps x obs_dim)")
         if not np.all(np.isfinite(obs)):
-            raise PhysgenError("observation history holds NaN or Inf; check the sensor or state estimator")
-        return np.asarray(self._call(obs, _key_data(key)))
+            raise PhysgenError("observation history holds NaN or Inf (or a value beyond float32); check the sensor "
+                               "or state estimator")
+        chunk = np.asarray(self._call(obs, _key_data(key)))
+        if not np.all(np.isfinite(chunk)):  # clipping keeps NaN: a broken export must not reach the actuators
+            raise PhysgenError("the exported policy produced a non-finite chunk; export it again from a checkpoint "
+                               "that loads")
+        return chunk
 
 
 def load_exported(path: str | Path) -> ExportedPolicy:
@@ -107,18 +116,19 @@ def load_exported(path: str | Path) -> ExportedPolicy:
     if not blob.startswith(MAGIC):
         raise PhysgenError(f"{path} is not a physgen exported policy (it does not start with {MAGIC!r}); "
                            f"{fix}")
+    corrupt = PhysgenError(f"exported policy {path} is truncated or corrupt; {fix} again")
     try:
         (size,) = struct.unpack_from("<Q", blob, len(MAGIC))
         start = len(MAGIC) + 8
         header, payload = json.loads(blob[start:start + size]), blob[start + size:]
-        intact = header["sha256"] == hashlib.sha256(payload).hexdigest()
-    except (struct.error, ValueError, KeyError, TypeError):
-        intact = False
-    if not intact:
-        raise PhysgenError(f"exported policy {path} is truncated or corrupt; {fix} again")
-    if header.get("format") != FORMAT:
-        raise PhysgenError(f"exported policy {path} has format {header.get('format')}, this physgen reads "
-                           f"format {FORMAT}; export it again with this version")
+        version = header.get("format")
+    except (struct.error, ValueError, AttributeError):
+        raise corrupt from None
+    if version != FORMAT:
+        raise PhysgenError(f"exported policy {path} has format {version}, this physgen reads format {FORMAT}; "
+                           "export it again with this version")
+    if header.get("sha256") != _digest(header, payload):
+        raise corrupt
     try:
         exported = jax.export.deserialize(bytearray(payload))
     except Exception as error:  # the serialization version of another jax release, among others
@@ -139,14 +149,32 @@ def _key_data(key) -> np.ndarray:
     return data
 
 
+def _digest(header: dict, payload: bytes) -> str:
+    """SHA-256 of the header (less its digest) as sorted JSON, then the payload."""
+    fields = json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
+    return hashlib.sha256(fields + payload).hexdigest()
+
+
+def _check_request(out: str | Path, steps) -> Path:
+    """Refuse an output path that is a folder and a number of sampler steps that is not a positive integer."""
+    out = Path(out)
+    if out.is_dir():
+        raise PhysgenError(f"the output {out} is a folder; name the file to write, e.g. {out / 'policy.jaxexport'}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
+        raise PhysgenError(f"steps must be a positive integer number of sampler steps, got {steps!r}; leave it "
+                           "out for the policy's own")
+    return out
+
+
 def _write_atomically(path: Path, data: bytes) -> Path:
+    """physgen.io's write, for bytes: a partial file beside the target (created with the umask's mode, as every
+    output is), then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    partial = path.with_name(path.name + ".partial")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
+        partial.write_bytes(data)
         os.replace(partial, path)
     except BaseException:
-        Path(partial).unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
         raise
     return path
