@@ -1,10 +1,12 @@
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import h5py
 import jax
 import jax.numpy as jnp
 import minari
@@ -15,6 +17,7 @@ from physgen import PhysgenError
 from physgen.data import (Normalizer, Trajectories, generate_dataset, load_dataset, normalized_score,
                           sample_sequences, sample_windows, sequence_starts, split_episodes, windows_at)
 from physgen.data import generate as generate_module
+from physgen.data import trajectories
 from physgen.data.trajectories import CACHE_NAME, write_array_cache
 from physgen.envs import get_task
 from physgen.envs.rollout import expert_policy, rollout_jax
@@ -87,11 +90,32 @@ def test_array_cache_is_trusted_only_while_the_minari_files_are_unchanged(minari
         arrays = {key: cache[key] for key in cache.files if key != "stamp"}
     write_array_cache(path, {**arrays, "actions": arrays["actions"] + 1})
     np.testing.assert_array_equal(load_dataset(task, "cache-v0").trajectories.actions, truth.actions + 1)
-    data_file = next(f for f in (path / "data").iterdir() if f.suffix == ".hdf5")
-    os.utime(data_file, ns=(data_file.stat().st_atime_ns, data_file.stat().st_mtime_ns + 1))
-    np.testing.assert_array_equal(load_dataset(task, "cache-v0").trajectories.actions, truth.actions)
+    # new contents of the same size and modification time (a file rewritten in place, or copied back with its times)
+    data_file = path / "data" / "main_data.hdf5"
+    before = data_file.stat()
+    with h5py.File(data_file, "r+") as file:
+        file["episode_0/actions"][0] = np.asarray(file["episode_0/actions"][0]) + 0.25
+    os.utime(data_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert data_file.stat().st_size == before.st_size
+    changed = np.asarray(truth.actions).copy()
+    changed[0] += 0.25
+    np.testing.assert_array_equal(load_dataset(task, "cache-v0").trajectories.actions, changed)
     with np.load(path / CACHE_NAME) as cache:
-        np.testing.assert_array_equal(cache["actions"], truth.actions)
+        np.testing.assert_array_equal(cache["actions"], changed)
+
+
+def test_a_dataset_folder_that_refuses_the_cache_loads_from_memory(minari_root, monkeypatch, capsys):
+    task = get_task("fork")
+    path = generate_dataset(task, episodes=2, seed=0, name="read-only-v0")
+    (path / CACHE_NAME).unlink()
+
+    def read_only(dataset_dir, arrays):  # as root, file modes do not stop writes: the refusal is simulated
+        raise PermissionError(13, "Permission denied", str(dataset_dir / CACHE_NAME))
+
+    monkeypatch.setattr(trajectories, "write_array_cache", read_only)
+    assert load_dataset(task, "read-only-v0").trajectories.num_episodes == 2
+    assert not (path / CACHE_NAME).exists()
+    assert "could not cache physgen/fork/read-only-v0 (Permission denied)" in capsys.readouterr().err
 
 
 def test_split_is_by_whole_episodes_and_seeded(fork_dataset):
@@ -235,19 +259,48 @@ def test_interrupted_generation_keeps_the_old_dataset_and_leaves_no_files(minari
     assert not [p for p in minari_root.parent.iterdir() if p.name.startswith(".physgen-staging-")]
 
 
-def test_killed_generation_leaves_no_dataset(tmp_path):
-    """SIGKILL while Minari writes: the dataset id does not exist afterwards (the staging folder is ignored)."""
-    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "datasets")}
+def _signal_generation(tmp_path, env: dict, signum: int) -> int:
+    """Start a large `physgen data` run, send it `signum` while Minari writes the dataset, and return its exit code."""
     proc = subprocess.Popen([sys.executable, "-m", "physgen.cli", "data", "--task", "fork", "--episodes", "20000"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not any(p.name.startswith(".physgen-staging-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
-        assert proc.poll() is None, "generation finished before it could be killed"
+        assert proc.poll() is None, "generation finished before it could be stopped"
         time.sleep(0.05)
     time.sleep(0.5)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(signum)
+    return proc.wait(timeout=60)
+
+
+def test_killed_generation_leaves_no_dataset(tmp_path):
+    """SIGKILL while Minari writes: the dataset id does not exist afterwards (the staging folder is ignored)."""
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "datasets")}
+    _signal_generation(tmp_path, env, signal.SIGKILL)
     assert not (tmp_path / "datasets" / "physgen" / "fork" / "expert-v0").exists()
     result = subprocess.run([sys.executable, "-c", "import minari; print(list(minari.list_local_datasets()))"],
                             env=env, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_staging_folders_of_killed_runs_are_removed_by_the_next_run(minari_root):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    killed = minari_root.parent / f".physgen-staging-{gone}-abc"  # its process has ended
+    running = minari_root.parent / f".physgen-staging-{os.getppid()}-def"  # its process is alive
+    try:
+        for folder in (killed, running):
+            (folder / "physgen").mkdir(parents=True)
+        generate_dataset(get_task("fork"), episodes=2, seed=0, name="after-kill-v0")
+        assert not killed.exists() and running.exists()
+    finally:
+        shutil.rmtree(running, ignore_errors=True)
+
+
+def test_terminated_generation_cleans_up_as_an_interrupt_does(tmp_path):
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "datasets")}
+    code = _signal_generation(tmp_path, env, signal.SIGTERM)
+    # As with Ctrl-C, the KeyboardInterrupt can land in a weakref callback, where Python ignores it: the run then
+    # finishes its dataset whole. Either way no staging folder is left.
+    assert code in (0, 130)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".physgen-staging-")]
+    assert (tmp_path / "datasets" / "physgen" / "fork" / "expert-v0").exists() == (code == 0)

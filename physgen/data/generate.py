@@ -1,13 +1,15 @@
 """`physgen data`: roll out a task's demonstrator and write a Minari dataset, atomically.
 
 The dataset is built in a staging folder beside the Minari root and renamed into place only when complete, so an
-interrupted run leaves nothing half-written and an existing dataset is replaced whole or not at all.
+interrupted run leaves nothing half-written and an existing dataset is replaced whole or not at all. A staging
+folder is named after its process: one left by a killed run (its process gone) is removed by the next run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -23,8 +25,10 @@ from physgen.data.trajectories import dataset_id, datasets_root, flatten_episode
 from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
+from physgen.io import check_folder, pid_alive
 
 REFERENCE_EPISODES = 100
+STAGING_PREFIX = ".physgen-staging-"
 
 
 def has_policy(task: Task, policy: str) -> bool:
@@ -82,6 +86,11 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
     episodes = task.dataset_episodes if episodes is None else episodes
     if episodes < 1:
         raise PhysgenError(f"--episodes must be at least 1, got {episodes}")
+    if seed < 0:
+        raise PhysgenError(f"--seed must be at least 0, got {seed}")
+    root = datasets_root()
+    for folder in (root, root.parent):  # the dataset's folder, and its staging folder's
+        check_folder(folder, "the datasets folder (MINARI_DATASETS_PATH)")
     dataset = dataset_id(task.name, name or f"{policy}-v0")
     data = rollout(task, policy, seed, episodes)
     reference_seed = seed + 1_000_003  # a seed stream disjoint from the dataset's
@@ -98,7 +107,8 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
                       ref_min: float, ref_max: float | None) -> Path:
     root = datasets_root()
     final = root / dataset
-    staging = Path(tempfile.mkdtemp(prefix=".physgen-staging-", dir=root.parent))
+    remove_stale_staging(root.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root.parent))
     try:
         with _minari_root(staging), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari warns about unset optional metadata such as author e-mail
@@ -131,3 +141,12 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def remove_stale_staging(folder: Path) -> None:
+    """Delete the staging folders in `folder` whose process is gone (a SIGKILL leaves them behind). Folders named
+    before pids were recorded have no owner to wait for."""
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        owner = re.match(rf"{re.escape(STAGING_PREFIX)}(\d+)-", path.name)
+        if not (owner and pid_alive(int(owner.group(1)))):
+            shutil.rmtree(path, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -13,7 +14,8 @@ import numpy as np
 from minari.storage import get_dataset_path
 
 from physgen.envs import Task
-from physgen.errors import PhysgenError
+from physgen.errors import DatasetMissing, PhysgenError
+from physgen.io import check_folder, file_digest, write_npz
 
 CACHE_NAME = "physgen_arrays.npz"
 
@@ -67,12 +69,15 @@ def dataset_id(task: str, name: str = "expert-v0") -> str:
 
 def datasets_root() -> Path:
     """Where Minari keeps datasets: `MINARI_DATASETS_PATH`, else `~/.minari/datasets`."""
+    configured = os.environ.get("MINARI_DATASETS_PATH")
+    if configured:  # refused in one line before Minari tries to create it
+        check_folder(Path(configured), "MINARI_DATASETS_PATH", write=False)
     return get_dataset_path()
 
 
-def _missing(task: Task, name: str) -> PhysgenError:
+def _missing(task: Task, name: str) -> DatasetMissing:
     policy = name.rsplit("-v", 1)[0]
-    return PhysgenError(f"dataset {dataset_id(task.name, name)} not found under {datasets_root()}; create it with "
+    return DatasetMissing(f"dataset {dataset_id(task.name, name)} not found under {datasets_root()}; create it with "
                         f"`physgen data --task {task.name}" + ("`" if policy == "expert" else f" --policy {policy}`"))
 
 
@@ -100,18 +105,16 @@ def flatten_episodes(task: Task, episodes: Iterable) -> dict[str, np.ndarray]:
     return {**flat, "episode_lengths": np.asarray(lengths, np.int32)}
 
 
-def _stamp(dataset_dir: Path) -> np.ndarray:
-    """Sizes and modification times of the Minari data files: a cache made for other files is ignored."""
-    files = sorted((dataset_dir / "data").iterdir())
-    return np.asarray([[f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.name != "metadata.json"])
+def _stamp(dataset_dir: Path) -> str:
+    """Names and content digests of the Minari data files: a cache made for other contents is ignored (sizes and
+    modification times can stay the same when a file is rewritten or copied back)."""
+    files = sorted(f for f in (dataset_dir / "data").iterdir() if f.name != "metadata.json")
+    return " ".join(f"{f.name}:{file_digest(f)}" for f in files)
 
 
 def write_array_cache(dataset_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save the flattened dataset beside the Minari files (atomically), so that loading skips per-episode reads."""
-    partial = dataset_dir / f".{CACHE_NAME}.partial"
-    with open(partial, "wb") as file:
-        np.savez(file, stamp=_stamp(dataset_dir), **arrays)
-    os.replace(partial, dataset_dir / CACHE_NAME)
+    write_npz(dataset_dir / CACHE_NAME, {"stamp": np.asarray(_stamp(dataset_dir)), **arrays})
 
 
 def _read_array_cache(dataset_dir: Path) -> dict[str, np.ndarray] | None:
@@ -121,7 +124,7 @@ def _read_array_cache(dataset_dir: Path) -> dict[str, np.ndarray] | None:
     with np.load(path) as cache:
         arrays = {key: cache[key] for key in cache.files}
     stamp = arrays.pop("stamp")
-    return arrays if np.array_equal(stamp, _stamp(dataset_dir)) else None
+    return arrays if stamp.dtype.kind == "U" and str(stamp) == _stamp(dataset_dir) else None
 
 
 def _check_finite(arrays: dict[str, np.ndarray]) -> None:
@@ -143,6 +146,7 @@ def load_dataset(task: Task, name: str = "expert-v0") -> Dataset:
     (`physgen data` writes that cache at once); later loads read the cache while the Minari files are unchanged.
     """
     ident = dataset_id(task.name, name)
+    dataset_dir = datasets_root() / ident
     try:
         dataset = minari.load_dataset(ident)
     except FileNotFoundError:
@@ -153,11 +157,14 @@ def load_dataset(task: Task, name: str = "expert-v0") -> Dataset:
         raise PhysgenError(f"dataset {ident} was generated for task {owner!r}, not {task.name!r}")
     if dataset.total_episodes == 0:
         raise PhysgenError(f"dataset {ident} is empty; regenerate it with `physgen data --task {task.name}`")
-    dataset_dir = datasets_root() / ident
     arrays = _read_array_cache(dataset_dir)
     if arrays is None:
         arrays = flatten_episodes(task, dataset.iterate_episodes())
-        write_array_cache(dataset_dir, arrays)
+        try:
+            write_array_cache(dataset_dir, arrays)
+        except OSError as error:  # a read-only or full dataset folder: the arrays serve from memory
+            print(f"physgen: could not cache {ident} ({error.strerror}); it loads from the Minari files each time",
+                  file=sys.stderr)
     _check_finite(arrays)
     return Dataset(ident, task.name, metadata, Trajectories.from_steps(**arrays))
 
