@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 from physgen.errors import PhysgenError
+from physgen.io import check_folder
+
+
+def _check_minimums(args: argparse.Namespace, **minimums: int) -> None:
+    for name, minimum in minimums.items():
+        if getattr(args, name) < minimum:
+            raise PhysgenError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}")
 
 
 def _tasks(args: argparse.Namespace) -> None:
@@ -51,10 +59,8 @@ def _train(args: argparse.Namespace) -> None:
     from physgen.policies.train import train_policies
 
     task = get_task(args.task)
-    for name in ("seeds", "episodes"):
-        if getattr(args, name) < 1:
-            raise PhysgenError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    out = Path(args.out) / task.name / args.method
+    _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
+    out = check_folder(Path(args.out) / task.name / args.method, "--out")
     if args.method == "ppo":
         from physgen.policies.ppo import train_from_cli
 
@@ -67,6 +73,9 @@ def _train(args: argparse.Namespace) -> None:
         print(train_from_cli(task.name, args.method, list(range(args.seeds)), args.steps, str(out.absolute()),
                              datasets, images=args.images))
         return
+    if args.dataset and "," in args.dataset:
+        raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "
+                           "models (rssm, vae) learn from a comma-separated list")
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
     config = PolicyConfig(method=args.method, **changes)
     dataset = load_dataset(task, args.dataset or "expert-v0")
@@ -94,8 +103,8 @@ def _video(args: argparse.Namespace) -> None:
     from physgen.bench.video import checkpoint_videos
     from physgen.envs import get_task
 
-    if args.episodes < 1:
-        raise PhysgenError(f"--episodes must be at least 1, got {args.episodes}")
+    _check_minimums(args, episodes=1)
+    check_folder(Path(args.out), "--out")
     for path in checkpoint_videos(get_task(args.task), Path(args.checkpoint), args.episodes, Path(args.out)):
         print(path)
 
@@ -103,6 +112,7 @@ def _video(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from physgen.control import export_checkpoint
 
+    check_folder(Path(args.out).absolute().parent, "--out")
     path = export_checkpoint(args.checkpoint, args.out, steps=args.steps)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -114,8 +124,8 @@ def _sweep_steps(args: argparse.Namespace) -> None:
         steps = [int(k) for k in args.steps.split(",")]
     except ValueError:
         raise PhysgenError(f"--steps takes comma-separated integers such as 1,2,5,10, got {args.steps!r}") from None
-    if args.episodes < 1:
-        raise PhysgenError(f"--episodes must be at least 1, got {args.episodes}")
+    _check_minimums(args, episodes=1)
+    check_folder(Path(args.out), "--out")
     sweep_steps(args.checkpoint, steps, args.episodes, args.out)
 
 
@@ -187,8 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, a job scheduler) cleans up as Ctrl-C does: no staging or partial files
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         args.run(args)
     except PhysgenError as error:
@@ -197,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("physgen: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from physgen.cli import main
@@ -54,3 +57,48 @@ def test_world_models_train_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--task", "fork", "--method", "vae", "--steps", "20", "--dataset", "noisy-v0",
                  "--out", str(tmp_path)]) == 0
     assert "held-out reconstruction RMSE per seed" in capsys.readouterr().out
+
+
+SMOKE_BENCH = ["--budget", "smoke", "--methods", "bc", "--seeds", "1", "--episodes", "1"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "--task", "fork", "--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["train", "--task", "fork", "--method", "bc", "--eval-seed", "-1"], "--eval-seed must be at least 0, got -1"),
+    (["train", "--task", "fork", "--method", "bc", "--out", "{file}"],
+     "--out {file}/fork/bc is not a folder ({file} is a file)"),
+    (["train", "--task", "fork", "--method", "ppo", "--out", "{file}"], "--out {file}/fork/ppo is not a folder"),
+    (["bench", "--task", "fork", *SMOKE_BENCH, "--out", "{file}"], "--out {file} is not a folder ({file} is a file)"),
+    (["bench", "--task", "fork", *SMOKE_BENCH, "--out", "{file}/run"], "--out {file}/run is not a folder"),
+    (["video", "--task", "fork", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
+    (["sweep-steps", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
+    (["export", "--checkpoint", "nowhere", "--out", "{file}/policy.jaxexport"], "--out {file} is not a folder"),
+    (["train", "--task", "fork", "--method", "bc", "--dataset", "expert-v0,noisy-v0"],
+     "--dataset takes one dataset for bc, got 'expert-v0,noisy-v0'; only the world models (rssm, vae)"),
+])
+def test_bad_seeds_and_paths_are_refused_in_one_line_before_any_work(tmp_path, capsys, argv, message):
+    taken = tmp_path / "taken"
+    taken.write_text("a file where a folder is expected")
+    assert main([arg.replace("{file}", str(taken)) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("physgen: error: ") and message.replace("{file}", str(taken)) in err
+    assert err.count("\n") == 1 and "--policy" not in err
+
+
+def test_a_read_only_out_folder_is_refused(tmp_path, monkeypatch, capsys):
+    # Tests may run as root, whom file modes do not stop: the folder is made read-only in os.access's answer.
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != tmp_path and access(path, mode, **kw))
+    assert main(["bench", "--task", "fork", *SMOKE_BENCH, "--out", str(tmp_path / "run")]) == 2
+    assert f"--out {tmp_path / 'run'} cannot be written ({tmp_path} is read-only)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_datasets_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    taken = tmp_path / "datasets"
+    taken.write_text("")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(taken))
+    for argv in (["data", "--task", "fork", "--episodes", "1"], ["train", "--task", "fork", "--method", "bc"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"MINARI_DATASETS_PATH {taken} is not a folder" in err and err.count("\n") == 1
