@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
@@ -137,8 +138,24 @@ def test_categories_can_be_recomputed_from_the_recorded_trajectories(smoke_run):
 
 
 def test_a_different_protocol_in_the_same_folder_is_refused(smoke_run):
-    with pytest.raises(PhysgenError, match="different protocol"):
+    with pytest.raises(PhysgenError, match=r"different protocol \(training_seeds differ\)"):
         run_bench("fork", out=smoke_run, progress=False, **{**SMOKE, "seeds": 3})
+
+
+def test_the_protocol_mismatch_names_the_fields_and_a_damaged_protocol_is_named(tmp_path):
+    from physgen.bench.protocol import fix_protocol
+
+    protocol = {"experiment": {"task": "fork", "training_seeds": [0, 1],
+                               "dataset": {"id": "physgen/fork/expert-v0", "episodes": 200}}}
+    fix_protocol(tmp_path, protocol)
+    fix_protocol(tmp_path, protocol)  # the same experiment resumes
+    other = json.loads(json.dumps(protocol))
+    other["experiment"]["dataset"].update(id="physgen/fork/medium-v0", episodes=100)
+    with pytest.raises(PhysgenError, match=r"\(dataset\.id, dataset\.episodes differ\)"):
+        fix_protocol(tmp_path, other)
+    (tmp_path / "protocol.json").write_text('{"experiment": {"ta')
+    with pytest.raises(PhysgenError, match="protocol.json is damaged"):
+        fix_protocol(tmp_path, protocol)
 
 
 def test_the_task_recipe_sets_the_policy_configs_and_is_recorded_with_the_command(smoke_run):
@@ -191,6 +208,92 @@ def test_a_killed_run_resumes_to_the_same_numbers(smoke_run, datasets, tmp_path)
     assert again["summary"] == reference["summary"] and again["curves"] == reference["curves"]
 
 
+def test_a_resume_retrains_units_whose_files_are_damaged(smoke_run, tmp_path, capsys):
+    out = tmp_path / "damaged"
+    shutil.copytree(smoke_run, out, ignore=shutil.ignore_patterns("results.json", "report.md", "videos"))
+    kept = {p: p.stat().st_mtime_ns for p in (out / "units" / "diffusion").iterdir()}
+    cut = out / "units" / "bc" / "seed_0.json"
+    cut.write_text(cut.read_text()[:100])  # cut short, as by a full disk
+    arrays = out / "units" / "bc" / "seed_1.npz"
+    arrays.write_bytes(arrays.read_bytes()[:-16] + bytes(16))  # no longer the arrays its JSON describes
+    run_bench("fork", out=out, progress=False, videos=False, **SMOKE)
+    printed = capsys.readouterr().out
+    assert f"{out / 'units' / 'bc' / 'seed_0'}, {out / 'units' / 'bc' / 'seed_1'} damaged or incomplete" in printed
+    assert {p: p.stat().st_mtime_ns for p in (out / "units" / "diffusion").iterdir()} == kept  # not run again
+    again, reference = (json.loads((o / "results.json").read_text()) for o in (out, smoke_run))
+    assert again["summary"] == reference["summary"] and again["curves"] == reference["curves"]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(datasets, tmp_path, capsys):
+    from physgen.io import LOCK_NAME, folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_NAME).write_text(str(os.getppid()))  # a live process holds it
+    assert main(["bench", *SMOKE_ARGS, "--out", str(out)]) == 2
+    assert f"{out} is in use by another physgen bench (pid {os.getppid()})" in capsys.readouterr().err
+    assert not (out / "protocol.json").exists()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    (out / LOCK_NAME).write_text(ended)  # its process was killed
+    with folder_lock(out, "physgen bench"):
+        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+        with pytest.raises(PhysgenError, match=f"pid {os.getpid()}"):
+            with folder_lock(out, "physgen bench"):
+                pass
+    assert list(out.iterdir()) == []
+
+
+def test_an_existing_broken_dataset_is_refused_never_replaced(tmp_path, monkeypatch, capsys):
+    from physgen.bench.world import _splits
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    data_file = generate_dataset(get_task("fork"), episodes=3, seed=0) / "data" / "main_data.hdf5"
+    with h5py.File(data_file, "r+") as file:
+        file["episode_1/observations"][2, 0] = np.nan
+    contents = data_file.read_bytes()
+    assert main(["bench", *SMOKE_ARGS, "--out", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    assert "episode 1: observations hold NaN or Inf (first at step 2)" in captured.err
+    assert "generating" not in captured.out
+    with pytest.raises(PhysgenError, match="episode 1: observations hold NaN"):
+        _splits(get_task("fork"))  # the world models' datasets, likewise
+    assert data_file.read_bytes() == contents
+
+
+def test_video_of_a_hopper_policy_needs_the_expert_return_and_checks_it_before_rolling_out(tmp_path, monkeypatch,
+                                                                                           capsys):
+    import physgen.policies.evaluate as evaluate_module
+    from physgen.bench import video
+    from physgen.data.generate import _write_atomically
+    from physgen.data.trajectories import Trajectories, flatten_episodes
+    from physgen.envs.rollout import Episode
+    from physgen.policies.policy import PolicyConfig
+    from physgen.policies.runner import save_policy
+    from physgen.policies.train import train_policies
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
+    task, rng, n = get_task("hopper"), np.random.default_rng(0), 6
+    episodes = [Episode(rng.normal(size=(n + 1, task.obs_dim)), rng.uniform(-1, 1, (n, task.act_dim)),
+                        np.ones(n), np.zeros(n, bool), np.zeros(n, bool), {"fall": np.zeros(n, bool)}, seed)
+                for seed in range(2)]
+    config = PolicyConfig(method="bc", steps=1, steps_per_call=1, batch_size=4, hidden=8, depth=1, action_steps=4,
+                          exec_steps=4)
+    trained = train_policies(task, config, Trajectories.from_steps(**flatten_episodes(task, episodes)), [0],
+                             progress=False)
+    checkpoint = save_policy(tmp_path / "bc", task, trained, 0)
+    rollouts = []
+    evaluate = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: rollouts.append(k) or evaluate(*a, **k))
+    monkeypatch.setattr(video, "render_episode", lambda task, seed, actions, path: path)
+    argv = ["video", "--task", "hopper", "--checkpoint", str(checkpoint), "--episodes", "1", "--out", str(tmp_path)]
+    assert main(argv) == 2 and not rollouts  # no expert dataset: refused before any episode runs
+    assert "create it with `physgen data --task hopper`" in capsys.readouterr().err
+    _write_atomically(task, "physgen/hopper/expert-v0", episodes, 0, "expert", ref_min=0.0, ref_max=1000.0)
+    assert main(argv) == 0 and rollouts[0]["expert_return"] == 1000.0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # one video path
+
+
 def test_video_command_renders_a_checkpoint(smoke_run, tmp_path, capsys):
     checkpoint = smoke_run / "checkpoints" / "bc" / "seed_0"
     assert main(["video", "--task", "fork", "--checkpoint", str(checkpoint), "--episodes", "2",
@@ -232,6 +335,9 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
         assert all(len(u["episodes"]) == 4 for u in results["units"][method])
         assert results["latency"][method]["action_p99_us"] > 0
     assert len(results["curves"]["rssm-mpc"]) == 5 and len(results["curves"]["ppo-wm"]) == 1
+    for method in ("rssm-mpc", "ppo-wm"):  # latency first: a run killed after a unit resumes with it
+        units = out / "units" / method
+        assert (units / "latency.json").stat().st_mtime_ns <= (units / "seed_0.json").stat().st_mtime_ns
     world = results["world_model"]
     assert len(world["rssm"]) == len(world["linear"]) == 25 and world["last_observation"][-1] > world["linear"][-1]
     report = (out / "report.md").read_text()
@@ -239,6 +345,7 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     assert (out / "world_model" / "open_loop.png").stat().st_size > 10_000
     # a run that lost a unit resumes from the saved models and curves to the same numbers
     (out / "units" / "rssm-mpc" / "seed_1.json").unlink()
+    (out / "units" / "ppo-wm" / "latency.json").unlink()  # as a run killed before the fix left it
     (out / "results.json").unlink()
     run_bench("fork", methods=["rssm-mpc", "ppo-wm"], seeds=2, episodes=4, budget="smoke", out=out, progress=False,
               videos=False)

@@ -16,7 +16,7 @@ import jax
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
-from physgen.io import write_json
+from physgen.io import read_json, write_json
 from physgen.policies.policy import PolicyConfig
 
 OFFLINE_METHODS = ("diffusion", "flow", "bc")
@@ -176,10 +176,22 @@ def fix_protocol(out: Path, protocol: dict) -> None:
     """Write `protocol.json`, or check that the one already in `out` describes the same experiment."""
     path = out / "protocol.json"
     if path.exists():
-        existing = json.loads(path.read_text())
-        if existing.get("experiment") != json.loads(json.dumps(protocol["experiment"])):
-            raise PhysgenError(f"{out} holds a run with a different protocol (task, methods, seeds, budget or "
-                               "hyperparameters); pass another --out, or delete that folder to start over")
+        existing = read_json(path)
+        if existing is None:
+            raise PhysgenError(f"{path} is damaged (not valid JSON); delete {out} to start over, or pass another --out")
+        differing = _differences(existing.get("experiment", {}), json.loads(json.dumps(protocol["experiment"])))
+        if differing:
+            more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+            raise PhysgenError(f"{out} holds a run with a different protocol ({', '.join(differing[:4])}{more} "
+                               "differ); pass another --out, or delete that folder to start over")
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json(path, protocol)
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """The dotted paths of the fields where two protocols differ, e.g. `dataset.episodes`."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [] if old == new else [prefix]
+    return [field for key in dict.fromkeys([*old, *new])
+            for field in _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)]

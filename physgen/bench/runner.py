@@ -2,16 +2,15 @@
 
 Results are stored in units of one (method, seed): `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
 (states, actions, events, out-of-distribution scores: enough to re-categorize without re-running), each written
-atomically. The seeds of a method train together in one compiled program (vmap over all of them: a seed's numbers
-depend, in the last bits, on the group it was trained in), so a rerun skips every method whose units are all
-written and trains a method with missing units again as the same group, writing only the missing ones. An
-interrupted run loses at most the method in progress, and a resumed run ends with the uninterrupted run's numbers.
+atomically, the JSON holding the digest of the arrays. The seeds of a method train together in one compiled program
+(vmap over all of them: a seed's numbers depend, in the last bits, on the group it was trained in), so a rerun skips
+every method whose units are all written and intact and trains a method with missing or damaged units again as the
+same group, writing only those. An interrupted run loses at most the method in progress, and a resumed run ends
+with the uninterrupted run's numbers. A lock file keeps a second run out of the same folder.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -25,16 +24,17 @@ from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS
 from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
 from physgen.envs import Task, get_task
 from physgen.envs.rollout import Episode, rollout_gym
-from physgen.errors import PhysgenError
-from physgen.io import write_json
+from physgen.errors import DatasetMissing, PhysgenError
+from physgen.io import check_folder, file_digest, folder_lock, read_json, write_json, write_npz
 from physgen.policies.policy import PolicyConfig
 
 
 def expert_dataset(task: Task):
-    """The task's expert dataset, generated from its expert first when missing (a fresh machine needs nothing else)."""
+    """The task's expert dataset, generated from its expert first when missing (a fresh machine needs nothing else).
+    One that exists but fails its checks is refused, never overwritten: it may be the user's only copy."""
     try:
         return load_dataset(task)
-    except PhysgenError:
+    except DatasetMissing:
         print(f"physgen: generating physgen/{task.name}/expert-v0 from the task's expert (first run only)")
         generate_dataset(task, policy="expert")
         return load_dataset(task)
@@ -45,13 +45,32 @@ def unit_path(out: Path, method: str, seed: int) -> Path:
 
 
 def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Arrays first, then the JSON: a unit counts as done once its JSON exists."""
+    """Arrays first, then the JSON with their digest: a unit counts as done once its JSON exists and matches them."""
     path = unit_path(out, method, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    np.savez_compressed(partial, **arrays)
-    os.replace(partial, path.with_suffix(".npz"))
-    write_json(path.with_suffix(".json"), record)
+    write_npz(path.with_suffix(".npz"), arrays, compressed=True)
+    write_json(path.with_suffix(".json"), {**record, "npz_sha256": file_digest(path.with_suffix(".npz"))})
+
+
+def read_unit(out: Path, method: str, seed: int) -> dict | None:
+    """A finished unit's record; None when it is missing, its JSON is cut short, or its arrays do not match the
+    digest in the JSON (a unit to train again)."""
+    path = unit_path(out, method, seed)
+    record, arrays = read_json(path.with_suffix(".json")), path.with_suffix(".npz")
+    if record is None or not arrays.exists() or record.get("npz_sha256") != file_digest(arrays):
+        return None
+    return record
+
+
+def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
+    """The seeds whose units must be (re)written: all of them while the method's latency is missing (it is written
+    before the units), else those missing or damaged; a damaged one is named, since it is replaced."""
+    if read_json(out / "units" / method / "latency.json") is None:
+        return list(seeds)
+    pending = [s for s in seeds if read_unit(out, method, s) is None]
+    damaged = [str(path) for path in (unit_path(out, method, s) for s in pending) if path.with_suffix(".json").exists()]
+    if damaged:
+        print(f"physgen: {', '.join(damaged)} damaged or incomplete; training {method} again to rewrite them")
+    return pending
 
 
 class Evaluation:
@@ -122,7 +141,8 @@ def _run_offline(out: Path, method: str, seeds: list[int], pending: list[int], e
 
 
 def write_latency(out: Path, method: str, latency: dict) -> None:
-    """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes)."""
+    """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes); written
+    before the method's units, so that a run killed between them resumes with it."""
     write_json(out / "units" / method / "latency.json", latency)
 
 
@@ -158,6 +178,9 @@ def _run_ppo(out: Path, seeds: list[int], pending: list[int], evaluation: Evalua
     folder = out / "checkpoints" / "ppo"
     train_ppo(task, config, seeds, out_dir=folder, progress=False)
     bar.advance(job, len(seeds) * config.total_steps)
+    policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
+    write_latency(out, "ppo", measure_step_latency(lambda o: policy(o[None]),
+                                                   np.asarray(evaluation.dataset.trajectories.observations[:200])))
     intermediate = sorted((folder / "steps").glob("*"), key=lambda p: int(p.name)) if (folder / "steps").exists() else []
     for seed in pending:
         curve = []
@@ -165,15 +188,13 @@ def _run_ppo(out: Path, seeds: list[int], pending: list[int], evaluation: Evalua
             _, _, _, success = ppo_outcomes(task, load_ppo_policy(point / f"seed_{seed}"),
                                              experiment["curve_episodes"], evaluation.expert_return)
             curve.append({"step": int(point.name), "success_rate": float(success.mean()), "episodes": len(success)})
-        states = write_ppo_unit(out, "ppo", folder, seed, evaluation, experiment["episodes"], config.total_steps, curve)
-    policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
-    write_latency(out, "ppo", measure_step_latency(lambda o: policy(o[None]), states))
+        write_ppo_unit(out, "ppo", folder, seed, evaluation, experiment["episodes"], config.total_steps, curve)
 
 
 def write_ppo_unit(out: Path, method: str, folder: Path, seed: int, evaluation: Evaluation, episodes: int,
-                   final_step: int, curve: list[dict]) -> np.ndarray:
+                   final_step: int, curve: list[dict]) -> None:
     """Evaluate the PPO-style checkpoint `folder/seed_<seed>` on the bench's episodes and write its unit, the
-    final evaluation appended to `curve` at `final_step`; returns the first episode's states."""
+    final evaluation appended to `curve` at `final_step`."""
     from physgen.policies.ppo import load_ppo_policy
 
     task = evaluation.task
@@ -184,7 +205,6 @@ def write_ppo_unit(out: Path, method: str, folder: Path, seed: int, evaluation: 
     record, arrays = evaluation.record(method, seed, np.array([e.seed for e in run]), obs, actions, events,
                                        lengths, returns, success, curve)
     write_unit(out, method, seed, record, arrays)
-    return obs[0]
 
 
 def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):
@@ -210,10 +230,21 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
-    out = Path(out if out is not None else Path("runs") / "bench" / task.name).absolute()
+    out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = expert_dataset(task)
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note)
-    fix_protocol(out, protocol)
+    with folder_lock(out, "physgen bench"):
+        fix_protocol(out, protocol)
+        _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
+        units = {m: [read_unit(out, m, s) for s in seeds] for m in methods}
+        latency = {m: read_json(out / "units" / m / "latency.json") for m in methods}
+        write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
+    return out
+
+
+def _run_methods(out: Path, task: Task, methods: list[str], seeds: list[int], budget: str, dataset, protocol: dict,
+                 progress: bool) -> None:
+    """Train and evaluate every method whose units are not all written and intact."""
     train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     evaluation = Evaluation(task, dataset, fit_support(train.observations, validation.observations, seed=0))
     settings = BUDGETS[budget]
@@ -222,7 +253,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     with Progress(disable=not progress) as bar:
         job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work[m] * len(seeds) for m in methods))
         for method in methods:
-            pending = [s for s in seeds if not unit_path(out, method, s).with_suffix(".json").exists()]
+            pending = pending_units(out, method, seeds)
             if not pending:
                 bar.advance(job, work[method] * len(seeds))
                 continue
@@ -237,7 +268,3 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
                 {"rssm-mpc": world.run_rssm_mpc, "ppo-wm": world.run_ppo_wm}[method](
                     out, seeds, pending, evaluation, protocol)
                 bar.advance(job, work[method] * len(seeds))
-    units = {m: [json.loads(unit_path(out, m, s).with_suffix(".json").read_text()) for s in seeds] for m in methods}
-    latency = {m: json.loads((out / "units" / m / "latency.json").read_text()) for m in methods}
-    write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
-    return out

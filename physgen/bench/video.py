@@ -136,12 +136,15 @@ def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) ->
     else:
         import jax
 
+        from physgen.data import load_dataset
         from physgen.policies.evaluate import evaluate
         from physgen.policies.runner import load_policy
 
         policy, state, _ = load_policy(checkpoint, task.name)
+        # success rules such as hopper's need the expert's return: a missing dataset fails here, before any rollout
+        expert_return = load_dataset(task).metadata.get("ref_max_score")
         seeds = episode_seeds(EVAL_SEED, episodes)
-        rollouts = evaluate(task, policy, jax.tree.map(lambda x: x[None], state), seeds)
+        rollouts = evaluate(task, policy, jax.tree.map(lambda x: x[None], state), seeds, expert_return=expert_return)
         outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
                      {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e], rollouts.lengths[0, e])
                     for e, s in enumerate(seeds)]

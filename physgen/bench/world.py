@@ -10,7 +10,6 @@ Their units, curves, failure categories, latency and videos are those of every o
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -20,8 +19,8 @@ import numpy as np
 from physgen.bench.protocol import Budget
 from physgen.data import generate_dataset, load_dataset, split_episodes
 from physgen.envs import Task
-from physgen.errors import PhysgenError
-from physgen.io import write_json
+from physgen.errors import DatasetMissing
+from physgen.io import read_json, write_json
 from physgen.policies.ppo import PPOConfig
 from physgen.world_models.data import concat_trajectories, frames_from, generate_noisy_dataset
 from physgen.world_models.dream import DreamConfig
@@ -46,11 +45,12 @@ def hyperparameters(method: str, budget: Budget) -> dict:
 
 
 def _splits(task: Task):
+    """Train and held-out splits of the world-model datasets, generating the missing ones (never a broken one)."""
     parts = []
     for name in world_model_datasets(task):
         try:
             dataset = load_dataset(task, name)
-        except PhysgenError:
+        except DatasetMissing:
             print(f"physgen: generating physgen/{task.name}/{name} for the world models (first run only)")
             if name == "noisy-v0":
                 generate_noisy_dataset(task, episodes=task.dataset_episodes, seed=1)
@@ -79,7 +79,7 @@ def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], ca
         for i, seed in enumerate(seeds):
             save_world_model(folder / f"seed_{seed}", task, trained, i)
         model, params, seconds = trained.model, trained.params, trained.seconds
-    if not (out / "world_model" / "open_loop.json").exists():
+    if read_json(out / "world_model" / "open_loop.json") is None:  # missing, or cut short
         _write_open_loop(out, task, model, params, train, test, seeds, seconds)
     return model, params, train, test
 
@@ -123,20 +123,15 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, pr
             curves[seed].append({"step": done, "success_rate": float(rollouts.success[i].mean()),
                                  "episodes": int(rollouts.success.shape[1])})
 
-    if saved_curves.exists():
+    saved = read_json(saved_curves)  # None when missing or cut short: the curves are computed again
+    if saved is not None:
         model, params, train, _ = world_models(out, task, config, seeds)
         point(config.steps, model, params)
-        curves = {int(s): c for s, c in json.loads(saved_curves.read_text()).items()}
+        curves = {int(s): c for s, c in saved.items()}
     else:
         model, params, train, _ = world_models(out, task, config, seeds, callback=point)
         write_json(saved_curves, curves)
     mpc, rollouts = final["mpc"], final["rollouts"]
-    for i, seed in ((i, s) for i, s in enumerate(seeds) if s in pending):
-        record, arrays = evaluation.record(
-            "rssm-mpc", seed, all_seeds, rollouts.observations[i], rollouts.actions[i],
-            {k: v[i] for k, v in rollouts.events.items()}, rollouts.lengths[i], rollouts.returns[i],
-            rollouts.success[i], curves[seed])
-        write_unit(out, "rssm-mpc", seed, record, arrays)
     first = jax.tree.map(lambda x: x[0], params)
     step = jax.jit(mpc.act)
     state = {"carry": mpc.start(), "key": jax.random.key(0)}
@@ -147,6 +142,12 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation, pr
         return np.asarray(action)
 
     write_latency(out, "rssm-mpc", measure_step_latency(act, np.asarray(train.observations[:200])))
+    for i, seed in ((i, s) for i, s in enumerate(seeds) if s in pending):
+        record, arrays = evaluation.record(
+            "rssm-mpc", seed, all_seeds, rollouts.observations[i], rollouts.actions[i],
+            {k: v[i] for k, v in rollouts.events.items()}, rollouts.lengths[i], rollouts.returns[i],
+            rollouts.success[i], curves[seed])
+        write_unit(out, "rssm-mpc", seed, record, arrays)
 
 
 def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation, protocol: dict) -> None:
@@ -167,8 +168,8 @@ def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation, prot
             save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(learners, i), seed=seed, trained_in="rssm",
                      imagined_steps=ppo.num_updates * ppo.steps_per_update,
                      final_imagined_return=float(np.nanmean(imagined[i, -5:])))
+    policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
+    write_latency(out, "ppo-wm", measure_step_latency(lambda o: policy(o[None]), np.asarray(train.observations[:200])))
     for seed in pending:
         write_ppo_unit(out, "ppo-wm", folder, seed, evaluation, experiment["episodes"],
                        ppo.num_updates * ppo.steps_per_update, [])
-    policy = load_ppo_policy(folder / f"seed_{seeds[0]}")
-    write_latency(out, "ppo-wm", measure_step_latency(lambda o: policy(o[None]), np.asarray(train.observations[:200])))
