@@ -1,3 +1,5 @@
+import dataclasses
+
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 
 from physgen import PhysgenError
 from physgen.envs import fork, get_task, list_tasks, maze
-from physgen.envs.rollout import episode_seeds, expert_policy, rollout_gym, rollout_jax
+from physgen.envs.rollout import episode_seeds, expert_policy, random_policy, rollout_gym, rollout_jax
 
 
 def test_registry_lists_builtin_tasks_and_names_unknown_ones():
@@ -155,3 +157,16 @@ def test_hopper_success_rule():
     assert not success({"fall": np.eye(1, 500, 499, dtype=bool)[0]}, 2900.0, 500, 3000.0)
     with pytest.raises(PhysgenError, match="expert dataset's mean return"):
         success(no_fall, 2400.0, 1000, None)
+
+
+def test_an_episode_that_never_ends_lasts_the_whole_horizon():
+    task = get_task("fork")
+    step = task.functional.step
+
+    def endless(state, action):
+        return step(state, action)._replace(terminated=jnp.bool_(False), truncated=jnp.bool_(False))
+
+    never_ends = dataclasses.replace(task, functional=task.functional._replace(step=endless))
+    episodes = rollout_jax(never_ends, random_policy(never_ends), seed=0, episodes=2)
+    assert [e.length for e in episodes] == [task.horizon] * 2
+    assert [len(e.observations) for e in episodes] == [task.horizon + 1] * 2

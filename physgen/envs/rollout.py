@@ -86,7 +86,8 @@ def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list
     """Run `episodes` episodes of a pure-JAX task in one compiled program and cut each at its end."""
     seeds = episode_seeds(seed, episodes)
     obs, actions, rewards, term, trunc, events = jax.device_get(_scan_episodes(task, policy, jnp.asarray(seeds)))
-    lengths = np.argmax(term | trunc, axis=1) + 1
+    ended = term | trunc
+    lengths = np.where(ended.any(1), ended.argmax(1) + 1, task.horizon)  # one that never ends lasts the horizon
     return [
         Episode(obs[i, : n + 1], actions[i, :n], rewards[i, :n], term[i, :n], trunc[i, :n],
                 {k: v[i, :n] for k, v in events.items()}, int(seeds[i]))
