@@ -24,7 +24,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 OBS_DIM, ACT_DIM, DATA_STEPS = 11, 3, 100_000

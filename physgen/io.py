@@ -30,12 +30,17 @@ def _replace_atomically(path: Path, write) -> None:
 
 def write_json(path: Path, value) -> None:
     """Write `value` as JSON (numpy arrays and scalars as lists and numbers), atomically."""
-    text = json.dumps(value, indent=1, default=lambda x: np.asarray(x).tolist())
-    _replace_atomically(path, lambda file: file.write(text.encode()))
+    write_text(path, json.dumps(value, indent=1, default=lambda x: np.asarray(x).tolist()))
 
 
 def write_text(path: Path, text: str) -> None:
-    _replace_atomically(path, lambda file: file.write(text.encode()))
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` atomically (the file's mode follows the umask, as every output's does)."""
+    _replace_atomically(path, lambda file: file.write(data))
+    return path
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool = False) -> None:

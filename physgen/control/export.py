@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import struct
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 
 import physgen
 from physgen.errors import PhysgenError
+from physgen.io import write_bytes
 
 MAGIC = b"physgen-jaxexport\n"
 FORMAT = 2  # 2: the digest covers the header too
@@ -63,7 +63,7 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
               "config": dataclasses.asdict(config),
               "physgen_version": physgen.__version__}
     encoded = json.dumps({**header, "sha256": _digest(header, payload)}).encode()
-    return _write_atomically(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
+    return write_bytes(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None = None,
@@ -164,17 +164,3 @@ def _check_request(out: str | Path, steps) -> Path:
         raise PhysgenError(f"steps must be a positive integer number of sampler steps, got {steps!r}; leave it "
                            "out for the policy's own")
     return out
-
-
-def _write_atomically(path: Path, data: bytes) -> Path:
-    """physgen.io's write, for bytes: a partial file beside the target (created with the umask's mode, as every
-    output is), then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_bytes(data)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return path
