@@ -1,4 +1,7 @@
 import dataclasses
+import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import jax
@@ -170,3 +173,12 @@ def test_an_episode_that_never_ends_lasts_the_whole_horizon():
     episodes = rollout_jax(never_ends, random_policy(never_ends), seed=0, episodes=2)
     assert [e.length for e in episodes] == [task.horizon] * 2
     assert [len(e.observations) for e in episodes] == [task.horizon + 1] * 2
+
+
+def test_importing_physgen_chooses_no_gl_or_plotting_backend():
+    code = ("import os, sys; import physgen.envs, physgen.data, physgen.policies, physgen.world_models, physgen.bench, "
+            "physgen.bench.report, physgen.bench.sweep, physgen.control, physgen.cli; "
+            "print('MUJOCO_GL' in os.environ, 'matplotlib.pyplot' in sys.modules, 'mujoco' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "MPLBACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]

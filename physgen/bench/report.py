@@ -6,17 +6,14 @@ import json
 import resource
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from physgen.bench import stats  # noqa: E402
-from physgen.bench.failures import CATEGORIES, hidden_by_aggregates  # noqa: E402
-from physgen.bench.protocol import GENERATIVE_METHODS, bench_command  # noqa: E402
-from physgen.io import write_json, write_text  # noqa: E402
-from physgen.envs import Task  # noqa: E402
+from physgen.bench import stats
+from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
+from physgen.bench.protocol import GENERATIVE_METHODS, bench_command
+from physgen.io import write_json, write_text
+from physgen.envs import Task
 
 
 # what the x axis of a method's success curve counts (default: gradient steps; rssm-mpc: the RSSM's)
@@ -72,7 +69,8 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     groups = [(label, {m: p for m, p in curves.items() if CURVE_AXES.get(m, "gradient steps") == label})
               for label in dict.fromkeys(["gradient steps", *CURVE_AXES.values()])]
     groups = [(label, members) for label, members in groups if members]
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4), squeeze=False)
+    fig = Figure(figsize=(6 * len(groups), 4))
+    axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (label, members) in zip(axes[0], groups):
         for method, points in members.items():
             steps = [p["step"] for p in points]
@@ -83,18 +81,18 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     fig.suptitle("success over training (mean over seeds, 95% bootstrap CI)")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     means = [summary[m]["success_mean"] for m in methods]
     ax.bar(methods, [s["estimate"] for s in means],
            yerr=[[s["estimate"] - s["low"] for s in means], [s["high"] - s["estimate"] for s in means]], capsize=6)
     ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% bootstrap CI over seeds)")
     fig.tight_layout()
     fig.savefig(out / "success.png", dpi=120)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     bottom = np.zeros(len(methods))
     for category in CATEGORIES:
         rates = np.array([summary[m]["failures"].get(category, {"estimate": 0.0})["estimate"] for m in methods])
@@ -105,7 +103,6 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "failures.png", dpi=120)
-    plt.close(fig)
 
 
 def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:

@@ -2,11 +2,14 @@
 
 Success: the hopper does not fall (no unhealthy termination) for the full 1000-step episode and its return reaches
 at least 80% of the expert dataset's mean return. Frames come from MuJoCo's offscreen renderer: `MUJOCO_GL=egl`
-(physgen.bench.video's default; Mesa's EGL also renders on CPU-only machines).
+(chosen by `make_env` unless set; Mesa's EGL also renders on CPU-only machines).
 """
 
 from __future__ import annotations
 
+import ctypes.util
+import os
+import sys
 from importlib import resources
 
 import gymnasium as gym
@@ -47,7 +50,15 @@ def shipped_expert(level: str):
 
 
 def make_env(render_mode: str | None = None) -> gym.Env:
+    prefer_offscreen_gl()
     return FallEvents(gym.make(GYM_ID, render_mode=render_mode))
+
+
+def prefer_offscreen_gl() -> None:
+    """MuJoCo picks its OpenGL backend when it is first imported, which `gym.make` does: offscreen EGL (Mesa renders
+    it on CPU-only machines too), unless the user chose one, MuJoCo is loaded already, or there is no EGL library."""
+    if "mujoco" not in sys.modules and ctypes.util.find_library("EGL"):
+        os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def success(events: dict[str, np.ndarray], episode_return: float, length: int, expert_return: float | None) -> bool:

@@ -14,14 +14,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import matplotlib
+from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from physgen.data import SequenceBatch, Trajectories, sequence_starts  # noqa: E402
-from physgen.world_models.rssm import RSSM  # noqa: E402
+from physgen.data import SequenceBatch, Trajectories, sequence_starts
+from physgen.world_models.rssm import RSSM
 
 
 class OpenLoop(NamedTuple):
@@ -120,7 +117,8 @@ def plot_open_loop(path: str | Path, result: OpenLoop, dims: tuple[int, int] = (
     `dims` (e.g. a 2-D position); right: error against steps ahead, the RSSM with its interval over seeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (traj, err) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5))
+    traj, err = fig.subplots(1, 2)
     c, (i, j), chunks, imagined, linear = result.context, dims, result.chunks, result.imagined[0], result.linear_path
     for n in range(min(shown, len(imagined))):
         seen, future = chunks.observations[n, :c], chunks.next_observations[n, c - 1:]
@@ -142,5 +140,4 @@ def plot_open_loop(path: str | Path, result: OpenLoop, dims: tuple[int, int] = (
     err.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
