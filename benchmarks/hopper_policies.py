@@ -25,6 +25,7 @@ from physgen.data import split_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
+from physgen.seeds import EVALUATION
 from physgen.policies.evaluate import evaluate
 from physgen.policies.policy import PolicyConfig
 from physgen.policies.train import train_policies
@@ -79,7 +80,7 @@ def main() -> None:
         trained = train_policies(task, config, train, seeds, progress=False)
         for variant in [config, *variants]:
             policy = trained.policy._replace(config=variant)
-            result = evaluate(task, policy, trained.states, episode_seeds(1_000_000, args.episodes),
+            result = evaluate(task, policy, trained.states, episode_seeds(EVALUATION, args.episodes),
                               expert_return=expert)
             label = spec if variant is config else f"  same policies, exec_steps={variant.exec_steps}"
             means = result.returns.mean(axis=1)

@@ -78,6 +78,7 @@ def main() -> None:
     from physgen.data import generate_dataset, load_dataset, split_episodes
     from physgen.envs import get_task
     from physgen.envs.rollout import episode_seeds
+    from physgen.seeds import TUNING
     from physgen.world_models.data import concat_trajectories, generate_noisy_dataset
     from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
     from physgen.world_models.mpc import MPC, MPCConfig, evaluate_mpc
@@ -106,7 +107,7 @@ def main() -> None:
 
     mpc = MPC.for_task(trained.model, MPCConfig(planner=args.planner), task)
     start = time.perf_counter()
-    rollouts = evaluate_mpc(task, mpc, trained.params, episode_seeds(10_000, args.episodes))
+    rollouts = evaluate_mpc(task, mpc, trained.params, episode_seeds(TUNING, args.episodes))
     rates = rollouts.success.mean(1)
     pooled = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
     across = bootstrap_interval(rates)
@@ -116,7 +117,7 @@ def main() -> None:
           f"[{pooled.low:.2f}, {pooled.high:.2f}] (Wilson, {rollouts.success.size} episodes); collisions "
           f"{collided:.2f}; {time.perf_counter() - start:.0f} s")
     print(f"the same planner with fork's true dynamics in place of the RSSM: success "
-          f"{true_model_success(task, mpc.config, episode_seeds(10_000, args.episodes)):.2f}")
+          f"{true_model_success(task, mpc.config, episode_seeds(TUNING, args.episodes)):.2f}")
 
     params = trained.params_of(0)
     step = jax.jit(mpc.act)

@@ -15,6 +15,7 @@ import jax
 
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
+from physgen.seeds import EVALUATION
 from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.policy import PolicyConfig
@@ -24,7 +25,6 @@ WORLD_MODEL_METHODS = ("rssm-mpc", "ppo-wm")
 ONLINE_METHODS = ("ppo", *WORLD_MODEL_METHODS)  # joined to the defaults as the budget allows
 METHODS = (*OFFLINE_METHODS, *ONLINE_METHODS)
 GENERATIVE_METHODS = ("diffusion", "flow", *WORLD_MODEL_METHODS)  # compared against the others (BC, PPO)
-EVAL_SEED = 1_000_000
 STATS = {"confidence": 0.95, "resamples": 10_000, "bootstrap_seed": 0}
 CHECKPOINT_RULE = "the final EMA weights of every seed (no selection over checkpoints or seeds)"
 PACKAGES = ("physgen", "jax", "jaxlib", "flax", "optax", "gymnasium", "minari", "mujoco", "numpy", "scipy")
@@ -140,7 +140,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
     from physgen.policies.ppo import PPOConfig
 
     budget = BUDGETS[budget_name]
-    evaluation = episode_seeds(EVAL_SEED, episodes)
+    evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
                                       dataset.trajectories.num_episodes).tolist())
     if dataset_seeds & set(evaluation.tolist()):

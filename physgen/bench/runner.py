@@ -19,7 +19,7 @@ from rich.progress import Progress
 
 from physgen.bench.failures import categorize, fit_support, nearest_distances
 from physgen.control.latency import measure_latency, measure_step_latency
-from physgen.bench.protocol import (BUDGETS, EVAL_SEED, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
+from physgen.bench.protocol import (BUDGETS, METHODS, OFFLINE_METHODS, default_methods, fix_protocol,
                                     make_protocol, policy_config)
 from physgen.data import generate_dataset, load_dataset, normalized_score, split_episodes
 from physgen.envs import Task, get_task
@@ -27,6 +27,7 @@ from physgen.envs.rollout import Episode, rollout_gym
 from physgen.errors import DatasetMissing, PhysgenError
 from physgen.io import check_folder, file_digest, folder_lock, read_json, write_json, write_npz
 from physgen.policies.policy import PolicyConfig
+from physgen.seeds import EVALUATION
 
 
 def expert_dataset(task: Task):
@@ -162,7 +163,7 @@ def padded_episodes(task: Task, episodes: list[Episode]):
 
 
 def ppo_outcomes(task: Task, policy, episodes: int, expert_return):
-    run = rollout_gym(task, policy, EVAL_SEED, episodes)
+    run = rollout_gym(task, policy, EVALUATION, episodes)
     returns = np.array([e.episode_return for e in run])
     lengths = np.array([e.length for e in run])
     success = np.array([task.success(e.events, e.episode_return, e.length, expert_return) for e in run])

@@ -1,6 +1,6 @@
 """Rollout videos: recorded episodes replayed through the task's Gymnasium environment and rendered.
 
-MuJoCo tasks render offscreen (`MUJOCO_GL`, which physgen sets to `egl` unless chosen or unavailable); the 2-D
+MuJoCo tasks render offscreen (`MUJOCO_GL`, which the hopper task sets to `egl` unless chosen or unavailable); the 2-D
 tasks draw their own frames. MP4 through imageio-ffmpeg, GIF when that fails.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 from physgen.bench.failures import CATEGORIES
 from physgen.envs import Task
 from physgen.errors import PhysgenError
+from physgen.seeds import EVALUATION
 
 FAILURE_VIDEOS = 5
 SUCCESS_VIDEOS = 2
@@ -123,7 +124,6 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
 
 def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) -> list[Path]:
     """Roll out a policy checkpoint (diffusion, flow, bc or ppo) on `episodes` evaluation episodes and render each."""
-    from physgen.bench.protocol import EVAL_SEED
     from physgen.envs.rollout import episode_seeds, rollout_gym
     from physgen.policies.checkpoint import load_checkpoint
 
@@ -131,7 +131,7 @@ def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) ->
     if meta["method"] == "ppo":
         from physgen.policies.ppo import load_ppo_policy
 
-        run = rollout_gym(task, load_ppo_policy(checkpoint), EVAL_SEED, episodes)
+        run = rollout_gym(task, load_ppo_policy(checkpoint), EVALUATION, episodes)
         outcomes = [(e.seed, e.actions, e.events, e.episode_return, e.length) for e in run]
     else:
         import jax
@@ -143,7 +143,7 @@ def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) ->
         policy, state, _ = load_policy(checkpoint, task.name)
         # success rules such as hopper's need the expert's return: a missing dataset fails here, before any rollout
         expert_return = load_dataset(task).metadata.get("ref_max_score")
-        seeds = episode_seeds(EVAL_SEED, episodes)
+        seeds = episode_seeds(EVALUATION, episodes)
         rollouts = evaluate(task, policy, jax.tree.map(lambda x: x[None], state), seeds, expert_return=expert_return)
         outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
                      {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e], rollouts.lengths[0, e])

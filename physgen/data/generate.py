@@ -26,6 +26,7 @@ from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, pid_alive
+from physgen.seeds import REFERENCE_OFFSET
 
 REFERENCE_EPISODES = 100
 STAGING_PREFIX = ".physgen-staging-"
@@ -93,7 +94,7 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
         check_folder(folder, "the datasets folder (MINARI_DATASETS_PATH)")
     dataset = dataset_id(task.name, name or f"{policy}-v0")
     data = rollout(task, policy, seed, episodes)
-    reference_seed = seed + 1_000_003  # a seed stream disjoint from the dataset's
+    reference_seed = seed + REFERENCE_OFFSET
     ref_min = mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))
     ref_max = None
     if policy == "expert" and episodes >= REFERENCE_EPISODES:

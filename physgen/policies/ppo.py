@@ -28,10 +28,10 @@ from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
 from physgen.io import write_json
 from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
+from physgen.seeds import EVALUATION
 from physgen.policies.ppo_core import (ActorCritic, Learner, RunningStats, Transition, act, make_optimizer,
                                        normalize_obs, update)
 
-EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes of seed s use episode_seeds(s + offset, n): unseen in training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,7 +269,7 @@ def deterministic_policy(task: Task, config: PPOConfig, params, normalizer: Norm
 
 def evaluate(task: Task, config: PPOConfig, params, normalizer: Normalizer, seed: int, episodes: int) -> list[float]:
     """Returns of the deterministic policy on `episodes` seeded episodes (`episode_seeds(seed + offset, n)`)."""
-    eval_seed = seed + EVAL_SEED_OFFSET
+    eval_seed = seed + EVALUATION  # seed s evaluates on episode_seeds(s + EVALUATION, n): unseen in training
     if task.functional is not None:
         graphdef, (low, high) = _graphdef(task, config), _bounds(task)
         policy = lambda state, obs, key: _deterministic_actions(graphdef, params, normalizer, obs, config.obs_clip,
