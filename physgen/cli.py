@@ -9,6 +9,7 @@ from pathlib import Path
 
 from physgen.errors import PhysgenError
 from physgen.io import check_folder
+from physgen.seeds import TUNING
 
 
 def _check_minimums(args: argparse.Namespace, **minimums: int) -> None:
@@ -113,7 +114,7 @@ def _export(args: argparse.Namespace) -> None:
     from physgen.control import export_checkpoint
 
     check_folder(Path(args.out).absolute().parent, "--out")
-    path = export_checkpoint(args.checkpoint, args.out, steps=args.steps)
+    path = export_checkpoint(args.checkpoint, args.out, steps=args.sampler_steps)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -121,9 +122,10 @@ def _sweep_steps(args: argparse.Namespace) -> None:
     from physgen.bench.sweep import sweep_steps
 
     try:
-        steps = [int(k) for k in args.steps.split(",")]
+        steps = [int(k) for k in args.sampler_steps.split(",")]
     except ValueError:
-        raise PhysgenError(f"--steps takes comma-separated integers such as 1,2,5,10, got {args.steps!r}") from None
+        raise PhysgenError(f"--sampler-steps takes comma-separated integers such as 1,2,5,10, got "
+                           f"{args.sampler_steps!r}") from None
     _check_minimums(args, episodes=1)
     check_folder(Path(args.out), "--out")
     sweep_steps(args.checkpoint, steps, args.episodes, args.out)
@@ -157,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default=None, help="default expert-v0; world models take a comma-separated "
                        "list, e.g. expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
-    train.add_argument("--eval-seed", type=int, default=10_000, help="seed of the evaluation episodes")
+    train.add_argument("--eval-seed", type=int, default=TUNING, help="seed of the evaluation episodes")
     train.add_argument("--out", default="runs")
     train.set_defaults(run=_train)
 
@@ -184,13 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  "jax.export (StableHLO) file, loadable with physgen.control.load_exported")
     export.add_argument("--checkpoint", required=True)
     export.add_argument("--out", default="policy.jaxexport")
-    export.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's config)")
+    export.add_argument("--sampler-steps", type=int, default=None,
+                        help="denoising or integration steps (default: the checkpoint's config)")
     export.set_defaults(run=_export)
 
     sweep = commands.add_parser("sweep-steps", help="success (Wilson intervals) and latency for each number of "
                                 "denoising or integration steps of one checkpoint, without retraining")
     sweep.add_argument("--checkpoint", required=True)
-    sweep.add_argument("--steps", default="1,2,5,10,20,50,100")
+    sweep.add_argument("--sampler-steps", default="1,2,5,10,20,50,100",
+                       help="comma-separated numbers of denoising or integration steps")
     sweep.add_argument("--episodes", type=int, default=100)
     sweep.add_argument("--out", default="sweep")
     sweep.set_defaults(run=_sweep_steps)

@@ -6,22 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
-import matplotlib
+from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from physgen.bench.protocol import EVAL_SEED  # noqa: E402
-from physgen.bench.stats import wilson_interval  # noqa: E402
-from physgen.control.latency import measure_latency  # noqa: E402
-from physgen.data import load_dataset  # noqa: E402
-from physgen.envs import get_task  # noqa: E402
-from physgen.envs.rollout import episode_seeds  # noqa: E402
-from physgen.errors import PhysgenError  # noqa: E402
-from physgen.io import write_json, write_text  # noqa: E402
-from physgen.policies.evaluate import evaluate  # noqa: E402
-from physgen.policies.runner import load_policy  # noqa: E402
+from physgen.bench.stats import wilson_interval
+from physgen.control.latency import measure_latency
+from physgen.data import load_dataset
+from physgen.envs import get_task
+from physgen.envs.rollout import episode_seeds
+from physgen.errors import PhysgenError
+from physgen.io import write_json, write_text
+from physgen.policies.evaluate import evaluate
+from physgen.policies.runner import load_policy
+from physgen.seeds import EVALUATION
 
 
 def knee(rows: list[dict]) -> int:
@@ -38,14 +35,14 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     if config.method == "bc":
         raise PhysgenError("a bc checkpoint samples in one network call; sweep a diffusion or flow checkpoint")
     if not steps or min(steps) < 1 or (config.method == "diffusion" and max(steps) > config.train_diffusion_steps):
-        raise PhysgenError(f"--steps must be between 1 and {config.train_diffusion_steps if config.method == 'diffusion' else 'any'}"
+        raise PhysgenError(f"--sampler-steps must be between 1 and {config.train_diffusion_steps if config.method == 'diffusion' else 'any'}"
                            f" for this {config.method} checkpoint, got {steps}")
     dataset = load_dataset(task)
     observations = np.asarray(dataset.trajectories.observations)
     stacked = jax.tree.map(lambda x: x[None], state)
     rows = []
     for k in steps:
-        rollouts = evaluate(task, policy, stacked, episode_seeds(EVAL_SEED, episodes), steps=k,
+        rollouts = evaluate(task, policy, stacked, episode_seeds(EVALUATION, episodes), steps=k,
                             expert_return=dataset.metadata.get("ref_max_score"))
         success = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
         rows.append({"steps": k, "success": success.as_dict(), "return": float(rollouts.returns.mean()),
@@ -60,7 +57,8 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
               f"| {r['return']:.1f} | {r['chunk_p50_us']:,.0f} / {r['chunk_p99_us']:,.0f} us | "
               f"{r['sustainable_hz']:,.0f} Hz |" for r in rows]
     write_text(out / "sweep.md", "\n".join(lines) + "\n")
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     ax.errorbar(steps, [r["success"]["estimate"] for r in rows],
                 yerr=[[r["success"]["estimate"] - r["success"]["low"] for r in rows],
                       [r["success"]["high"] - r["success"]["estimate"] for r in rows]], marker="o", capsize=4)
@@ -70,6 +68,5 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     latency.set_ylabel("chunk latency p99 (ms)", color="tab:red")
     fig.tight_layout()
     fig.savefig(out / "sweep.png", dpi=120)
-    plt.close(fig)
     print("\n".join(lines))
     return rows
