@@ -1,9 +1,9 @@
 """Policies: generative (diffusion, flow matching) and baselines (BC, PPO), with their checkpoints."""
 
 from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
-from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, flat_sampler
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import TrainedPolicies, train_policies
 
-__all__ = ["Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "load_checkpoint",
-           "load_policy", "save_checkpoint", "save_policy", "train_policies"]
+__all__ = ["Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "flat_sampler",
+           "load_checkpoint", "load_policy", "save_checkpoint", "save_policy", "train_policies"]

@@ -14,7 +14,7 @@ from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
-from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, make_network
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network
 from physgen.policies.train import TrainedPolicies
 
 
@@ -54,11 +54,8 @@ class PolicyRunner:
     def __init__(self, policy: Policy, state: PolicyState, steps: int | None = None):
         self.policy, self.state, self.steps = policy, state, steps
         self.obs_shape = (policy.config.obs_steps, policy.obs_dim)
-        # The state goes in as a flat tuple of arrays: flattening its nested NNX pytree cost ~40 us per call.
-        leaves, treedef = jax.tree.flatten(state)
-        self._leaves = tuple(leaves)
-        self._act = jax.jit(lambda leaves, obs, seed: act(policy, jax.tree.unflatten(treedef, leaves), obs[None],
-                                                          jax.random.key(seed), steps)[0])
+        self._leaves, sample = flat_sampler(policy, state, steps)
+        self._act = jax.jit(lambda leaves, obs, seed: sample(leaves, obs, jax.random.key(seed)))
         self._act(self._leaves, np.zeros(self.obs_shape, np.float32), 0).block_until_ready()  # compile
 
     @classmethod
