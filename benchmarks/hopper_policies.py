@@ -20,7 +20,7 @@ import dataclasses
 import time
 
 from physgen.bench.runner import expert_dataset
-from physgen.bench.stats import bootstrap_interval
+from physgen.stats import bootstrap_interval
 from physgen.data import split_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds

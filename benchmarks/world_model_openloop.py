@@ -74,7 +74,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MINARI_DATASETS_PATH", tempfile.mkdtemp(prefix="physgen-wm-"))
 
-    from physgen.bench.stats import bootstrap_interval, wilson_interval
+    from physgen.stats import bootstrap_interval, wilson_interval
     from physgen.data import generate_dataset, load_dataset, split_episodes
     from physgen.envs import get_task
     from physgen.envs.rollout import episode_seeds

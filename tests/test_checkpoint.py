@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from physgen import PhysgenError
-from physgen.policies import load_checkpoint, save_checkpoint
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_round_trip_keeps_arrays_and_meta(tmp_path):

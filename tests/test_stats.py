@@ -5,7 +5,7 @@ import pytest
 from scipy import stats
 
 from physgen import PhysgenError
-from physgen.bench.stats import (
+from physgen.stats import (
     Interval,
     bootstrap_interval,
     iqm,

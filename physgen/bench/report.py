@@ -9,7 +9,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
 import numpy as np
 
-from physgen.bench import stats
+from physgen import stats
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
 from physgen.bench.protocol import GENERATIVE_METHODS, bench_command
 from physgen.io import write_json, write_text

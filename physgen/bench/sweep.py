@@ -9,7 +9,7 @@ import jax
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
 import numpy as np
 
-from physgen.bench.stats import wilson_interval
+from physgen.stats import wilson_interval
 from physgen.control.latency import measure_latency
 from physgen.data import load_dataset
 from physgen.envs import get_task

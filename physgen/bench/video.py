@@ -125,7 +125,7 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
 def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) -> list[Path]:
     """Roll out a policy checkpoint (diffusion, flow, bc or ppo) on `episodes` evaluation episodes and render each."""
     from physgen.envs.rollout import episode_seeds, rollout_gym
-    from physgen.policies.checkpoint import load_checkpoint
+    from physgen.checkpoint import load_checkpoint
 
     meta = load_checkpoint(checkpoint, task.name)[1]
     if meta["method"] == "ppo":

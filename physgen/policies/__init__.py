@@ -1,9 +1,8 @@
-"""Policies: generative (diffusion, flow matching) and baselines (BC, PPO), with their checkpoints."""
+"""Policies: generative (diffusion, flow matching) and baselines (BC, PPO)."""
 
-from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, flat_sampler
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import TrainedPolicies, train_policies
 
 __all__ = ["Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "flat_sampler",
-           "load_checkpoint", "load_policy", "save_checkpoint", "save_policy", "train_policies"]
+           "load_policy", "save_policy", "train_policies"]

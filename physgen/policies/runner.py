@@ -13,7 +13,7 @@ from flax import nnx
 from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network
 from physgen.policies.train import TrainedPolicies
 

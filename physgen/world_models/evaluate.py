@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen.data import SequenceBatch, Trajectories, sequence_starts
+from physgen.stats import bootstrap_interval
 from physgen.world_models.rssm import RSSM
 
 
@@ -35,7 +36,6 @@ class OpenLoop(NamedTuple):
 
     def interval(self, steps_ahead: int):
         """The RSSM's mean error `steps_ahead` steps ahead with a bootstrap interval over seeds."""
-        from physgen.bench.stats import bootstrap_interval  # bench sits downstream: imported where used
 
         return bootstrap_interval(self.rssm[:, steps_ahead - 1])
 

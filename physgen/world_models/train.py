@@ -1,5 +1,5 @@
 """Training of the world models: one jitted program per call (`steps_per_call` gradient steps in `lax.scan`),
-`vmap`ped over seeds as `physgen.policies.train` does; orbax checkpoints through `physgen.policies.checkpoint`."""
+`vmap`ped over seeds as `physgen.policies.train` does; orbax checkpoints through `physgen.checkpoint`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rich.progress import Progress
 from physgen.data import load_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.policies.checkpoint import load_checkpoint, save_checkpoint
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.train import make_optimizer
 from physgen.world_models.data import concat_trajectories
 from physgen.world_models.evaluate import open_loop_errors
