@@ -15,10 +15,10 @@ import jax
 
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
-from physgen.seeds import EVALUATION
 from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.policy import PolicyConfig
+from physgen.seeds import EVALUATION
 
 OFFLINE_METHODS = ("diffusion", "flow", "bc")
 WORLD_MODEL_METHODS = ("rssm-mpc", "ppo-wm")

@@ -9,7 +9,6 @@ import jax
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
 import numpy as np
 
-from physgen.stats import wilson_interval
 from physgen.control.latency import measure_latency
 from physgen.data import load_dataset
 from physgen.envs import get_task
@@ -19,6 +18,7 @@ from physgen.io import write_json, write_text
 from physgen.policies.evaluate import evaluate
 from physgen.policies.runner import load_policy
 from physgen.seeds import EVALUATION
+from physgen.stats import wilson_interval
 
 
 def knee(rows: list[dict]) -> int:

@@ -76,9 +76,10 @@ class Controller:
         self._seed = seed
         self._leaves, sample = flat_sampler(policy, state, steps)
         history = jax.ShapeDtypeStruct((self.obs_steps, policy.obs_dim), jnp.float32)
-        self._sample = jax.jit(lambda leaves, history, key, chunk: sample(leaves, history, jax.random.fold_in(key, chunk))
-                               ).lower(self._leaves, history, jax.random.key(seed),
-                                             jax.ShapeDtypeStruct((), jnp.int32)).compile()
+        chunk_sampler = jax.jit(lambda leaves, history, key, chunk: sample(leaves, history,
+                                                                           jax.random.fold_in(key, chunk)))
+        self._sample = chunk_sampler.lower(self._leaves, history, jax.random.key(seed),
+                                           jax.ShapeDtypeStruct((), jnp.int32)).compile()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="physgen-prefetch") if self.prefetch else None
         self._pending: tuple[int, Future] | None = None
         self._clear_stats()

@@ -36,7 +36,6 @@ class FunctionalEnv(NamedTuple):
     render: Callable
 
 
-BUDGETS = ("smoke", "quick", "full")
 # Sizes every task starts from; a task's recipe changes what works for it.
 STANDARD_POLICY_BUDGETS = {
     "smoke": {"steps": 100, "batch_size": 64, "hidden": 64},

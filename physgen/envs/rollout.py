@@ -41,6 +41,12 @@ def episode_seeds(seed: int, episodes: int) -> np.ndarray:
     return np.random.SeedSequence(seed).generate_state(episodes, np.uint32) >> 1
 
 
+def episode_lengths(ended: np.ndarray, horizon: int) -> np.ndarray:
+    """Steps of each recorded episode from its end flags (last axis): through its first end, or the whole horizon
+    for one that never ends (argmax alone would give 1)."""
+    return np.where(ended.any(-1), ended.argmax(-1) + 1, horizon)
+
+
 def reset_key(seed) -> jax.Array:
     """The PRNG key a pure-JAX task resets from, given an episode seed."""
     return jax.random.key(seed)
@@ -86,8 +92,7 @@ def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list
     """Run `episodes` episodes of a pure-JAX task in one compiled program and cut each at its end."""
     seeds = episode_seeds(seed, episodes)
     obs, actions, rewards, term, trunc, events = jax.device_get(_scan_episodes(task, policy, jnp.asarray(seeds)))
-    ended = term | trunc
-    lengths = np.where(ended.any(1), ended.argmax(1) + 1, task.horizon)  # one that never ends lasts the horizon
+    lengths = episode_lengths(term | trunc, task.horizon)
     return [
         Episode(obs[i, : n + 1], actions[i, :n], rewards[i, :n], term[i, :n], trunc[i, :n],
                 {k: v[i, :n] for k, v in events.items()}, int(seeds[i]))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs import Task
-from physgen.envs.rollout import gym_lockstep, reset_key
+from physgen.envs.rollout import episode_lengths, gym_lockstep, reset_key
 from physgen.policies.policy import Policy, PolicyState, act
 
 
@@ -108,7 +108,7 @@ def evaluate(task: Task, policy: Policy, states: PolicyState, episode_seeds: np.
 
 def scored(task: Task, obs, actions, rewards, ended, events, expert_return: float | None) -> Rollouts:
     """Rollouts from padded recordings (seeds, episodes, ...): lengths, returns and the task's success rule."""
-    lengths = np.where(ended.any(-1), ended.argmax(-1) + 1, task.horizon)
+    lengths = episode_lengths(ended, task.horizon)
     returns = rewards.sum(-1)
     success = np.array([[task.success({k: v[i, j] for k, v in events.items()}, returns[i, j], lengths[i, j],
                                       expert_return) for j in range(lengths.shape[1])] for i in range(lengths.shape[0])])

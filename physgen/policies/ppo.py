@@ -22,16 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import FunctionalEnv, Task, get_task
 from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
 from physgen.errors import PhysgenError
 from physgen.io import write_json
-from physgen.checkpoint import load_checkpoint, save_checkpoint
-from physgen.seeds import EVALUATION
 from physgen.policies.ppo_core import (ActorCritic, Learner, RunningStats, Transition, act, make_optimizer,
                                        normalize_obs, update)
-
+from physgen.seeds import EVALUATION
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network
 from physgen.policies.train import TrainedPolicies
 

@@ -36,7 +36,6 @@ class OpenLoop(NamedTuple):
 
     def interval(self, steps_ahead: int):
         """The RSSM's mean error `steps_ahead` steps ahead with a bootstrap interval over seeds."""
-
         return bootstrap_interval(self.rssm[:, steps_ahead - 1])
 
     def summary(self, steps: tuple[int, ...] = (1, 5, 10, 25)) -> str:

@@ -16,10 +16,10 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 from rich.progress import Progress
 
+from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import load_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.policies.train import make_optimizer
 from physgen.world_models.data import concat_trajectories
 from physgen.world_models.evaluate import open_loop_errors

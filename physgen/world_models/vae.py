@@ -20,7 +20,7 @@ from flax import nnx
 
 from physgen.data import Trajectories
 from physgen.envs import Task
-from physgen.envs.rollout import episode_seeds, expert_policy, reset_key
+from physgen.envs.rollout import episode_lengths, episode_seeds, expert_policy, reset_key
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
 from physgen.world_models.rssm import MLP
@@ -206,7 +206,7 @@ def render_frames(task: Task, seed: int, episodes: int, size: int) -> np.ndarray
         raise PhysgenError(f"task {task.name!r} draws no frames of its own; image VAEs need a pure-JAX 2-D task "
                            "such as fork or maze")
     states, ended = jax.device_get(_expert_states(task, jnp.asarray(episode_seeds(seed, episodes)), task.horizon))
-    lengths = np.where(ended.any(1), ended.argmax(1) + 1, task.horizon)
+    lengths = episode_lengths(ended, task.horizon)
 
     def frame(episode: int, step: int) -> np.ndarray:
         return task.functional.render(jax.tree.map(lambda x: x[episode, step], states), size)
