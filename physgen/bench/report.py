@@ -9,13 +9,18 @@ from pathlib import Path
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
 import numpy as np
 
-from physgen import stats
+from physgen import plan, stats
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
 from physgen.bench.protocol import GENERATIVE_METHODS, bench_command
 from physgen.io import write_json, write_text
 from physgen.envs import Task
 
 
+INTERVALS = ("Intervals: 95% over training seeds (docs/intervals.md): success and failure rates Clopper-Pearson at "
+             "Korn and Graubard's effective sample size (the seeds' spread counted as a design effect), returns "
+             "a t-interval over the seeds' means, differences Newcombe's square-and-add, P(improvement) Newcombe's "
+             "score interval.")
+TRUSTED_COVERAGE = 0.94  # the coverage every simulated cell with 5 or more seeds must reach (tests/test_stats.py)
 # what the x axis of a method's success curve counts (default: gradient steps; rssm-mpc: the RSSM's)
 CURVE_AXES = {"ppo": "PPO environment steps", "ppo-wm": "PPO imagined steps"}
 
@@ -25,30 +30,49 @@ def _interval(summary: dict, digits: int = 2) -> str:
 
 
 def summarize_units(units: dict[str, list[dict]], statistics: dict) -> dict:
-    """Per method: the success and return statistics and the failure categories with their intervals."""
-    kwargs = {"seed": statistics["bootstrap_seed"], "resamples": statistics["resamples"],
-              "confidence": statistics["confidence"]}
-    summary = {}
+    """Per method: the success and return statistics, the failure categories with their intervals and the simulated
+    coverage of the success interval at this run's seeds, episodes, rates and spread; per generative method, its
+    comparison with each baseline."""
+    confidence, seed = statistics["confidence"], statistics["bootstrap_seed"]
+    summary, counts = {}, {}
     for method, records in units.items():
         success = np.array([[e["success"] for e in r["episodes"]] for r in records], float)
+        counts[method] = success.sum(axis=1)
         normalized = [[e["normalized_return"] for e in r["episodes"]] for r in records]
         has_returns = all(v is not None for row in normalized for v in row)
-        result = stats.summarize(success, np.array(normalized, float) if has_returns else None, **kwargs)
-        returns = np.array([[e["return"] for e in r["episodes"]] for r in records])
-        result["return"] = stats.bootstrap_interval(returns.mean(axis=1), **kwargs).as_dict()
-        categories = [e["category"] for r in records for e in r["episodes"] if not e["success"]]
-        total = success.size
-        result["failures"] = {c: stats.wilson_interval(categories.count(c), total, kwargs["confidence"]).as_dict()
-                              for c in CATEGORIES if c in categories}
-        result["categories"] = categories
+        result = stats.summarize(success, np.array(normalized, float) if has_returns else None, confidence)
+        result["return"] = stats.mean_interval([[e["return"] for e in r["episodes"]] for r in records],
+                                               confidence).as_dict()
+        seeds, episodes = success.shape
+        result["spread"] = plan.spread_from_rates(success.mean(axis=1), episodes) if min(success.shape) > 1 else None
+        result["coverage"] = plan.checked_coverage(seeds, episodes, result["success_mean"], result["spread"],
+                                                   confidence, seed)
+        categories = [[e["category"] for e in r["episodes"]] for r in records]
+        result["failures"] = {c: stats.rate_interval([row.count(c) for row in categories], episodes,
+                                                     confidence).as_dict()
+                              for c in CATEGORIES if any(c in row for row in categories)}
+        result["categories"] = [c for row in categories for c in row if c is not None]
         summary[method] = result
     baselines = [m for m in units if m not in GENERATIVE_METHODS]
     for method in (m for m in units if m in GENERATIVE_METHODS):
         summary[method]["improvement_over"] = {
-            base: stats.probability_of_improvement(summary[method]["per_seed_success"],
-                                                   summary[base]["per_seed_success"], **kwargs).as_dict()
+            base: _comparison(summary[method], summary[base], counts[method], counts[base], episodes, confidence, seed)
             for base in baselines}
     return summary
+
+
+def _comparison(ours: dict, base: dict, ours_counts: np.ndarray, base_counts: np.ndarray, episodes: int,
+                confidence: float, seed: int) -> dict:
+    """Difference in success on the shared episodes, P(improvement) and the smallest difference this run's seeds and
+    episodes detect with 80% power at the baseline's rate and the larger of the two spreads."""
+    seeds = len(base_counts)
+    spread = max(s["spread"] or 0.0 for s in (ours, base))
+    detectable = (plan.detectable_difference(base["success_mean"]["estimate"], spread, seeds, episodes,
+                                             confidence=confidence, seed=seed) if min(seeds, episodes) > 1 else None)
+    return {"difference": stats.difference_interval(ours_counts, base_counts, episodes, confidence).as_dict(),
+            "probability": stats.probability_of_improvement(ours["per_seed_success"], base["per_seed_success"],
+                                                            confidence).as_dict(),
+            "detectable_difference": detectable}
 
 
 def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[dict]]:
@@ -56,9 +80,8 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
     for method, records in units.items():
         points = []
         for i, point in enumerate(records[0]["curve"]):
-            rates = [r["curve"][i]["success_rate"] for r in records]
-            interval = stats.bootstrap_interval(rates, seed=statistics["bootstrap_seed"],
-                                                resamples=statistics["resamples"])
+            counts = [round(r["curve"][i]["success_rate"] * point["episodes"]) for r in records]
+            interval = stats.rate_interval(counts, point["episodes"], statistics["confidence"])
             points.append({"step": point["step"], "episodes": point["episodes"], **interval.as_dict()})
         curves[method] = points
     return curves
@@ -78,7 +101,7 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
             ax.fill_between(steps, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2)
         ax.set(xlabel=label, ylabel="success rate", ylim=(-0.02, 1.02))
         ax.legend()
-    fig.suptitle("success over training (mean over seeds, 95% bootstrap CI)")
+    fig.suptitle("success over training (mean over seeds, 95% CI over seeds)")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
 
@@ -87,7 +110,7 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     means = [summary[m]["success_mean"] for m in methods]
     ax.bar(methods, [s["estimate"] for s in means],
            yerr=[[s["estimate"] - s["low"] for s in means], [s["high"] - s["estimate"] for s in means]], capsize=6)
-    ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% bootstrap CI over seeds)")
+    ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% CI over seeds)")
     fig.tight_layout()
     fig.savefig(out / "success.png", dpi=120)
 
@@ -142,29 +165,35 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
              f"Budget `{experiment['budget']}`, {len(seeds)} training seeds ({seeds[0]}..{seeds[-1]}), {episodes} "
              f"evaluation episodes per seed on the same environment seeds for every method (paired), dataset "
              f"`{experiment['dataset']['id']}` ({experiment['dataset']['episodes']} episodes, 10% held out). "
-             f"Checkpoint rule: {experiment['checkpoint_rule']}. Success rule: {task.success_rule}. Intervals: 95%, "
-             f"percentile bootstrap over seeds ({experiment['statistics']['resamples']:,} resamples, seed "
-             f"{experiment['statistics']['bootstrap_seed']}) unless marked Wilson (pooled over all episodes). "
+             f"Checkpoint rule: {experiment['checkpoint_rule']}. Success rule: {task.success_rule}. {INTERVALS} "
              f"Full protocol: `protocol.json` (commit {environment['git_commit'][:10]}, "
              f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation (dataset, "
              f"training, evaluation) took {seconds / 60:.1f} minutes; peak memory so far "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB."]
     if experiment["ppo_left_out"]:
         lines += ["", f"**{experiment['ppo_left_out']}.**"]
-    lines += ["", "## Success", "", "| method | success (mean) | success (IQM) | pooled (Wilson) | return | "
-              "normalised return |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Success", "", "| method | success | normalised return | return | coverage check |",
+              "|---|---|---|---|---|"]
     for method, s in summary.items():
         normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
-        lines.append(f"| {method} | {_interval(s['success_mean'])} | {_interval(s['success_iqm'])} | "
-                     f"{_interval(s['success_pooled'])} | {_interval(s['return'], 1)} | {normalized} |")
-    lines += ["", "Per-seed success rates:", ""]
+        check = f"{s['coverage']:.3f}" + (", approximate" if s["coverage"] < TRUSTED_COVERAGE else "")
+        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} | {_interval(s['return'], 1)} | "
+                     f"{check} |")
+    spreads = ", ".join(f"{m} {s['spread']:.2f}" for m, s in summary.items() if s["spread"] is not None)
+    lines += ["", f"Coverage check: the lowest share of {plan.RUNS:,} simulated runs with this run's seeds and "
+              "episodes whose success interval held the true rate, for true rates at the interval's ends and middle "
+              f"and seed spreads (log-odds standard deviation) of 0.3, 1.2 and the method's own ({spreads or 'n/a'}); "
+              f"below {TRUSTED_COVERAGE} the interval is approximate. Returns: t-interval over the seeds' means "
+              "(docs/intervals.md measures how it covers).", "", "Per-seed success rates:", ""]
     lines += [f"- {m}: {', '.join(f'{r:.2f}' for r in s['per_seed_success'])}" for m, s in summary.items()]
     pairs = [(m, b, v) for m, s in summary.items() for b, v in s.get("improvement_over", {}).items()]
     if pairs:
         lines += ["", "## Ablation: the generative component against the baselines", "",
-                  "Probability that a seed of the generative method beats a seed of the baseline (success rate; "
-                  "0.5 = no difference):", "", "| method | baseline | P(improvement) |", "|---|---|---|"]
-        lines += [f"| {m} | {b} | {_interval(v)} |" for m, b, v in pairs]
+                  "Difference in success rate on the same evaluation episodes, and the probability that a seed of "
+                  "the generative method beats a seed of the baseline (0.5 = no difference):", "",
+                  "| method | baseline | difference | P(improvement) |", "|---|---|---|---|"]
+        lines += [f"| {m} | {b} | {_interval(v['difference'])} | {_interval(v['probability'])} |"
+                  for m, b, v in pairs]
     lines += ["", "![success](success.png)", *_world_model_section(out, task, experiment), "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
@@ -174,7 +203,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
     lines += [f"| {m} | {v['compile_s']:.1f} s | {v['chunk_p50_us']:,.0f} / {v['chunk_p99_us']:,.0f} us | "
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
               for m, v in latency.items()]
-    lines += ["", "## Success over training", "", "Success rate (mean over seeds, 95% bootstrap interval) at each "
+    lines += ["", "## Success over training", "", "Success rate (mean over seeds, interval as above) at each "
               "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO: environment steps; ppo-wm: "
               "imagined steps, final point only).", "", "| method | step: success |",
               "|---|---|"]
@@ -186,7 +215,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
               "distribution_shift (nearest-neighbour distance to the training states beyond the 99th percentile of "
               "the held-out episodes' states), early_instability (first 10% of the horizon), long_horizon (second "
               "half, in distribution), collision / fall, timeout, low_return. Rates are shares of all episodes with "
-              "Wilson intervals.", "", "| method | failed | " + " | ".join(CATEGORIES) + " |",
+              "intervals over seeds as for success.", "", "| method | failed | " + " | ".join(CATEGORIES) + " |",
               "|---|---|" + "---|" * len(CATEGORIES)]
     for method, s in summary.items():
         cells = [_interval(s["failures"][c]) if c in s["failures"] else "0" for c in CATEGORIES]
@@ -203,7 +232,26 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
     lines += ["", "## Hyperparameters", ""]
     for method, values in experiment["hyperparameters"].items():
         lines.append(f"- {method}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _told_apart(summary, experiment)) + "\n"
+
+
+def _told_apart(summary: dict, experiment: dict) -> list[str]:
+    """The closing section: which comparisons this run's intervals settle, and how small a difference it could see."""
+    seeds, episodes = len(experiment["training_seeds"]), experiment["episodes"]
+    lines = ["", "## What this run can tell apart", ""]
+    for method, base, v in ((m, b, v) for m, s in summary.items() for b, v in s.get("improvement_over", {}).items()):
+        difference = v["difference"]
+        verdict = ("told apart" if difference["low"] > 0 or difference["high"] < 0 else "not told apart")
+        reach = (f"a difference of {v['detectable_difference']:.2f}" if v["detectable_difference"] is not None
+                 else "no difference")
+        lines.append(f"- {method} against {base}: {verdict} (difference {_interval(difference)}); "
+                     f"{seeds} seeds x {episodes} episodes detect {reach} from {base}'s "
+                     f"{summary[base]['success_mean']['estimate']:.2f} with {plan.POWER:.0%} power.")
+    if len(lines) == 3:
+        lines.append("No comparison: the run has no generative method and baseline side by side.")
+    lines += ["", "For how many seeds and episodes a smaller difference needs: `physgen plan --baseline RATE "
+              "--difference D --run <this folder>`."]
+    return lines
 
 
 def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
