@@ -131,6 +131,38 @@ def _sweep_steps(args: argparse.Namespace) -> None:
     sweep_steps(args.checkpoint, steps, args.episodes, args.out)
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from physgen.io import read_json
+    from physgen.plan import RUNS, seeds_needed, spread_from_rates
+
+    try:
+        episodes = [int(e) for e in args.episodes.split(",")]
+    except ValueError:
+        raise PhysgenError(f"--episodes takes comma-separated integers such as 10,100, got {args.episodes!r}") from None
+    if min(episodes) < 1 or not 0 < args.power < 1:
+        raise PhysgenError(f"--episodes must be at least 1 and --power between 0 and 1, got {episodes}, {args.power}")
+    spread, baseline = args.spread, args.baseline
+    if args.bench:
+        results = read_json(Path(args.bench) / "results.json")
+        if results is None:
+            raise PhysgenError(f"no readable results.json in {args.bench}; pass a finished physgen bench folder")
+        summary, run_episodes = results["summary"], results["run"]["episodes"]
+        if spread is None:
+            spread = max(spread_from_rates(s["per_seed_success"], run_episodes) for s in summary.values())
+        if baseline is None:
+            baseline = min(s["success_mean"]["estimate"] for s in summary.values())
+    if baseline is None:
+        raise PhysgenError("--baseline is needed (or --bench, to take the lowest success rate of a finished run)")
+    spread = 1.2 if spread is None else spread
+    print(f"baseline {baseline:.2f}, difference {args.difference:+.2f}, seed spread {spread:.2f} (log-odds sd), "
+          f"{args.power:.0%} power, 95% intervals; {RUNS:,} simulated comparisons per try")
+    print("| episodes per seed | seeds per method | episodes per method | power |\n|---|---|---|---|")
+    for count in episodes:
+        seeds, reached = seeds_needed(baseline, args.difference, spread, count, args.power)
+        print(f"| {count} | {seeds if seeds else 'over 200'} | {f'{seeds * count:,}' if seeds else '-'} | "
+              f"{reached:.2f} |")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--episodes", type=int, default=100)
     sweep.add_argument("--out", default="sweep")
     sweep.set_defaults(run=_sweep_steps)
+    plan = commands.add_parser("plan", help="how many seeds and episodes per method a comparison needs to detect a "
+                               "difference in success rate, by simulated runs (docs/intervals.md)")
+    plan.add_argument("--baseline", type=float, default=None, help="the baseline's success rate")
+    plan.add_argument("--difference", type=float, required=True, help="the smallest difference worth detecting")
+    plan.add_argument("--spread", type=float, default=None, help="seeds' spread, the log-odds standard deviation of "
+                      "their success rates (default: estimated from --bench, else 1.2)")
+    plan.add_argument("--bench", default=None, help="a finished physgen bench folder to estimate the spread (and the "
+                      "baseline, its lowest success rate) from")
+    plan.add_argument("--power", type=float, default=0.8)
+    plan.add_argument("--episodes", default="10,20,50,100", help="comma-separated episodes per seed to plan for")
+    plan.set_defaults(run=_plan)
     return parser
 
 
