@@ -250,7 +250,7 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
     if len(lines) == 3:
         lines.append("No comparison: the run has no generative method and baseline side by side.")
     lines += ["", "For how many seeds and episodes a smaller difference needs: `physgen plan --baseline RATE "
-              "--difference D --run <this folder>`."]
+              "--difference D --bench <this folder>`."]
     return lines
 
 
