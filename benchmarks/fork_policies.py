@@ -20,11 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from physgen.bench.runner import expert_dataset  # noqa: E402
-from physgen.data import split_episodes  # noqa: E402
+from physgen.data import ensure_dataset, split_episodes  # noqa: E402
 from physgen.envs import fork, get_task  # noqa: E402
-from physgen.envs.rollout import episode_seeds  # noqa: E402
-from physgen.policies.evaluate import evaluate  # noqa: E402
+from physgen.envs.rollout import episode_seeds, run_episodes  # noqa: E402
+from physgen.policies.agent import ChunkingAgent  # noqa: E402
 from physgen.policies.policy import PolicyConfig  # noqa: E402
 from physgen.policies.train import train_policies  # noqa: E402
 
@@ -44,7 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/fork_policies")
     args = parser.parse_args()
     task = get_task("fork")
-    dataset = expert_dataset(task)
+    dataset = ensure_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     eval_seeds = episode_seeds(10_000, args.episodes)
     out = Path(args.out)
@@ -58,7 +57,7 @@ def main() -> None:
         start = time.perf_counter()
         trained = train_policies(task, config, train, list(range(args.seeds)), progress=False)
         train_seconds = time.perf_counter() - start
-        rollouts = evaluate(task, trained.policy, trained.states, eval_seeds)
+        rollouts = run_episodes(task, ChunkingAgent(trained.policy), trained.states, eval_seeds)
         rates = rollouts.success.mean(axis=1)
         low, high = bootstrap_interval(rates)
         collisions = rollouts.events["collision"].any(-1).mean()

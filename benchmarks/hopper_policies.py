@@ -19,14 +19,13 @@ import argparse
 import dataclasses
 import time
 
-from physgen.bench.runner import expert_dataset
 from physgen.stats import bootstrap_interval
-from physgen.data import split_episodes
+from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import get_task
-from physgen.envs.rollout import episode_seeds
+from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
 from physgen.seeds import EVALUATION
-from physgen.policies.evaluate import evaluate
+from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import PolicyConfig
 from physgen.policies.train import train_policies
 
@@ -72,7 +71,7 @@ def main() -> None:
         parser.exit(2, "physgen: error: --seeds and --episodes must be at least 1\n")
     seeds = list(range(args.seed, args.seed + args.seeds))
     task = get_task("hopper")
-    dataset = expert_dataset(task)
+    dataset = ensure_dataset(task)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
     for spec, (config, *variants) in zip(args.configs, evaluated):
@@ -80,8 +79,8 @@ def main() -> None:
         trained = train_policies(task, config, train, seeds, progress=False)
         for variant in [config, *variants]:
             policy = trained.policy._replace(config=variant)
-            result = evaluate(task, policy, trained.states, episode_seeds(EVALUATION, args.episodes),
-                              expert_return=expert)
+            result = run_episodes(task, ChunkingAgent(policy), trained.states,
+                                  episode_seeds(EVALUATION, args.episodes), expert)
             label = spec if variant is config else f"  same policies, exec_steps={variant.exec_steps}"
             means = result.returns.mean(axis=1)
             for index, (seed, mean) in enumerate(zip(seeds, means, strict=True)):

@@ -81,7 +81,8 @@ def main() -> None:
     from physgen.seeds import TUNING
     from physgen.world_models.data import concat_trajectories, generate_noisy_dataset
     from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
-    from physgen.world_models.mpc import MPC, MPCConfig, evaluate_mpc
+    from physgen.envs.rollout import run_episodes
+    from physgen.world_models.mpc import MPC, MPCConfig
     from physgen.world_models.rssm import RSSMConfig
     from physgen.world_models.train import save_world_model, train_world_models
 
@@ -107,7 +108,7 @@ def main() -> None:
 
     mpc = MPC.for_task(trained.model, MPCConfig(planner=args.planner), task)
     start = time.perf_counter()
-    rollouts = evaluate_mpc(task, mpc, trained.params, episode_seeds(TUNING, args.episodes))
+    rollouts = run_episodes(task, mpc, trained.params, episode_seeds(TUNING, args.episodes))
     rates = rollouts.success.mean(1)
     pooled = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
     across = bootstrap_interval(rates)

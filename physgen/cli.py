@@ -53,11 +53,8 @@ def _data(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from physgen.data import load_dataset, split_episodes
     from physgen.envs import get_task
-    from physgen.envs.rollout import episode_seeds
-    from physgen.policies.evaluate import evaluate
-    from physgen.policies.policy import PolicyConfig
-    from physgen.policies.runner import save_policy
-    from physgen.policies.train import train_policies
+    from physgen.envs.rollout import episode_seeds, run_episodes
+    from physgen.policies import ChunkingAgent, PolicyConfig, save_policy, train_policies
 
     task = get_task(args.task)
     _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
@@ -86,10 +83,10 @@ def _train(args: argparse.Namespace) -> None:
     for index, seed in enumerate(seeds):
         path = save_policy(out / f"seed_{seed}", task, trained, index)
         print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint {path}")
-    if task.functional is not None:
-        rollouts = evaluate(task, trained.policy, trained.states, episode_seeds(args.eval_seed, args.episodes))
-        rates = ", ".join(f"{rate:.2f}" for rate in rollouts.success.mean(axis=1))
-        print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
+    rollouts = run_episodes(task, ChunkingAgent(trained.policy), trained.states,
+                            episode_seeds(args.eval_seed, args.episodes), dataset.metadata.get("ref_max_score"))
+    rates = ", ".join(f"{rate:.2f}" for rate in rollouts.success.mean(axis=1))
+    print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
 
 def _bench(args: argparse.Namespace) -> None:

@@ -263,7 +263,6 @@ def test_an_existing_broken_dataset_is_refused_never_replaced(tmp_path, monkeypa
 
 def test_video_of_a_hopper_policy_needs_the_expert_return_and_checks_it_before_rolling_out(tmp_path, monkeypatch,
                                                                                            capsys):
-    import physgen.policies.evaluate as evaluate_module
     from physgen.bench import video
     from physgen.data.generate import _write_atomically
     from physgen.data.trajectories import Trajectories, flatten_episodes
@@ -283,14 +282,14 @@ def test_video_of_a_hopper_policy_needs_the_expert_return_and_checks_it_before_r
                              progress=False)
     checkpoint = save_policy(tmp_path / "bc", task, trained, 0)
     rollouts = []
-    evaluate = evaluate_module.evaluate
-    monkeypatch.setattr(evaluate_module, "evaluate", lambda *a, **k: rollouts.append(k) or evaluate(*a, **k))
+    run_episodes = video.run_episodes
+    monkeypatch.setattr(video, "run_episodes", lambda *a: rollouts.append(a) or run_episodes(*a))
     monkeypatch.setattr(video, "render_episode", lambda task, seed, actions, path: path)
     argv = ["video", "--task", "hopper", "--checkpoint", str(checkpoint), "--episodes", "1", "--out", str(tmp_path)]
     assert main(argv) == 2 and not rollouts  # no expert dataset: refused before any episode runs
     assert "create it with `physgen data --task hopper`" in capsys.readouterr().err
     _write_atomically(task, "physgen/hopper/expert-v0", episodes, 0, "expert", ref_min=0.0, ref_max=1000.0)
-    assert main(argv) == 0 and rollouts[0]["expert_return"] == 1000.0
+    assert main(argv) == 0 and rollouts[0][-1] == 1000.0
     assert len(capsys.readouterr().out.splitlines()) == 1  # one video path
 
 

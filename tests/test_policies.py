@@ -11,8 +11,8 @@ from hypothesis.extra import numpy as hnp
 from physgen import PhysgenError
 from physgen.data import WindowBatch, load_dataset
 from physgen.envs import get_task
-from physgen.envs.rollout import episode_seeds
-from physgen.policies.evaluate import evaluate
+from physgen.envs.rollout import episode_seeds, run_episodes
+from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import Policy, PolicyConfig
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import train_policies
@@ -126,8 +126,9 @@ def test_gymnasium_evaluation_matches_the_compiled_one(trained):
     """The same protocol stepped through `physgen/Fork-v0` gives the episodes of the all-JAX evaluation."""
     task, result = get_task("fork"), trained["flow"]
     seeds = episode_seeds(10_000, 4)
-    compiled = evaluate(task, result.policy, result.states, seeds)
-    stepped = evaluate(dataclasses.replace(task, functional=None), result.policy, result.states, seeds)
+    compiled = run_episodes(task, ChunkingAgent(result.policy), result.states, seeds)
+    stepped = run_episodes(dataclasses.replace(task, functional=None), ChunkingAgent(result.policy), result.states,
+                           seeds)
     np.testing.assert_array_equal(stepped.lengths, compiled.lengths)
     np.testing.assert_allclose(stepped.returns, compiled.returns, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(stepped.success, compiled.success)

@@ -9,11 +9,11 @@ from physgen import PhysgenError
 from physgen.data import Trajectories
 from physgen.data.trajectories import flatten_episodes
 from physgen.envs import get_task
-from physgen.envs.rollout import expert_policy, rollout_jax
+from physgen.envs.rollout import expert_policy, rollout_jax, run_episodes
 from physgen.world_models import distributions as D
 from physgen.world_models.data import frames_from, sample_frames
 from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
-from physgen.world_models.mpc import MPC, MPCConfig, evaluate_mpc, optimize
+from physgen.world_models.mpc import MPC, MPCConfig, optimize
 from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
 from physgen.world_models.train import load_world_model, save_world_model, train_world_models
 from physgen.world_models.vae import VAE, VAEConfig, render_frames
@@ -222,7 +222,7 @@ def test_rssm_mpc_rolls_out_every_seed_on_shared_episodes(trained):
     with pytest.raises(PhysgenError, match="elites"):
         MPCConfig(population=4, elites=8)
     config = MPCConfig(horizon=3, population=8, elites=2, iterations=2)
-    rollouts = evaluate_mpc(task, MPC.for_task(trained.model, config, task), trained.params, np.arange(2))
+    rollouts = run_episodes(task, MPC.for_task(trained.model, config, task), trained.params, np.arange(2))
     assert rollouts.observations.shape == (2, 2, 101, 6) and rollouts.success.shape == (2, 2)
     assert np.all(np.abs(rollouts.actions) <= 1.0) and np.all(rollouts.lengths >= 1)
     np.testing.assert_array_equal(rollouts.observations[0, :, 0], rollouts.observations[1, :, 0])

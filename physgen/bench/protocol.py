@@ -18,6 +18,10 @@ from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.policy import PolicyConfig
+from physgen.policies.ppo import PPOConfig
+from physgen.world_models.dream import DreamConfig
+from physgen.world_models.mpc import MPCConfig
+from physgen.world_models.rssm import RSSMConfig
 from physgen.seeds import EVALUATION
 
 OFFLINE_METHODS = ("diffusion", "flow", "bc")
@@ -55,6 +59,23 @@ BUDGETS = {
     "full": Budget(episodes=100, curve_points=10, curve_episodes=20, seeds=10, ppo_steps=1_000_000,
                    rssm_steps=10_000, dream_steps=999_424, ppo_by_default="always"),
 }
+
+
+def world_model_datasets(task: Task) -> list[str]:
+    """The datasets the RSSMs learn from: the task's standard ones, and a noisy expert's on pure-JAX tasks (an
+    expert that never fails shows a model nothing of failure)."""
+    names = [f"{name}-v0" for name in task.datasets]
+    return names + (["noisy-v0"] if task.functional is not None else [])
+
+
+def world_model_hyperparameters(method: str, budget: Budget) -> dict:
+    rssm = dataclasses.asdict(RSSMConfig(steps=budget.rssm_steps,
+                                         steps_per_call=-(-budget.rssm_steps // budget.curve_points)))
+    if method == "rssm-mpc":
+        return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
+    ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
+                    checkpoint_every=0)
+    return {"rssm": rssm, "ppo": dataclasses.asdict(ppo), "dream": dataclasses.asdict(DreamConfig())}
 
 
 def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
@@ -136,9 +157,6 @@ def _versions() -> dict[str, str]:
 
 def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name: str, episodes: int, dataset,
                   note: str | None) -> dict:
-    from physgen.bench import world
-    from physgen.policies.ppo import PPOConfig
-
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
@@ -148,7 +166,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
     hyper = {m: dataclasses.asdict(policy_config(task, m, budget_name)) for m in methods if m in OFFLINE_METHODS}
     if "ppo" in methods:
         hyper["ppo"] = dataclasses.asdict(PPOConfig(total_steps=budget.ppo_steps))
-    hyper.update({m: world.hyperparameters(m, budget) for m in methods if m in WORLD_MODEL_METHODS})
+    hyper.update({m: world_model_hyperparameters(m, budget) for m in methods if m in WORLD_MODEL_METHODS})
     return {
         "experiment": {
             "task": task.name, "methods": methods, "training_seeds": seeds, "budget": budget_name,
@@ -163,7 +181,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                         **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},
             "statistics": STATS, "failure_rules": "physgen.bench.failures (rules in its docstring)",
             "ppo_left_out": note,
-            "world_model_datasets": (world.world_model_datasets(task)
+            "world_model_datasets": (world_model_datasets(task)
                                      if set(methods) & set(WORLD_MODEL_METHODS) else None),
         },
         "environment": {"packages": _versions(), "git_commit": _git_commit(), "python": platform.python_version(),

@@ -12,11 +12,10 @@ import numpy as np
 from physgen.control.latency import measure_latency
 from physgen.data import load_dataset
 from physgen.envs import get_task
-from physgen.envs.rollout import episode_seeds
+from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
 from physgen.io import write_json, write_text
-from physgen.policies.evaluate import evaluate
-from physgen.policies.runner import load_policy
+from physgen.policies import ChunkingAgent, load_policy
 from physgen.seeds import EVALUATION
 from physgen.stats import wilson_interval
 
@@ -42,8 +41,8 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     stacked = jax.tree.map(lambda x: x[None], state)
     rows = []
     for k in steps:
-        rollouts = evaluate(task, policy, stacked, episode_seeds(EVALUATION, episodes), steps=k,
-                            expert_return=dataset.metadata.get("ref_max_score"))
+        rollouts = run_episodes(task, ChunkingAgent(policy, k), stacked, episode_seeds(EVALUATION, episodes),
+                                dataset.metadata.get("ref_max_score"))
         success = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
         rows.append({"steps": k, "success": success.as_dict(), "return": float(rollouts.returns.mean()),
                      **measure_latency(policy, state, observations, task.control_hz, steps=k)})

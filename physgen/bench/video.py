@@ -10,11 +10,15 @@ import math
 from pathlib import Path
 
 import imageio.v2 as imageio
+import jax
 import numpy as np
 
 from physgen.bench.failures import CATEGORIES
+from physgen.data import load_dataset
 from physgen.envs import Task
+from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
+from physgen.policies.runner import load_agent
 from physgen.seeds import EVALUATION
 
 FAILURE_VIDEOS = 5
@@ -124,32 +128,15 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
 
 def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) -> list[Path]:
     """Roll out a policy checkpoint (diffusion, flow, bc or ppo) on `episodes` evaluation episodes and render each."""
-    from physgen.envs.rollout import episode_seeds, rollout_gym
-    from physgen.checkpoint import load_checkpoint
-
-    meta = load_checkpoint(checkpoint, task.name)[1]
-    if meta["method"] == "ppo":
-        from physgen.policies.ppo import load_ppo_policy
-
-        run = rollout_gym(task, load_ppo_policy(checkpoint), EVALUATION, episodes)
-        outcomes = [(e.seed, e.actions, e.events, e.episode_return, e.length) for e in run]
-    else:
-        import jax
-
-        from physgen.data import load_dataset
-        from physgen.policies.evaluate import evaluate
-        from physgen.policies.runner import load_policy
-
-        policy, state, _ = load_policy(checkpoint, task.name)
-        # success rules such as hopper's need the expert's return: a missing dataset fails here, before any rollout
-        expert_return = load_dataset(task).metadata.get("ref_max_score")
-        seeds = episode_seeds(EVALUATION, episodes)
-        rollouts = evaluate(task, policy, jax.tree.map(lambda x: x[None], state), seeds, expert_return=expert_return)
-        outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
-                     {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e], rollouts.lengths[0, e])
-                    for e, s in enumerate(seeds)]
+    agent, params = load_agent(checkpoint, task.name)
+    # success rules such as hopper's need the expert's return: a missing dataset fails here, before any rollout
+    expert_return = load_dataset(task).metadata.get("ref_max_score")
+    seeds = episode_seeds(EVALUATION, episodes)
+    rollouts = run_episodes(task, agent, jax.tree.map(lambda x: x[None], params), seeds, expert_return)
+    outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]], {k: v[0, e] for k, v in rollouts.events.items()},
+                 rollouts.returns[0, e]) for e, s in enumerate(seeds)]
     paths = []
-    for seed, actions, events, episode_return, length in outcomes:
+    for seed, actions, events, episode_return in outcomes:
         fired = [k for k in task.events if np.any(events[k])]
         label = "_".join(fired) or "no_events"
         paths.append(render_episode(task, seed, actions, out / f"episode{seed}_{label}_return{episode_return:.0f}.mp4"))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from physgen.envs.rollout import Agent
 from physgen.policies import Policy, PolicyRunner, PolicyState
 
 
@@ -43,10 +46,17 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
             "sustainable_hz": 1e6 / actions["p99_us"], "calls": calls, "steps": steps or policy.config.inference_steps}
 
 
-def measure_step_latency(act, observations: np.ndarray, calls: int = 200) -> dict:
-    """Time a one-step controller `act(obs) -> action` (numpy in and out; a PPO policy, an MPC planner): the first
-    call (compilation) and `calls` more on consecutive `observations`. Every call computes an action, so the chunk
-    and action figures are the same."""
+def measure_agent_latency(agent: Agent, params, observations: np.ndarray, calls: int = 200) -> dict:
+    """Time one seed's agent acting on consecutive `observations` (numpy; PPO's policy, an MPC planner), one jitted
+    `act` per call with the carry kept as in an episode: the first call (compilation) and `calls` more. Every call
+    computes an action, so the chunk and action figures are the same."""
+    step, key = jax.jit(agent.act), jax.random.key(0)
+    state = {"carry": agent.start(params, jnp.asarray(observations[0]))}
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        action, state["carry"] = step(params, state["carry"], jnp.asarray(obs), key)
+        return np.asarray(action)
+
     start = time.perf_counter()
     act(observations[0])
     compile_s = time.perf_counter() - start

@@ -21,10 +21,11 @@ from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
 
 import physgen
-from physgen.data.trajectories import dataset_id, datasets_root, flatten_episodes, write_array_cache
+from physgen.data.trajectories import (dataset_id, datasets_root, flatten_episodes, load_dataset,
+                                       write_array_cache)
 from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
-from physgen.errors import PhysgenError
+from physgen.errors import DatasetMissing, PhysgenError
 from physgen.io import check_folder, pid_alive
 from physgen.seeds import REFERENCE_OFFSET
 
@@ -102,6 +103,18 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
     elif has_policy(task, "expert"):
         ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES))
     return _write_atomically(task, dataset, data, seed, policy, ref_min, ref_max)
+
+
+def ensure_dataset(task: Task, name: str = "expert-v0", generate=None):
+    """The task's dataset `name`, generated first when missing (`generate()`, by default from the policy it is named
+    after), so that a fresh machine needs nothing else. One that exists but fails its checks is refused, never
+    overwritten: it may be the user's only copy."""
+    try:
+        return load_dataset(task, name)
+    except DatasetMissing:
+        print(f"physgen: generating physgen/{task.name}/{name} (first run only)")
+        (generate or (lambda: generate_dataset(task, policy=name.removesuffix("-v0"))))()
+        return load_dataset(task, name)
 
 
 def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, policy: str,

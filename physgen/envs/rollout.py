@@ -7,7 +7,7 @@ passes to `env.reset(seed=...)` to get the same initial state.
 from __future__ import annotations
 
 from functools import cache, partial
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -132,26 +132,102 @@ def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, s
             for r, s in zip(steps, seeds)]
 
 
-def gym_lockstep(task: Task, episode_seeds: np.ndarray, rows: int, policy: Callable[[int, np.ndarray], np.ndarray]):
-    """Step `rows` x len(`episode_seeds`) Gymnasium environments (row i, episode j starts from `episode_seeds[j]`)
-    in lockstep: `policy(t, obs)` gets every current observation (rows, episodes, obs_dim), finished episodes
-    repeating their last one, and returns every action (rows, episodes, act_dim).
+class Agent(Protocol):
+    """Anything that acts: pure, jittable functions of its parameters and a carry (the bench's policies, planners,
+    PPO's Gaussian policy). `run_episodes` and the real-time `Controller` both drive agents through these two."""
 
-    Returns (observations (rows, E, H + 1, obs_dim), actions, rewards, ended, events), padded to the horizon H
-    with frozen copies as the pure-JAX rollouts are."""
-    shape, horizon = (rows, len(episode_seeds)), task.horizon
+    def start(self, params, obs: jax.Array) -> Any:
+        """The carry before an episode's first action, given its first observation."""
+
+    def act(self, params, carry, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, Any]:
+        """The action for observation `obs` and the carry for the next step."""
+
+
+class Rollouts(NamedTuple):
+    """Per (seed, episode), numpy: padded to the horizon; steps past `lengths` are frozen copies."""
+
+    observations: np.ndarray  # (S, E, H + 1, obs_dim)
+    actions: np.ndarray  # (S, E, H, act_dim)
+    rewards: np.ndarray  # (S, E, H)
+    events: dict[str, np.ndarray]  # (S, E, H)
+    lengths: np.ndarray  # (S, E)
+    returns: np.ndarray  # (S, E)
+    success: np.ndarray  # (S, E) bool
+
+
+def step_key(episode_seed, t) -> jax.Array:
+    """The key an agent acts with at step `t` of the episode reset from `episode_seed`."""
+    return jax.random.fold_in(jax.random.fold_in(reset_key(episode_seed), 2), t)
+
+
+def run_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
+                 expert_return: float | None = None) -> Rollouts:
+    """Every seed's agent (`params` stacked on axis 0) on the same episodes (a paired comparison), scored by the
+    task's success rule (`expert_return`: the reference return that rules such as hopper's need)."""
+    return scored(task, *record_episodes(task, agent, params, episode_seeds), expert_return)
+
+
+def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray) -> tuple:
+    """(observations, actions, rewards, ended, events) of `run_episodes`, unscored: a pure-JAX task in one compiled
+    program (vmap over seeds and episodes, scan over steps), a Gymnasium task stepped in lockstep with one compiled
+    call per step for every (seed, episode)."""
+    if task.functional is None:
+        return _lockstep(task, agent, params, np.asarray(episode_seeds))
+    return jax.device_get(_scan(task, agent, params, jnp.asarray(episode_seeds)))
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _scan(task: Task, agent: Agent, params, episode_seeds: jax.Array):
+    fns = task.functional
+
+    def episode(params, seed):
+        env_state, obs = fns.reset(reset_key(seed))
+
+        def step(carry, t):
+            env_state, obs, agent_carry = carry
+            action, agent_carry = agent.act(params, agent_carry, obs, step_key(seed, t))
+            out = fns.step(env_state, action)
+            return (out.state, out.obs, agent_carry), (out.obs, action, out.reward, out.terminated | out.truncated,
+                                                       out.events)
+
+        start = (env_state, obs, agent.start(params, obs))
+        _, (next_obs, actions, rewards, ended, events) = jax.lax.scan(step, start, jnp.arange(task.horizon))
+        return jnp.concatenate([obs[None], next_obs]), actions, rewards, ended, events
+
+    return jax.vmap(jax.vmap(episode, in_axes=(None, 0)), in_axes=(0, None))(params, episode_seeds)
+
+
+@partial(jax.jit, static_argnums=0)
+def _start_all(agent: Agent, params, obs: jax.Array):
+    return jax.vmap(jax.vmap(agent.start, in_axes=(None, 0)))(params, obs)
+
+
+@partial(jax.jit, static_argnums=0)
+def _act_all(agent: Agent, params, carries, obs: jax.Array, seeds: jax.Array, t):
+    """One step of every (seed, episode): seed i's agent (params[i]) on its row of episodes."""
+    act = lambda p, c, o, s: agent.act(p, c, o, step_key(s, t))
+    return jax.vmap(jax.vmap(act, in_axes=(None, 0, 0, 0)), in_axes=(0, 0, 0, None))(params, carries, obs, seeds)
+
+
+def _lockstep(task: Task, agent: Agent, params, episode_seeds: np.ndarray):
+    """Step (seeds x episodes) Gymnasium environments in lockstep, finished episodes repeating their last
+    observation, and record them padded to the horizon with frozen copies as the compiled rollouts are."""
+    shape, horizon = (len(jax.tree.leaves(params)[0]), len(episode_seeds)), task.horizon
     obs = np.zeros((*shape, horizon + 1, task.obs_dim), np.float32)
     actions = np.zeros((*shape, horizon, task.act_dim), np.float32)
     rewards = np.zeros((*shape, horizon), np.float32)
     ended = np.zeros((*shape, horizon), bool)
     events = {name: np.zeros((*shape, horizon), bool) for name in task.events}
-    envs = [[task.make_env() for _ in episode_seeds] for _ in range(rows)]
+    envs = [[task.make_env() for _ in episode_seeds] for _ in range(shape[0])]
     for row in envs:
         for j, env in enumerate(row):
             obs[:, j, 0] = env.reset(seed=int(episode_seeds[j]))[0]
+    seeds = jnp.asarray(episode_seeds)
+    carries = _start_all(agent, params, jnp.asarray(obs[:, :, 0]))
     live = np.ones(shape, bool)
     for t in range(horizon):
-        chosen = np.asarray(policy(t, obs[:, :, t]))
+        chosen, carries = _act_all(agent, params, carries, jnp.asarray(obs[:, :, t]), seeds, t)
+        chosen = np.asarray(chosen)
         obs[:, :, t + 1] = obs[:, :, t]
         for i, j in zip(*np.nonzero(live)):
             observation, reward, terminated, truncated, info = envs[i][j].step(chosen[i, j])
@@ -167,3 +243,12 @@ def gym_lockstep(task: Task, episode_seeds: np.ndarray, rows: int, policy: Calla
         for env in row:
             env.close()
     return obs, actions, rewards, ended, events
+
+
+def scored(task: Task, obs, actions, rewards, ended, events, expert_return: float | None) -> Rollouts:
+    """Rollouts from padded recordings (seeds, episodes, ...): lengths, returns and the task's success rule."""
+    lengths = episode_lengths(ended, task.horizon)
+    returns = rewards.sum(-1)
+    success = np.array([[task.success({k: v[i, j] for k, v in events.items()}, returns[i, j], lengths[i, j],
+                                      expert_return) for j in range(lengths.shape[1])] for i in range(lengths.shape[0])])
+    return Rollouts(obs, actions, rewards, events, lengths, returns, success)

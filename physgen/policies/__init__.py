@@ -1,8 +1,9 @@
 """Policies: generative (diffusion, flow matching) and baselines (BC, PPO)."""
 
+from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, flat_sampler
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import TrainedPolicies, train_policies
 
-__all__ = ["Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "flat_sampler",
+__all__ = ["ChunkingAgent", "Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "flat_sampler",
            "load_policy", "save_policy", "train_policies"]

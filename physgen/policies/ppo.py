@@ -14,7 +14,7 @@ import dataclasses
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import gymnasium as gym
 import jax
@@ -25,7 +25,7 @@ from flax import nnx
 from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import FunctionalEnv, Task, get_task
-from physgen.envs.rollout import episode_seeds, rollout_gym, rollout_jax
+from physgen.envs.rollout import episode_seeds, record_episodes
 from physgen.errors import PhysgenError
 from physgen.io import write_json
 from physgen.policies.ppo_core import (ActorCritic, Learner, RunningStats, Transition, act, make_optimizer,
@@ -184,7 +184,7 @@ def _gym_rollout(task, config, act_all, learners, envs, raw_obs, episode_returns
     return learners, rollout, raw_obs
 
 
-def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | None, progress: bool):
+def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | None, progress: bool, callback):
     graphdef = _graphdef(task, config)
     optimizer = make_optimizer(config, config.num_updates)
     learners = jax.jit(jax.vmap(partial(_init_learner, task, config, optimizer)))(
@@ -211,9 +211,12 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
             curve.append({"env_steps": env_steps, "wall_s": time.perf_counter() - start,
                           "mean_return": [float(np.mean(f)) if f else None for f in finished]})
             advance(config.steps_per_update, curve[-1]["mean_return"])
-            if out_dir is not None and config.checkpoint_every and env_steps >= next_checkpoint:
-                _save_all(out_dir / "steps" / str(env_steps), task, config, seeds, learners, env_steps)
-                write_json(out_dir / "curve.json", curve)
+            if config.checkpoint_every and env_steps >= next_checkpoint:
+                if out_dir is not None:
+                    _save_all(out_dir / "steps" / str(env_steps), task, config, seeds, learners, env_steps)
+                    write_json(out_dir / "curve.json", curve)
+                if callback is not None and index + 1 < config.num_updates:  # the last one follows training
+                    callback(env_steps, learners)
                 next_checkpoint += config.checkpoint_every
     envs.close()
     return learners, curve, metrics
@@ -249,34 +252,47 @@ class _progress_bar:
 # ---------------------------------------------------------------- policies, evaluation, checkpoints
 
 
-def _deterministic_actions(graphdef, params, normalizer: Normalizer, obs, obs_clip, low, high):
-    mean = nnx.merge(graphdef, params)(normalize_obs(normalizer, obs, obs_clip))[0]
-    return jnp.clip(mean, low, high)
+class GaussianAgent(NamedTuple):
+    """PPO's policy as an agent (`physgen.envs.rollout.Agent`): the Gaussian's mean, clipped to the action bounds.
+    Its parameters are (network parameters, observation normaliser); it keeps no carry."""
 
+    graphdef: nnx.GraphDef
+    obs_clip: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
 
-@partial(jax.jit, static_argnums=(0,))
-def _jit_actions(graphdef, params, normalizer, obs, obs_clip, low, high):
-    return _deterministic_actions(graphdef, params, normalizer, obs, obs_clip, low, high)
+    @classmethod
+    def for_task(cls, task: Task, config: PPOConfig) -> "GaussianAgent":
+        return cls(_graphdef(task, config), config.obs_clip, *(tuple(map(float, b)) for b in _bounds(task)))
+
+    def start(self, params, obs: jax.Array) -> tuple:
+        return ()
+
+    def act(self, params, carry: tuple, obs: jax.Array, key: jax.Array) -> tuple[jax.Array, tuple]:
+        network, normalizer = params
+        mean = nnx.merge(self.graphdef, network)(normalize_obs(normalizer, obs, self.obs_clip))[0]
+        return jnp.clip(mean, jnp.asarray(self.low), jnp.asarray(self.high)), carry
 
 
 def deterministic_policy(task: Task, config: PPOConfig, params, normalizer: Normalizer) -> Callable:
-    """numpy observation -> numpy action: the Gaussian mean, clipped to the action bounds (jitted)."""
-    graphdef, (low, high) = _graphdef(task, config), _bounds(task)
-    return lambda obs: np.asarray(_jit_actions(graphdef, params, normalizer, jnp.asarray(obs, jnp.float32),
-                                               config.obs_clip, low, high))
+    """numpy observations -> numpy actions (a batch, or one): the agent's actions (jitted)."""
+    agent = GaussianAgent.for_task(task, config)
+    act = jax.jit(lambda obs: agent.act((params, normalizer), (), obs, None)[0])
+    return lambda obs: np.asarray(act(jnp.asarray(obs, jnp.float32)))
 
 
-def evaluate(task: Task, config: PPOConfig, params, normalizer: Normalizer, seed: int, episodes: int) -> list[float]:
-    """Returns of the deterministic policy on `episodes` seeded episodes (`episode_seeds(seed + offset, n)`)."""
-    eval_seed = seed + EVALUATION  # seed s evaluates on episode_seeds(s + EVALUATION, n): unseen in training
-    if task.functional is not None:
-        graphdef, (low, high) = _graphdef(task, config), _bounds(task)
-        policy = lambda state, obs, key: _deterministic_actions(graphdef, params, normalizer, obs, config.obs_clip,
-                                                                 low, high)
-        result = rollout_jax(task, policy, eval_seed, episodes)
-    else:
-        result = rollout_gym(task, deterministic_policy(task, config, params, normalizer), eval_seed, episodes)
-    return [e.episode_return for e in result]
+def evaluate(task: Task, config: PPOConfig, learners: Learner, seeds: list[int], episodes: int) -> np.ndarray:
+    """Returns (seeds, episodes) of every seed's deterministic policy; seed s on `episode_seeds(s + EVALUATION, n)`,
+    episodes unseen in training."""
+    agent, params = GaussianAgent.for_task(task, config), agent_params(learners)
+    return np.stack([record_episodes(task, agent, jax.tree.map(lambda x: x[i : i + 1], params),
+                                     episode_seeds(seed + EVALUATION, episodes))[2][0].sum(-1)
+                     for i, seed in enumerate(seeds)])
+
+
+def agent_params(learners: Learner) -> tuple:
+    """The `GaussianAgent` parameters of learners stacked over seeds (stacked too)."""
+    return learners.params, jax.vmap(RunningStats.normalizer)(learners.obs_stats)
 
 
 def learner_of(learners: Learner, i: int) -> tuple:
@@ -297,14 +313,15 @@ def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], lea
 
 
 def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Path | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, callback=None) -> dict:
     """Train one policy per seed, all together; with `out_dir`, write `out_dir/seed_<s>` checkpoints.
 
     Returns {"task", "seeds", "config", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic
     episodes), "curve" (rows {"env_steps", "mean_return": per-seed mean return of the training episodes that ended
     in that rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (the last
     update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>` every `checkpoint_every`
-    env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict.
+    env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict. `callback(env_steps,
+    learners)`, if given, gets the learners (stacked over seeds) at those points and after the last update.
     """
     config = config.validate()
     if not seeds or len(set(seeds)) != len(seeds):
@@ -318,9 +335,11 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
                  for u in range(config.num_updates)]
         metrics = jax.tree.map(lambda x: x[:, -1], metrics)
     else:
-        learners, curve, metrics = _train_gym(task, config, seeds, out_dir, progress)
-    eval_returns = [evaluate(task, config, *learner_of(learners, i), seed, config.eval_episodes)
-                    if config.eval_episodes else [] for i, seed in enumerate(seeds)]
+        learners, curve, metrics = _train_gym(task, config, seeds, out_dir, progress, callback)
+    if callback is not None:
+        callback(config.num_updates * config.steps_per_update, learners)
+    eval_returns = (evaluate(task, config, learners, seeds, config.eval_episodes).tolist() if config.eval_episodes
+                    else [[] for _ in seeds])
     result = {"task": task.name, "seeds": list(seeds), "config": dataclasses.asdict(config),
               "eval_returns": eval_returns, "curve": curve,
               "metrics": jax.tree.map(lambda x: np.asarray(x).tolist(), metrics)}

@@ -4,25 +4,20 @@ heads.
 Each control step filters the newest observation into the latent state, then scores candidate action sequences
 by imagining them (prior modes) and summing predicted rewards, discounted and weighted by the predicted probability
 of still being in the episode: sum_t gamma^t prod_{k<t} c_k r_t. The first action of the refined plan is executed
-and the rest shifted to warm-start the next step. One control step is one jitted call (`MPC.act`); a pure-JAX task
-runs whole episodes in one compiled program (`evaluate_mpc`: scan over steps, vmap over episodes and seeds), a
-Gymnasium task steps its environments in lockstep with one compiled call per step for all of them.
+and the rest shifted to warm-start the next step. `MPC` is an agent (`physgen.envs.rollout.Agent`): the bench runs
+it with `run_episodes` like any policy, one control step being one `act`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from physgen.envs import Task
-from physgen.envs.rollout import gym_lockstep, reset_key
 from physgen.errors import PhysgenError
-from physgen.policies.evaluate import Rollouts, scored
 from physgen.world_models.rssm import RSSM, State
 
 PLANNERS = ("cem", "mppi")
@@ -77,7 +72,7 @@ class MPC(NamedTuple):
     def for_task(cls, model: RSSM, config: MPCConfig, task: Task) -> "MPC":
         return cls(model, config, tuple(map(float, task.action_space.low)), tuple(map(float, task.action_space.high)))
 
-    def start(self) -> Carry:
+    def start(self, params, obs: jax.Array) -> Carry:
         """The carry before the first observation (the state and zero action the RSSM was trained to start from)."""
         mid = (jnp.asarray(self.low) + jnp.asarray(self.high)) / 2
         return Carry(self.model.initial(), jnp.zeros(self.model.act_dim),
@@ -129,58 +124,3 @@ def optimize(score, mean: jax.Array, key: jax.Array, config: MPCConfig, low: jax
         return (mean, jnp.maximum(spread, c.min_std * (high - low) / 2)), None
 
     return jax.lax.scan(iteration, (mean, std), jax.random.split(key, c.iterations))[0][0]
-
-
-@partial(jax.jit, static_argnums=(0, 1))
-def _episodes(task: Task, mpc: MPC, params, seeds: jax.Array):
-    fns = task.functional
-
-    def episode(params, seed):
-        key = reset_key(seed)
-        env_state, obs = fns.reset(key)
-
-        def step(carry, k):
-            env_state, obs, plan_carry = carry
-            action, plan_carry = mpc.act(params, plan_carry, obs, k)
-            out = fns.step(env_state, action)
-            return (out.state, out.obs, plan_carry), (out.obs, action, out.reward, out.terminated | out.truncated,
-                                                      out.events)
-
-        keys = jax.vmap(partial(jax.random.fold_in, jax.random.fold_in(key, 2)))(jnp.arange(task.horizon))
-        _, (next_obs, actions, rewards, ended, events) = jax.lax.scan(step, (env_state, obs, mpc.start()), keys)
-        return jnp.concatenate([obs[None], next_obs]), actions, rewards, ended, events
-
-    return jax.vmap(jax.vmap(episode, in_axes=(None, 0)), in_axes=(0, None))(params, seeds)
-
-
-@partial(jax.jit, static_argnums=0)
-def _act_all(mpc: MPC, params, carries: Carry, obs: jax.Array, keys: jax.Array):
-    """One control step of every (seed, episode): seed i's model (params[i]) on its row of carries."""
-    per_episode = jax.vmap(mpc.act, in_axes=(None, 0, 0, 0))
-    return jax.vmap(per_episode)(params, carries, obs, keys)
-
-
-def _gym_episodes(task: Task, mpc: MPC, params, episode_seeds: np.ndarray):
-    """Gymnasium tasks: every (seed, episode) stepped in lockstep, one compiled planning call per step."""
-    seeds = len(jax.tree.leaves(params)[0])
-    shape = (seeds, len(episode_seeds))
-    carry = {"plans": jax.tree.map(lambda x: jnp.broadcast_to(x, (*shape, *x.shape)), mpc.start())}
-    keys = jax.vmap(lambda s: jax.random.fold_in(reset_key(s), 2))(jnp.asarray(episode_seeds))
-
-    def choose(t: int, obs: np.ndarray) -> np.ndarray:
-        step_keys = jnp.broadcast_to(jax.vmap(lambda k: jax.random.fold_in(k, t))(keys), shape)
-        actions, carry["plans"] = _act_all(mpc, params, carry["plans"], jnp.asarray(obs), step_keys)
-        return np.asarray(actions)
-
-    return gym_lockstep(task, episode_seeds, seeds, choose)
-
-
-def evaluate_mpc(task: Task, mpc: MPC, params: Any, episode_seeds: np.ndarray,
-                 expert_return: float | None = None) -> Rollouts:
-    """Every seed's RSSM (params stacked on axis 0) controlling the same episodes: pure-JAX tasks in one compiled
-    program, Gymnasium tasks stepped in lockstep."""
-    if task.functional is None:
-        recorded = _gym_episodes(task, mpc, params, episode_seeds)
-    else:
-        recorded = jax.device_get(_episodes(task, mpc, params, jnp.asarray(episode_seeds)))
-    return scored(task, *recorded, expert_return)

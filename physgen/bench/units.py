@@ -1,0 +1,120 @@
+"""The units of a benchmark run, one per (method, seed): `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
+(states, actions, events, out-of-distribution scores: enough to re-categorize without re-running), each written
+atomically, the JSON holding the digest of the arrays; and what every method's evaluation writes into them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from physgen.bench.failures import categorize, nearest_distances
+from physgen.data import normalized_score
+from physgen.envs import Task
+from physgen.envs.rollout import Agent, Rollouts, run_episodes
+from physgen.io import file_digest, read_json, write_json, write_npz
+
+
+def unit_path(out: Path, method: str, seed: int) -> Path:
+    return out / "units" / method / f"seed_{seed}"
+
+
+def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays first, then the JSON with their digest: a unit counts as done once its JSON exists and matches them."""
+    path = unit_path(out, method, seed)
+    write_npz(path.with_suffix(".npz"), arrays, compressed=True)
+    write_json(path.with_suffix(".json"), {**record, "npz_sha256": file_digest(path.with_suffix(".npz"))})
+
+
+def read_unit(out: Path, method: str, seed: int) -> dict | None:
+    """A finished unit's record; None when it is missing, its JSON is cut short, or its arrays do not match the
+    digest in the JSON (a unit to train again)."""
+    path = unit_path(out, method, seed)
+    record, arrays = read_json(path.with_suffix(".json")), path.with_suffix(".npz")
+    if record is None or not arrays.exists() or record.get("npz_sha256") != file_digest(arrays):
+        return None
+    return record
+
+
+def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
+    """The seeds whose units must be (re)written: all of them while the method's latency is missing (it is written
+    before the units), else those missing or damaged; a damaged one is named, since it is replaced."""
+    if read_json(out / "units" / method / "latency.json") is None:
+        return list(seeds)
+    pending = [s for s in seeds if read_unit(out, method, s) is None]
+    damaged = [str(path) for path in (unit_path(out, method, s) for s in pending) if path.with_suffix(".json").exists()]
+    if damaged:
+        print(f"physgen: {', '.join(damaged)} damaged or incomplete; training {method} again to rewrite them")
+    return pending
+
+
+def write_latency(out: Path, method: str, latency: dict) -> None:
+    """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes); written
+    before the method's units, so that a run killed between them resumes with it."""
+    write_json(out / "units" / method / "latency.json", latency)
+
+
+class Evaluation:
+    """What every unit needs to score its episodes: the task, the dataset's support and reference returns, and the
+    protocol's evaluation episodes (all of them at the final point, the first `curve_episodes` before it)."""
+
+    def __init__(self, task: Task, dataset, support, experiment: dict):
+        self.task, self.dataset, self.support = task, dataset, support
+        self.expert_return = dataset.metadata.get("ref_max_score")
+        self.episode_seeds = np.asarray(experiment["evaluation_seeds"])
+        self.curve_seeds = self.episode_seeds[: experiment["curve_episodes"]]
+
+    def run(self, agent: Agent, params, final: bool) -> Rollouts:
+        """Every seed's agent on the final or the curve episodes."""
+        seeds = self.episode_seeds if final else self.curve_seeds
+        return run_episodes(self.task, agent, params, seeds, self.expert_return)
+
+    def record(self, method: str, seed: int, rollouts: Rollouts, i: int, curve: list[dict]) -> tuple[dict, dict]:
+        """The unit of row `i` (seed `seed`) of the final rollouts."""
+        task = self.task
+        obs, actions, lengths, returns, success = (rollouts.observations[i], rollouts.actions[i],
+                                                   rollouts.lengths[i], rollouts.returns[i], rollouts.success[i])
+        events = {k: v[i] for k, v in rollouts.events.items()}
+        ood = nearest_distances(self.support, obs)
+        normalized = (normalized_score(self.dataset.metadata, returns) if "ref_max_score" in self.dataset.metadata
+                      else np.full(len(returns), np.nan))
+        low, high = task.action_space.low, task.action_space.high
+        episodes = []
+        for e, episode_seed in enumerate(self.episode_seeds):
+            n = int(lengths[e])
+            category = None if success[e] else categorize(
+                actions[e, :n], {k: v[e, :n] for k, v in events.items()}, ood[e, : n + 1], n, task.horizon,
+                task.failure_events, low, high, self.support.threshold)
+            episodes.append({"episode_seed": int(episode_seed), "return": float(returns[e]),
+                             "normalized_return": None if np.isnan(normalized[e]) else float(normalized[e]),
+                             "length": n, "success": bool(success[e]), "category": category,
+                             "ood_max": float(ood[e, : n + 1].max())})
+        record = {"method": method, "seed": seed, "episodes": episodes, "curve": curve,
+                  "ood_threshold": self.support.threshold}
+        arrays = {"observations": obs, "actions": actions, "lengths": lengths, "ood": ood,
+                  **{f"event_{k}": v for k, v in events.items()}}
+        return record, arrays
+
+
+class Curves:
+    """Success over training of a group of seeds trained together, and the rollouts of its final point."""
+
+    def __init__(self, evaluation: Evaluation, seeds: list[int]):
+        self.evaluation, self.seeds = evaluation, seeds
+        self.points: dict[int, list[dict]] = {s: [] for s in seeds}
+        self.final: Rollouts | None = None
+
+    def add(self, step: int, agent: Agent, params, final: bool) -> None:
+        """Evaluate every seed's agent at training step `step` (on all the episodes when `final`)."""
+        rollouts = self.evaluation.run(agent, params, final)
+        for i, seed in enumerate(self.seeds):
+            self.points[seed].append({"step": step, "success_rate": float(rollouts.success[i].mean()),
+                                      "episodes": int(rollouts.success.shape[1])})
+        if final:
+            self.final = rollouts
+
+    def write_units(self, out: Path, method: str, pending: list[int]) -> None:
+        """The units of the `pending` seeds, from the final rollouts."""
+        for i, seed in enumerate(self.seeds):
+            if seed in pending:
+                write_unit(out, method, seed, *self.evaluation.record(method, seed, self.final, i, self.points[seed]))
