@@ -15,12 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import physgen.policies.policy as policy_module
+import physgen.policies.agent as agent_module
 from physgen import PhysgenError
 from physgen.control import Controller, export_checkpoint, export_policy, load_exported
 from physgen.data import Normalizer
 from physgen.envs import get_task
-from physgen.policies import Policy, PolicyConfig, PolicyState, TrainedPolicies, act, save_policy
+from physgen.envs.rollout import episode_seeds, run_episodes, step_key
+from physgen.policies import ChunkingAgent, Policy, PolicyConfig, PolicyState, TrainedPolicies, act, save_policy
 
 CONFIG = PolicyConfig(method="flow", hidden=32, depth=2, time_dim=16, obs_steps=2, action_steps=8,
                       exec_steps=4, inference_steps=3)
@@ -41,11 +42,10 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def reference(tiny):
-    """chunk(history, seed, k): what the controller should sample for chunk k, computed without it."""
+    """chunk(history, seed, t): what the controller should sample for the chunk of step t, computed without it."""
     policy, state = tiny
     sample = jax.jit(lambda st, history, key: act(policy, st, history[None], key)[0])
-    return lambda history, seed, k: np.asarray(sample(state, history,
-                                                      jax.random.fold_in(jax.random.key(seed), k)))
+    return lambda history, seed, t: np.asarray(sample(state, history, step_key(seed, t)))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_the_queue_executes_exactly_T_a_actions_per_chunk(tiny, reference, prefe
     for t, action in enumerate(actions):
         k = t // T_A
         start = max(k * T_A - prefetch, 0)  # chunk k is sampled from the history of call start
-        np.testing.assert_allclose(action, reference(seen[start], 7, k)[t - start], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(action, reference(seen[start], 7, k * T_A)[t - start], rtol=1e-6, atol=1e-6)
     assert chunks == 4  # calls 0, 4, 8, 12 (synchronous) or 0, 2, 6, 10 (prefetch 2) started one each
 
 
@@ -84,7 +84,7 @@ def test_temporal_ensembling_weights_the_oldest_chunk_most(tiny, reference):
     with Controller(*tiny, ensemble=k_rate, seed=3) as controller:
         actions = [controller.act(o) for o in obs]
     seen = histories(obs)
-    chunks = [reference(seen[k * T_A], 3, k) for k in range(3)]
+    chunks = [reference(seen[k * T_A], 3, k * T_A) for k in range(3)]
     for t, action in enumerate(actions):
         live = [k for k in range(3) if 0 <= t - k * T_A < T_P]  # oldest first
         weights = np.exp(-k_rate * np.arange(len(live)))
@@ -144,15 +144,15 @@ def test_no_retracing_after_warm_up(tiny, monkeypatch):
         traces.append(1)
         return act(*args, **kwargs)
 
-    monkeypatch.setattr(policy_module, "act", counting_act)  # what the compiled sampler traces
+    monkeypatch.setattr(agent_module, "act", counting_act)  # what the compiled sampler traces
     with Controller(*tiny, prefetch=1, ensemble=0.2) as controller:
-        assert len(traces) == 1
+        assert len(traces) == 2  # compiled ahead of time: the synchronous and the prefetching sampler
         for episode in range(2):
             controller.reset(seed=episode)
             for obs in [*observations(2 * T_A + 3, seed=episode), np.full(OBS_DIM, np.nan), np.zeros(3)]:
                 controller.act(obs)
         assert controller.stats()["calls"] == 2 * (2 * T_A + 5)  # across episodes, the warm-up excluded
-    assert len(traces) == 1
+    assert len(traces) == 2
 
 
 def test_stats_report_latency_misses_and_the_achieved_rate(tiny):
@@ -241,13 +241,12 @@ def test_controller_and_export_from_a_checkpoint(tiny, tmp_path):
     path = save_policy(tmp_path / "seed_0", task, trained, 0)
     obs = observations(1, seed=5)[0]
     expected = np.asarray(act(policy, state._replace(action_low=-jnp.ones(2), action_high=jnp.ones(2)),
-                              np.stack([obs] * T_O)[None], jax.random.fold_in(jax.random.key(0), 0))[0])
+                              np.stack([obs] * T_O)[None], step_key(0, 0))[0])
     with Controller.from_checkpoint(path, rate_hz=50, task="fork") as controller:
         np.testing.assert_allclose(controller.act(obs), expected[0], rtol=1e-6, atol=1e-6)
     loaded = load_exported(export_checkpoint(path, tmp_path / "policy.jaxexport"))
     assert loaded.task == "fork" and loaded.header["config"]["hidden"] == CONFIG.hidden
-    key = jax.random.fold_in(jax.random.key(0), 0)
-    np.testing.assert_allclose(loaded.act(np.stack([obs] * T_O), key), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.act(np.stack([obs] * T_O), step_key(0, 0)), expected, rtol=1e-5, atol=1e-6)
 
 
 
@@ -320,24 +319,43 @@ def test_fuzzed_inputs_never_raise_and_never_stop_good_observations(tiny, option
 
 def test_a_non_finite_chunk_is_dropped_and_resampled_at_the_next_call(tiny, reference, monkeypatch):
     obs = observations(2 * T_A + 1, seed=6)
-    seen = histories(obs)
     with Controller(*tiny, seed=2) as controller:
-        sample = controller._sample_chunk
-        poisoned = {1}  # chunk 1, sampled at call T_A, comes out NaN
+        decide, poisoned = controller._decide_now, [T_A]  # the first chunk sampled at step T_a comes out NaN
 
-        def flaky(history, chunk):
-            return np.full((T_P, ACT_DIM), np.nan, np.float32) if chunk in poisoned else sample(history, chunk)
+        def flaky(carry, observation, t):
+            chunk, action, next_carry = decide(carry, observation, t)
+            if t in poisoned:
+                poisoned.remove(t)
+                return np.full_like(chunk, np.nan), action, next_carry
+            return chunk, action, next_carry
 
-        monkeypatch.setattr(controller, "_sample_chunk", flaky)
+        monkeypatch.setattr(controller, "_decide_now", flaky)
         actions = [controller.act(o) for o in obs[:T_A]]
         np.testing.assert_array_equal(controller.act(obs[T_A]), actions[-1])  # held
         assert controller.fault.startswith("the policy produced a non-finite chunk")
-        # the next good observation samples chunk 2 from its own history and executes T_a of its actions
+        # the carry was kept: the next good observation takes the dropped one's place at step T_a
+        seen = histories(np.concatenate([obs[:T_A], obs[T_A + 1:]]))
         for i, t in enumerate(range(T_A + 1, 2 * T_A + 1)):
             action = controller.act(obs[t])
             assert controller.fault is None
-            np.testing.assert_allclose(action, reference(seen[T_A + 1], 2, 2)[i], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(action, reference(seen[T_A], 2, T_A)[i], rtol=1e-6, atol=1e-6)
         assert controller.stats()["flagged"] == 1
+
+
+@pytest.mark.parametrize("ensemble", [None, 0.3])
+def test_the_controller_acts_as_the_rollout_engine_on_a_recorded_episode(tiny, ensemble):
+    """The bench's rollouts and the robot loop drive the same agent: fed an episode's observations, the Controller
+    returns the actions `run_episodes` took."""
+    policy, state = tiny
+    task, seeds = get_task("fork"), episode_seeds(3, 2)
+    rollouts = run_episodes(task, ChunkingAgent(policy, ensemble=ensemble), jax.tree.map(lambda x: x[None], state),
+                            seeds)
+    with Controller(policy, state, ensemble=ensemble) as controller:
+        for e, seed in enumerate(seeds):
+            controller.reset(seed=int(seed))
+            steps = rollouts.lengths[0, e]
+            actions = [controller.act(o) for o in rollouts.observations[0, e, :steps]]
+            np.testing.assert_allclose(actions, rollouts.actions[0, e, :steps], rtol=1e-5, atol=1e-6)
 
 
 def test_a_tampered_export_header_is_refused(exported, tmp_path):

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -20,33 +20,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from physgen.errors import PhysgenError
-from physgen.policies import Policy, PolicyState, flat_sampler, load_policy
+from physgen.envs.rollout import step_key
+from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy
 
 SAFE_ACTIONS = ("hold", "zero")
 
 
 class Controller:
-    """Receding-horizon control with an ahead-of-time compiled sampler.
+    """Drives a `ChunkingAgent` one call at a time, as `run_episodes` does, with ahead-of-time compiled pieces.
 
-    Call t of an episode (t = 0, 1, ... since `reset`) appends its observation to the history of the last T_o
-    observations (the episode's first observation fills it). Chunk k (k = 0, 1, ...) is sampled with the key
-    `fold_in(key(seed), k)` from the history of call s_k and supplies the actions of calls k*T_a to
-    k*T_a + T_a - 1, action index t - s_k: the queue executes exactly T_a actions per chunk.
+    Call t of an episode (t = 0, 1, ... since `reset(seed)`) observes its observation and returns the agent's
+    action for step t: without prefetch, exactly the action `run_episodes` takes at step t of the episode reset
+    from `seed` when it sees the same observations. Chunks are sampled every T_a calls with the key of the step
+    they start at (`physgen.envs.rollout.step_key`), and ensembled when `ensemble=k` is given (ACT's temporal
+    ensembling: see `physgen.policies.agent`).
 
-    - Without prefetch, s_k = k*T_a: call k*T_a samples chunk k itself, while the caller waits.
-    - With `prefetch=L` (L + T_a <= T_p), call k*T_a - L hands the history to a worker thread, which samples
-      chunk k (s_k = k*T_a - L) while the caller steps the robot; call k*T_a collects it (waiting only if it is
-      unfinished) and skips its first L actions, whose time passed while it was sampled. Chunk 0 of an episode
-      is always sampled synchronously by the first call.
-    - With `ensemble=k` (ACT's temporal ensembling), every chunk still covering call t contributes its action
-      for t, weighted exp(-k * i), i = 0 for the oldest; otherwise the newest chunk alone acts.
+    With `prefetch=L` (L + T_a <= T_p), call k*T_a - L hands the history to a worker thread, which samples the
+    chunk of step k*T_a while the caller steps the robot; call k*T_a collects it (waiting only if it is
+    unfinished) and skips its first L actions, whose time passed while it was sampled. Chunk 0 of an episode is
+    always sampled synchronously by the first call.
 
     A bad observation (not an array of numbers, a shape other than (obs_dim,), NaN, Inf or beyond float32), or
     a chunk with a non-finite action from the policy, gives the safe action: "hold" repeats the last action
     returned, "zero" returns zero clipped into the bounds (which "hold" also returns before the first action).
-    The call sets `fault` to the reason and does not advance the plan: the next good observation resumes it,
-    sampling afresh (with the next chunk's key) where the non-finite chunk was dropped. Every action lies inside
-    the bounds, and `act` never raises: whatever goes wrong inside it is a fault too.
+    The call sets `fault` to the reason and leaves the agent's carry as it was: the next good observation is
+    taken in its place, and a dropped chunk is sampled again on it. Every action lies inside the bounds, and `act`
+    never raises: whatever goes wrong inside it is a fault too.
 
     Latency is measured from entry to return of every `act`; a call slower than 1 / `rate_hz` misses its
     deadline. `stats()` covers every call since construction (the warm-up excluded), across episodes.
@@ -55,31 +54,45 @@ class Controller:
     def __init__(self, policy: Policy, state: PolicyState, rate_hz: float = 50.0, steps: int | None = None,
                  ensemble: float | None = None, prefetch: int = 0, safe_action: str = "hold", seed: int = 0):
         config = policy.config
-        self.obs_steps, self.action_steps = config.obs_steps, config.action_steps
-        self.exec_steps = config.exec_steps
         if not (math.isfinite(rate_hz) and rate_hz > 0):
             raise PhysgenError(f"rate_hz must be a positive number of calls per second, got {rate_hz}")
         if safe_action not in SAFE_ACTIONS:
             raise PhysgenError(f"safe_action must be one of {', '.join(SAFE_ACTIONS)}, got {safe_action!r}")
         if ensemble is not None and not math.isfinite(ensemble):
             raise PhysgenError(f"ensemble (the temporal ensembling rate k) must be finite or None, got {ensemble}")
-        if not 0 <= prefetch <= self.action_steps - self.exec_steps:
+        if not 0 <= prefetch <= config.action_steps - config.exec_steps:
             raise PhysgenError(f"prefetch must be between 0 and action_steps - exec_steps (T_p - T_a = "
-                               f"{self.action_steps} - {self.exec_steps}), got {prefetch}: a prefetched chunk "
+                               f"{config.action_steps} - {config.exec_steps}), got {prefetch}: a prefetched chunk "
                                "skips its first `prefetch` actions and still needs T_a more")
-        self.rate_hz, self.ensemble, self.prefetch = float(rate_hz), ensemble, int(prefetch)
+        self.agent = agent = ChunkingAgent(policy, steps, ensemble)
+        self.exec_steps, self.rate_hz, self.prefetch = config.exec_steps, float(rate_hz), int(prefetch)
         self.safe_action, self.obs_shape = safe_action, (policy.obs_dim,)
         self.action_low = np.broadcast_to(np.asarray(state.action_low, np.float32), (policy.act_dim,))
         self.action_high = np.broadcast_to(np.asarray(state.action_high, np.float32), (policy.act_dim,))
         self._zero = np.clip(np.zeros(policy.act_dim, np.float32), self.action_low, self.action_high)
         self._period_ns = round(1e9 / self.rate_hz)
         self._seed = seed
-        self._leaves, sample = flat_sampler(policy, state, steps)
-        history = jax.ShapeDtypeStruct((self.obs_steps, policy.obs_dim), jnp.float32)
-        chunk_sampler = jax.jit(lambda leaves, history, key, chunk: sample(leaves, history,
-                                                                           jax.random.fold_in(key, chunk)))
-        self._sample = chunk_sampler.lower(self._leaves, history, jax.random.key(seed),
-                                           jax.ShapeDtypeStruct((), jnp.int32)).compile()
+        # the state goes in as a flat tuple of arrays: flattening the nested NNX pytree at every call cost ~40 us
+        leaves, treedef = jax.tree.flatten(state)
+        self._leaves = tuple(leaves)
+        unflat = partial(jax.tree.unflatten, treedef)
+        obs = jax.ShapeDtypeStruct(self.obs_shape, jnp.float32)
+        start = lambda obs: agent.start(state, obs)  # a chunking agent's carry needs the observation only
+        carry = jax.eval_shape(start, obs)
+        chunk, scalar = jax.ShapeDtypeStruct(carry.chunks.shape[1:], jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
+        self._start = jax.jit(start).lower(obs).compile()
+        self._emit = jax.jit(lambda carry, obs: agent.emit(agent.observe(carry, obs))).lower(carry, obs).compile()
+        self._sample = jax.jit(lambda leaves, carry, obs, seed, t: agent.sample(
+            unflat(leaves), agent.observe(carry, obs).history, step_key(seed, t))).lower(
+            self._leaves, carry, obs, scalar, scalar).compile()
+        take = lambda carry, obs, chunk, start: agent.emit(agent.accept(agent.observe(carry, obs), chunk, start))
+        self._take = jax.jit(take).lower(carry, obs, chunk, scalar).compile()
+
+        def decide(leaves, carry, obs, seed, t):  # a synchronous sample and its first action in one call
+            chunk = agent.sample(unflat(leaves), agent.observe(carry, obs).history, step_key(seed, t))
+            return chunk, *take(carry, obs, chunk, t)
+
+        self._decide = jax.jit(decide).lower(self._leaves, carry, obs, scalar, scalar).compile()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="physgen-prefetch") if self.prefetch else None
         self._pending: tuple[int, Future] | None = None
         self._clear_stats()
@@ -98,16 +111,14 @@ class Controller:
         return self.fault is not None
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode: empty history and queue, chunk keys from k = 0; `seed` replaces the seed."""
+        """Start an episode: an empty carry, steps from t = 0; `seed` (the episode's seed) replaces the seed."""
         if self._pending is not None:
             self._pending[1].result()
         self._pending = None
         if seed is not None:
             self._seed = seed
-        self._key = jax.random.key(self._seed)
-        self._history: deque[np.ndarray] = deque(maxlen=self.obs_steps)
-        self._chunks: list[tuple[int, np.ndarray]] = []  # (s_k, chunk), oldest first
-        self._t = self._chunk = 0
+        self._carry = None  # the agent's, after the last good call
+        self._t = 0
         self._last: np.ndarray | None = None
         self.fault: str | None = None
 
@@ -179,40 +190,37 @@ class Controller:
             return None, "the observation holds NaN or Inf (or a value beyond float32)"
         return obs, None
 
-    def _next_chunk(self) -> int:
-        """The index k of the chunk about to be sampled (its key is fold_in(key(seed), k))."""
-        self._chunk, self._sampled = self._chunk + 1, self._sampled + 1
-        return self._chunk - 1
+    def _decide_now(self, carry, obs: np.ndarray, t: int):
+        """(chunk, action, carry) of a synchronous decision at step `t`."""
+        self._sampled += 1
+        chunk, action, carry = self._decide(self._leaves, carry, obs, np.int32(self._seed), np.int32(t))
+        return np.asarray(chunk), action, carry
 
-    def _sample_chunk(self, history: np.ndarray, chunk: int) -> np.ndarray:
-        return np.asarray(self._sample(self._leaves, history, self._key, np.int32(chunk)))
+    def _sample_chunk(self, carry, obs: np.ndarray, t: int) -> np.ndarray:
+        """The chunk of step `t`, sampled from the history of `carry` with `obs` observed."""
+        self._sampled += 1
+        return np.asarray(self._sample(self._leaves, carry, obs, np.int32(self._seed), np.int32(t)))
 
     def _step(self, obs: np.ndarray) -> np.ndarray | None:
-        """Advance the plan by one call and return its action; None, without advancing, for a non-finite chunk."""
-        self._history.extend([obs] * (self.obs_steps if not self._history else 1))
+        """The action of this call, the carry advanced; None, the carry kept, for a non-finite chunk."""
         t = self._t
+        before = carry = self._carry if self._carry is not None else self._start(obs)
         if t % self.exec_steps == 0:
-            if self._pending is not None:
+            if self._pending is None:
+                chunk, action, carry = self._decide_now(carry, obs, t)
+            else:
                 (start, future), self._pending = self._pending, None
                 chunk = future.result()
-            else:
-                start, chunk = t, self._sample_chunk(np.stack(self._history), self._next_chunk())
+                if np.all(np.isfinite(chunk)):
+                    action, carry = self._take(carry, obs, chunk, np.int32(start))
             if not np.all(np.isfinite(chunk)):
-                return None  # dropped before the plan moves: the next call, at the same t, samples another
-            self._chunks = [*self._chunks, (start, chunk)] if self.ensemble is not None else [(start, chunk)]
-        if self.prefetch and (t + self.prefetch) % self.exec_steps == 0:
-            history = np.stack(self._history)
-            self._pending = t, self._worker.submit(self._sample_chunk, history, self._next_chunk())
-        if self.ensemble is None:
-            start, chunk = self._chunks[-1]
-            action = chunk[t - start]
+                return None
         else:
-            self._chunks = [(start, chunk) for start, chunk in self._chunks if t - start < self.action_steps]
-            weights = np.exp(-self.ensemble * np.arange(len(self._chunks)))
-            actions = np.stack([chunk[t - start] for start, chunk in self._chunks])
-            action = (weights @ actions / weights.sum()).astype(np.float32)
-        self._t += 1
-        return np.clip(action, self.action_low, self.action_high)  # a finite chunk gives a finite action
+            action, carry = self._emit(carry, obs)
+        if self.prefetch and (t + self.prefetch) % self.exec_steps == 0:
+            self._pending = t, self._worker.submit(self._sample_chunk, before, obs, t + self.prefetch)
+        self._carry, self._t = carry, t + 1
+        return np.clip(np.asarray(action), self.action_low, self.action_high)  # a finite chunk, a finite action
 
     def _record(self, start: int) -> None:
         latency = time.perf_counter_ns() - start
