@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -66,6 +67,11 @@ def test_random_policy_dataset_for_a_gymnasium_task(minari_root):
         normalized_score(dataset.metadata, [1.0])
     with pytest.raises(PhysgenError, match="has no policy 'expert'.*its policies: random"):
         generate_dataset(task, episodes=1)
+    metadata_file = path / "data" / "metadata.json"  # as an earlier physgen wrote it: no format
+    metadata = json.loads(metadata_file.read_text())
+    metadata_file.write_text(json.dumps({k: v for k, v in metadata.items() if k != "physgen_format"}))
+    with pytest.raises(PhysgenError, match="stored each episode's last observation as its first; delete .*random-v0"):
+        load_dataset(task, path.name)
 
 
 def test_loaded_arrays_line_up_with_episodes(fork_dataset):

@@ -150,6 +150,16 @@ def test_hopper_is_gymnasium_hopper_with_fall_events_and_seeded_resets():
         assert a.observations.shape[1] == task.obs_dim and a.actions.shape[1] == task.act_dim
         np.testing.assert_array_equal(a.events["fall"], a.terminations)
     assert [e.seed for e in first] == [int(s) for s in episode_seeds(1, 2)]
+    for episode in first:  # recorded in place, the first observation once came out as the last one
+        np.testing.assert_array_equal(episode.observations[0], task.make_env().reset(seed=episode.seed)[0])
+        np.testing.assert_array_equal(episode.observations[1:], rollout_gym_steps(task, episode))
+
+
+def rollout_gym_steps(task, episode):
+    """The observations after each of `episode`'s actions, stepped anew from its seed."""
+    env = task.make_env()
+    env.reset(seed=episode.seed)
+    return np.stack([env.step(action)[0] for action in episode.actions])
 
 
 def test_hopper_success_rule():

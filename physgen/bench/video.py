@@ -133,8 +133,8 @@ def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) ->
     expert_return = load_dataset(task).metadata.get("ref_max_score")
     seeds = episode_seeds(EVALUATION, episodes)
     rollouts = run_episodes(task, agent, jax.tree.map(lambda x: x[None], params), seeds, expert_return)
-    outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]], {k: v[0, e] for k, v in rollouts.events.items()},
-                 rollouts.returns[0, e]) for e, s in enumerate(seeds)]
+    outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
+                 {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e]) for e, s in enumerate(seeds)]
     paths = []
     for seed, actions, events, episode_return in outcomes:
         fired = [k for k in task.events if np.any(events[k])]

@@ -8,5 +8,5 @@ from physgen.data.windows import (SequenceBatch, WindowBatch, sample_sequences, 
                                   windows_at)
 
 __all__ = ["Dataset", "Normalizer", "SequenceBatch", "Trajectories", "WindowBatch", "dataset_id", "datasets_root",
-           "ensure_dataset", "generate_dataset", "load_dataset", "normalized_score", "sample_sequences", "sample_windows",
-           "select_episodes", "sequence_starts", "split_episodes", "windows_at"]
+           "ensure_dataset", "generate_dataset", "load_dataset", "normalized_score", "sample_sequences",
+           "sample_windows", "select_episodes", "sequence_starts", "split_episodes", "windows_at"]

@@ -21,7 +21,7 @@ from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
 
 import physgen
-from physgen.data.trajectories import (dataset_id, datasets_root, flatten_episodes, load_dataset,
+from physgen.data.trajectories import (DATASET_FORMAT, dataset_id, datasets_root, flatten_episodes, load_dataset,
                                        write_array_cache)
 from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
@@ -141,7 +141,8 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
             )
             created.storage.update_metadata({
                 "physgen_task": task.name, "physgen_policy": policy, "physgen_seed": seed,
-                "physgen_version": physgen.__version__, "physgen_events": list(task.events),
+                "physgen_version": physgen.__version__, "physgen_format": DATASET_FORMAT,
+                "physgen_events": list(task.events),
                 **({} if ref_max is not None else {"ref_min_score": ref_min}),
             })
         write_array_cache(staging / dataset, flatten_episodes(task, data))

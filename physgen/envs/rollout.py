@@ -112,7 +112,8 @@ def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, s
     obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, seeds)])
     for env, s in zip(envs, seeds):
         env.action_space.seed(s)
-    steps = [{"obs": [o], "action": [], "reward": [], "term": [], "trunc": [], **{k: [] for k in task.events}}
+    # copies: `obs[i]` is overwritten in place at every step, and a view would end as the episode's last observation
+    steps = [{"obs": [o.copy()], "action": [], "reward": [], "term": [], "trunc": [], **{k: [] for k in task.events}}
              for o in obs]
     live = np.ones(len(seeds), bool)
     while live.any():
