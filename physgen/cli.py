@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+from physgen.bench.protocol import BUDGETS
+from physgen.bench.registry import REGISTRY
 from physgen.errors import PhysgenError
 from physgen.io import check_folder
 from physgen.seeds import TUNING
@@ -160,6 +162,10 @@ def _plan(args: argparse.Namespace) -> None:
               f"{reached:.2f} |")
 
 
+# the methods `physgen train` trains by themselves: those whose checkpoints act (`Method.load`)
+TRAINABLE = tuple(name for name, method in REGISTRY.items() if method.load)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="physgen", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a policy (offline methods: on the task's expert dataset; ppo: "
                                 "online) or a world model (rssm, vae), one checkpoint per seed")
     train.add_argument("--task", required=True)
-    train.add_argument("--method", required=True, choices=("diffusion", "flow", "bc", "ppo", "rssm", "vae"))
+    train.add_argument("--method", required=True, choices=(*TRAINABLE, "rssm", "vae"))
     train.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, trained together (vmapped)")
     train.add_argument("--steps", type=int, default=None,
                        help="gradient steps, or environment steps per seed for ppo (default: the method's config)")
@@ -195,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="train every method over seeds, evaluate on shared episodes, report "
                                 "success with confidence intervals, failure categories and videos")
     bench.add_argument("--task", required=True)
-    bench.add_argument("--methods", default=None, help="comma-separated, from diffusion, flow, bc, ppo, "
-                       "rssm-mpc, ppo-wm (default: diffusion, flow, bc, and the others where the budget allows)")
+    bench.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(REGISTRY)} (default: "
+                       "the offline ones, and the online ones where the budget allows)")
     bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
     bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
-    bench.add_argument("--budget", choices=("smoke", "quick", "full"), default="quick")
+    bench.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     bench.add_argument("--out", default=None, help="default: runs/bench/<task>; rerunning resumes")
     bench.add_argument("--no-videos", action="store_true", help="skip rendering the failure videos")
     bench.set_defaults(run=_bench)

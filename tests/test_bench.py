@@ -7,13 +7,18 @@ import subprocess
 import sys
 import time
 
+from typing import NamedTuple
+
 import h5py
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from physgen.bench import run_bench
+from physgen.bench import Method, registry, run_bench
 from physgen.bench.failures import StateSupport, categorize, fit_support, hidden_by_aggregates, nearest_distances
+from physgen.bench.units import Curves
 from physgen.bench.video import pick_episodes
+from physgen.control.latency import measure_agent_latency
 from physgen.cli import main
 from physgen.data import generate_dataset
 from physgen.envs import get_task
@@ -159,7 +164,8 @@ def test_the_protocol_mismatch_names_the_fields_and_a_damaged_protocol_is_named(
 
 
 def test_the_task_recipe_sets_the_policy_configs_and_is_recorded_with_the_command(smoke_run):
-    from physgen.bench.protocol import bench_command, policy_config
+    from physgen.bench.protocol import policy_config
+    from physgen.bench.registry import bench_command
     from physgen.envs.base import Recipe
 
     hopper = get_task("hopper")
@@ -354,3 +360,45 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     assert main(["video", "--task", "fork", "--checkpoint", str(out / "checkpoints" / "ppo-wm" / "seed_0"),
                  "--episodes", "1", "--out", str(tmp_path / "videos")]) == 0
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+
+
+class HoldStill(NamedTuple):
+    """A toy agent: every action is its parameter (one number per seed) in every component."""
+
+    act_dim: int
+
+    def start(self, params, obs):
+        return ()
+
+    def act(self, params, carry, obs, key):
+        return jnp.full(self.act_dim, params), carry
+
+
+def _run_hold_still(job):
+    agent, curves = HoldStill(job.task.act_dim), Curves(job.evaluation, job.seeds)
+    params = jnp.full(len(job.seeds), job.hyperparameters["action"])
+    curves.add(0, agent, params, final=True)
+    job.finish("hold-still", curves, measure_agent_latency(agent, params[0], np.zeros((3, job.task.obs_dim))))
+
+
+def test_a_method_is_one_module_and_one_registration(datasets, tmp_path, request, capsys):
+    """A toy method, registered, runs through `physgen bench` from the CLI like the built-in ones."""
+    method = Method("hold-still", lambda task, budget: {"action": 0.0}, _run_hold_still, work=lambda values: 1)
+    registry.register_method(method)
+    request.addfinalizer(lambda: registry.REGISTRY.pop("hold-still"))
+    with pytest.raises(PhysgenError, match="'hold-still' is registered already"):
+        registry.register_method(method)
+    out = tmp_path / "toy"
+    assert main(["bench", "--task", "fork", "--methods", "hold-still,bc", "--seeds", "2", "--episodes", "3",
+                 "--budget", "smoke", "--no-videos", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    protocol = json.loads((out / "protocol.json").read_text())["experiment"]
+    assert protocol["methods"] == ["hold-still", "bc"] and protocol["hyperparameters"]["hold-still"] == {"action": 0.0}
+    units = results["units"]["hold-still"]
+    # standing still at the start never reaches fork's goal: known truth
+    assert [u["seed"] for u in units] == [0, 1] and not any(e["success"] for u in units for e in u["episodes"])
+    assert all(e["return"] == units[0]["episodes"][i]["return"] for u in units for i, e in enumerate(u["episodes"]))
+    assert "hold-still" in (out / "report.md").read_text()
+    assert main(["bench", "--task", "fork", "--methods", "no-such", "--budget", "smoke", "--out", str(out)]) == 2
+    assert "unknown method(s) no-such; use some of diffusion, flow, bc, ppo, rssm-mpc, ppo-wm, hold-still" in (
+        capsys.readouterr().err)

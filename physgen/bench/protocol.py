@@ -18,17 +18,8 @@ from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.policy import PolicyConfig
-from physgen.policies.ppo import PPOConfig
-from physgen.world_models.dream import DreamConfig
-from physgen.world_models.mpc import MPCConfig
-from physgen.world_models.rssm import RSSMConfig
 from physgen.seeds import EVALUATION
 
-OFFLINE_METHODS = ("diffusion", "flow", "bc")
-WORLD_MODEL_METHODS = ("rssm-mpc", "ppo-wm")
-ONLINE_METHODS = ("ppo", *WORLD_MODEL_METHODS)  # joined to the defaults as the budget allows
-METHODS = (*OFFLINE_METHODS, *ONLINE_METHODS)
-GENERATIVE_METHODS = ("diffusion", "flow", *WORLD_MODEL_METHODS)  # compared against the others (BC, PPO)
 STATS = {"confidence": 0.95, "resamples": 10_000, "bootstrap_seed": 0}
 CHECKPOINT_RULE = "the final EMA weights of every seed (no selection over checkpoints or seeds)"
 PACKAGES = ("physgen", "jax", "jaxlib", "flax", "optax", "gymnasium", "minari", "mujoco", "numpy", "scipy")
@@ -61,32 +52,6 @@ BUDGETS = {
 }
 
 
-def world_model_datasets(task: Task) -> list[str]:
-    """The datasets the RSSMs learn from: the task's standard ones, and a noisy expert's on pure-JAX tasks (an
-    expert that never fails shows a model nothing of failure)."""
-    names = [f"{name}-v0" for name in task.datasets]
-    return names + (["noisy-v0"] if task.functional is not None else [])
-
-
-def world_model_hyperparameters(method: str, budget: Budget) -> dict:
-    rssm = dataclasses.asdict(RSSMConfig(steps=budget.rssm_steps,
-                                         steps_per_call=-(-budget.rssm_steps // budget.curve_points)))
-    if method == "rssm-mpc":
-        return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
-    ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
-                    checkpoint_every=0)
-    return {"rssm": rssm, "ppo": dataclasses.asdict(ppo), "dream": dataclasses.asdict(DreamConfig())}
-
-
-def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
-    """The methods a run uses when none are named, and why PPO is left out (None when it is in)."""
-    if budget.ppo_by_default == "always" or (budget.ppo_by_default == "pure-jax" and task.functional is not None):
-        return list(METHODS), None
-    return list(OFFLINE_METHODS), (f"PPO and the world-model methods are left out on this budget: "
-                                   f"{budget.ppo_steps:,} environment steps per PPO seed on {task.name} do not fit "
-                                   "it; add them with --methods ...,ppo,rssm-mpc,ppo-wm or --budget full")
-
-
 def policy_config(task: Task, method: str, budget_name: str) -> PolicyConfig:
     """The task's recipe for `method` on a budget, evaluated at the budget's curve points."""
     settings = task.recipe.settings(method, budget_name)
@@ -94,24 +59,9 @@ def policy_config(task: Task, method: str, budget_name: str) -> PolicyConfig:
     return PolicyConfig(method=method, steps_per_call=-(-steps // BUDGETS[budget_name].curve_points), **settings)
 
 
-def bench_command(task: Task, experiment: dict) -> str:
-    """The `physgen bench` command line that reproduces a run's experiment (defaults left out)."""
-    budget = BUDGETS[experiment["budget"]]
-    parts = [f"physgen bench --task {task.name}"]
-    if experiment["budget"] != "quick":
-        parts.append(f"--budget {experiment['budget']}")
-    if experiment["methods"] != default_methods(task, budget)[0]:
-        parts.append(f"--methods {','.join(experiment['methods'])}")
-    if experiment["training_seeds"] != list(range(budget.seeds)):
-        parts.append(f"--seeds {len(experiment['training_seeds'])}")
-    if experiment["episodes"] != budget.episodes:
-        parts.append(f"--episodes {experiment['episodes']}")
-    return " ".join(parts)
-
-
 def describe_recipe(task: Task) -> list[str]:
     """The task's recipe in words: the settings shared by the offline methods, each method's own, and the budgets."""
-    configs = {m: policy_config(task, m, "quick") for m in OFFLINE_METHODS}
+    configs = {m: policy_config(task, m, "quick") for m in ("diffusion", "flow", "bc")}
     c = configs["diffusion"]
     sizes = {b: policy_config(task, "diffusion", b) for b in BUDGETS}
     budgets = " / ".join(f"{b} {p.steps:,} steps, batch {p.batch_size}, width {p.hidden}" for b, p in sizes.items())
@@ -155,25 +105,23 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name: str, episodes: int, dataset,
+def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str, episodes: int, dataset,
                   note: str | None) -> dict:
+    """The protocol of a run of `methods` (`physgen.bench.method.Method`s), with each one's hyperparameters."""
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
                                       dataset.trajectories.num_episodes).tolist())
     if dataset_seeds & set(evaluation.tolist()):
         raise PhysgenError("evaluation episode seeds overlap the dataset's; regenerate the dataset with another --seed")
-    hyper = {m: dataclasses.asdict(policy_config(task, m, budget_name)) for m in methods if m in OFFLINE_METHODS}
-    if "ppo" in methods:
-        hyper["ppo"] = dataclasses.asdict(PPOConfig(total_steps=budget.ppo_steps))
-    hyper.update({m: world_model_hyperparameters(m, budget) for m in methods if m in WORLD_MODEL_METHODS})
+    hyper = {m.name: m.hyperparameters(task, budget_name) for m in methods}
+    datasets = [name for m in methods if m.datasets for name in m.datasets(task)]
     return {
         "experiment": {
-            "task": task.name, "methods": methods, "training_seeds": seeds, "budget": budget_name,
+            "task": task.name, "methods": [m.name for m in methods], "training_seeds": seeds, "budget": budget_name,
             "budget_settings": dataclasses.asdict(budget), "episodes": episodes,
             "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
-            "curve_steps": {m: curve_steps(policy_config(task, m, budget_name)) for m in methods
-                            if m in OFFLINE_METHODS},
+            "curve_steps": {m.name: m.curve_steps(hyper[m.name]) for m in methods if m.curve_steps},
             "recipe": task.recipe.as_dict(),
             "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper,
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
@@ -181,8 +129,7 @@ def make_protocol(task: Task, methods: list[str], seeds: list[int], budget_name:
                         **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},
             "statistics": STATS, "failure_rules": "physgen.bench.failures (rules in its docstring)",
             "ppo_left_out": note,
-            "world_model_datasets": (world_model_datasets(task)
-                                     if set(methods) & set(WORLD_MODEL_METHODS) else None),
+            "world_model_datasets": list(dict.fromkeys(datasets)) or None,
         },
         "environment": {"packages": _versions(), "git_commit": _git_commit(), "python": platform.python_version(),
                         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",

@@ -11,7 +11,7 @@ import numpy as np
 
 from physgen import plan, stats
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
-from physgen.bench.protocol import GENERATIVE_METHODS, bench_command
+from physgen.bench.registry import REGISTRY, bench_command
 from physgen.io import write_json, write_text
 from physgen.envs import Task
 
@@ -21,8 +21,6 @@ INTERVALS = ("Intervals: 95% over training seeds (docs/intervals.md): success an
              "a t-interval over the seeds' means, differences Newcombe's square-and-add, P(improvement) Newcombe's "
              "score interval.")
 TRUSTED_COVERAGE = 0.94  # the coverage every simulated cell with 5 or more seeds must reach (tests/test_stats.py)
-# what the x axis of a method's success curve counts (default: gradient steps; rssm-mpc: the RSSM's)
-CURVE_AXES = {"ppo": "PPO environment steps", "ppo-wm": "PPO imagined steps"}
 
 
 def _interval(summary: dict, digits: int = 2) -> str:
@@ -53,8 +51,8 @@ def summarize_units(units: dict[str, list[dict]], statistics: dict) -> dict:
                               for c in CATEGORIES if any(c in row for row in categories)}
         result["categories"] = [c for row in categories for c in row if c is not None]
         summary[method] = result
-    baselines = [m for m in units if m not in GENERATIVE_METHODS]
-    for method in (m for m in units if m in GENERATIVE_METHODS):
+    baselines = [m for m in units if not REGISTRY[m].generative]
+    for method in (m for m in units if REGISTRY[m].generative):
         summary[method]["improvement_over"] = {
             base: _comparison(summary[method], summary[base], counts[method], counts[base], episodes, confidence, seed)
             for base in baselines}
@@ -89,9 +87,9 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
 
 def _figures(out: Path, summary: dict, curves: dict) -> None:
     methods = list(summary)
-    groups = [(label, {m: p for m, p in curves.items() if CURVE_AXES.get(m, "gradient steps") == label})
-              for label in dict.fromkeys(["gradient steps", *CURVE_AXES.values()])]
-    groups = [(label, members) for label, members in groups if members]
+    axis_of = {m: REGISTRY[m].curve_axis for m in curves}
+    groups = [(label, {m: p for m, p in curves.items() if axis_of[m] == label})
+              for label in dict.fromkeys(axis_of.values())]
     fig = Figure(figsize=(6 * len(groups), 4))
     axes = fig.subplots(1, len(groups), squeeze=False)
     for ax, (label, members) in zip(axes[0], groups):

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 
 from physgen.bench.failures import CATEGORIES
+from physgen.bench.registry import load_agent
 from physgen.data import load_dataset
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
-from physgen.policies.runner import load_agent
 from physgen.seeds import EVALUATION
 
 FAILURE_VIDEOS = 5

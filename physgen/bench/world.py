@@ -9,14 +9,16 @@ Their units, curves, failure categories, latency and videos are those of every o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.bench.protocol import world_model_datasets
-from physgen.bench.units import Curves, Evaluation, write_latency
+from physgen.bench.method import Job, Method
+from physgen.bench.protocol import BUDGETS, Budget
+from physgen.bench.units import Curves
 from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task
@@ -28,6 +30,23 @@ from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
 from physgen.world_models.mpc import MPC, MPCConfig
 from physgen.world_models.rssm import RSSMConfig
 from physgen.world_models.train import load_world_model, save_world_model, train_world_models
+
+
+def world_model_datasets(task: Task) -> list[str]:
+    """The datasets the RSSMs learn from: the task's standard ones, and a noisy expert's on pure-JAX tasks (an
+    expert that never fails shows a model nothing of failure)."""
+    names = [f"{name}-v0" for name in task.datasets]
+    return names + (["noisy-v0"] if task.functional is not None else [])
+
+
+def hyperparameters(method: str, budget: Budget) -> dict:
+    rssm = dataclasses.asdict(RSSMConfig(steps=budget.rssm_steps,
+                                         steps_per_call=-(-budget.rssm_steps // budget.curve_points)))
+    if method == "rssm-mpc":
+        return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
+    ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
+                    checkpoint_every=0)
+    return {"rssm": rssm, "ppo": dataclasses.asdict(ppo), "dream": dataclasses.asdict(DreamConfig())}
 
 
 def _splits(task: Task):
@@ -72,14 +91,13 @@ def _write_open_loop(out: Path, task: Task, model, params, train, test, seeds: l
         "training_episodes": int(train.num_episodes)})
 
 
-def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation: Evaluation, protocol: dict) -> None:
+def _run_rssm_mpc(job: Job) -> None:
     """Evaluate MPC at every curve point while the RSSMs train (their curves are kept in `units/rssm-mpc/`, so a
     resumed run loads the models and evaluates only the final point), then write the pending units."""
-    experiment, task = protocol["experiment"], evaluation.task
-    values = experiment["hyperparameters"]["rssm-mpc"]
+    out, task, seeds, values = job.out, job.task, job.seeds, job.hyperparameters
     config, mpc_config = RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])
     saved_curves = out / "units" / "rssm-mpc" / "curves.json"
-    curves = Curves(evaluation, seeds)
+    curves = Curves(job.evaluation, seeds)
 
     def point(done: int, model, params) -> None:
         curves.add(done, MPC.for_task(model, mpc_config, task), params, done == config.steps)
@@ -93,16 +111,14 @@ def run_rssm_mpc(out: Path, seeds: list[int], pending: list[int], evaluation: Ev
         model, params, train, _ = world_models(out, task, config, seeds, callback=point)
         write_json(saved_curves, curves.points)
     first = jax.tree.map(lambda x: x[0], params)
-    write_latency(out, "rssm-mpc", measure_agent_latency(MPC.for_task(model, mpc_config, task), first,
+    job.finish("rssm-mpc", curves, measure_agent_latency(MPC.for_task(model, mpc_config, task), first,
                                                          np.asarray(train.observations[:200])))
-    curves.write_units(out, "rssm-mpc", pending)
 
 
-def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation: Evaluation, protocol: dict) -> None:
+def _run_ppo_wm(job: Job) -> None:
     """Train PPO inside every seed's RSSM (or load it, when only the evaluation was lost) and evaluate it in the
     task itself."""
-    experiment, task = protocol["experiment"], evaluation.task
-    values = experiment["hyperparameters"]["ppo-wm"]
+    out, task, seeds, values = job.out, job.task, job.seeds, job.hyperparameters
     config, ppo, dream = (RSSMConfig.from_dict(values["rssm"]), PPOConfig.from_dict(values["ppo"]),
                           DreamConfig(**values["dream"]))
     model, params, train, _ = world_models(out, task, config, seeds)
@@ -117,8 +133,15 @@ def run_ppo_wm(out: Path, seeds: list[int], pending: list[int], evaluation: Eval
                      imagined_steps=ppo.num_updates * ppo.steps_per_update,
                      final_imagined_return=float(np.nanmean(imagined[i, -5:])))
         policies = agent_params(learners)
-    agent, curves = GaussianAgent.for_task(task, ppo), Curves(evaluation, seeds)
+    agent, curves = GaussianAgent.for_task(task, ppo), Curves(job.evaluation, seeds)
     curves.add(ppo.num_updates * ppo.steps_per_update, agent, policies, final=True)
     first = jax.tree.map(lambda x: x[0], policies)
-    write_latency(out, "ppo-wm", measure_agent_latency(agent, first, np.asarray(train.observations[:200])))
-    curves.write_units(out, "ppo-wm", pending)
+    job.finish("ppo-wm", curves, measure_agent_latency(agent, first, np.asarray(train.observations[:200])))
+
+
+RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", BUDGETS[budget]), _run_rssm_mpc,
+                  work=lambda values: values["rssm"]["steps"], online=True, generative=True,
+                  datasets=world_model_datasets)
+PPO_WM = Method("ppo-wm", lambda task, budget: hyperparameters("ppo-wm", BUDGETS[budget]), _run_ppo_wm,
+                work=lambda values: values["ppo"]["total_steps"], online=True, generative=True,
+                curve_axis="PPO imagined steps", datasets=world_model_datasets)

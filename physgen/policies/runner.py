@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +14,7 @@ from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.envs.rollout import Agent
-from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network
-from physgen.policies.ppo import GaussianAgent, load_ppo
 from physgen.policies.train import TrainedPolicies
 
 
@@ -47,15 +43,6 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Policy, Poli
     state = PolicyState(params, Normalizer(**arrays["obs_norm"]), Normalizer(**arrays["act_norm"]),
                         jnp.asarray(spec.low), jnp.asarray(spec.high))
     return policy, jax.tree.map(jnp.asarray, state), meta
-
-
-def load_agent(path: str | Path, task: str | None = None) -> tuple[Agent, Any]:
-    """(agent, parameters) of a policy checkpoint: diffusion, flow and bc as chunking agents, PPO as its Gaussian."""
-    if load_checkpoint(path, task)[1]["method"] == "ppo":
-        task_obj, config, params, normalizer, _ = load_ppo(path, task)
-        return GaussianAgent.for_task(task_obj, config), (params, normalizer)
-    policy, state, _ = load_policy(path, task)
-    return ChunkingAgent(policy), state
 
 
 class PolicyRunner:
