@@ -27,6 +27,7 @@ from physgen.errors import PhysgenError
 from physgen.seeds import EVALUATION
 from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import PolicyConfig
+from physgen.policies.ppo import load_ppo_policy
 from physgen.policies.train import train_policies
 
 
@@ -71,7 +72,7 @@ def main() -> None:
         parser.exit(2, "physgen: error: --seeds and --episodes must be at least 1\n")
     seeds = list(range(args.seed, args.seed + args.seeds))
     task = get_task("hopper")
-    dataset = ensure_dataset(task)
+    dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
     train, _ = split_episodes(dataset.trajectories, 0.1, seed=0)
     expert = dataset.metadata["ref_max_score"]
     for spec, (config, *variants) in zip(args.configs, evaluated):

@@ -7,11 +7,24 @@ import signal
 import sys
 from pathlib import Path
 
-from physgen.bench.protocol import BUDGETS
+from physgen.bench import run_bench
+from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
+from physgen.bench.sweep import sweep_steps
+from physgen.bench.video import checkpoint_videos
+from physgen.control import export_checkpoint
+from physgen.data import generate_dataset, load_dataset, split_episodes
+from physgen.envs import get_task, list_tasks
+from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
-from physgen.io import check_folder
+from physgen.io import check_folder, read_json
+from physgen.plan import RUNS, seeds_needed, spread_from_rates
+from physgen.policies import ChunkingAgent, PolicyConfig, save_policy, train_policies
+from physgen.policies.ppo import load_ppo_policy
+from physgen.policies.ppo import train_from_cli as train_ppo_from_cli
 from physgen.seeds import TUNING
+from physgen.world_models import train_from_cli as train_world_model_from_cli
+from physgen.world_models.data import generate_noisy_dataset
 
 
 def _check_minimums(args: argparse.Namespace, **minimums: int) -> None:
@@ -21,9 +34,6 @@ def _check_minimums(args: argparse.Namespace, **minimums: int) -> None:
 
 
 def _tasks(args: argparse.Namespace) -> None:
-    from physgen.bench.protocol import describe_recipe
-    from physgen.envs import list_tasks
-
     for task in list_tasks():
         print(f"{task.name}: {task.summary}\n"
               f"  observation {task.obs_dim}, action {task.act_dim}, {task.control_hz:g} Hz, horizon {task.horizon}\n"
@@ -35,17 +45,13 @@ def _tasks(args: argparse.Namespace) -> None:
 
 
 def _data(args: argparse.Namespace) -> None:
-    from physgen.data import generate_dataset, load_dataset
-    from physgen.envs import get_task
-
     task = get_task(args.task)
     for policy in [args.policy] if args.policy else task.datasets:
         if policy == "noisy":
-            from physgen.world_models.data import generate_noisy_dataset
-
             path = generate_noisy_dataset(task, args.episodes or task.dataset_episodes, args.seed)
         else:
-            path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=policy)
+            path = generate_dataset(task, episodes=args.episodes, seed=args.seed, policy=policy,
+                                    load_demonstrator=load_ppo_policy)
         dataset = load_dataset(task, path.name)
         meta, data = dataset.metadata, dataset.trajectories
         scores = ", ".join(f"{key} {meta[key]:.3f}" for key in ("ref_min_score", "ref_max_score") if key in meta)
@@ -53,25 +59,16 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from physgen.data import load_dataset, split_episodes
-    from physgen.envs import get_task
-    from physgen.envs.rollout import episode_seeds, run_episodes
-    from physgen.policies import ChunkingAgent, PolicyConfig, save_policy, train_policies
-
     task = get_task(args.task)
     _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
     out = check_folder(Path(args.out) / task.name / args.method, "--out")
     if args.method == "ppo":
-        from physgen.policies.ppo import train_from_cli
-
-        print(train_from_cli(task.name, list(range(args.seeds)), args.steps, str(out)))
+        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out)))
         return
     if args.method in ("rssm", "vae"):
-        from physgen.world_models import train_from_cli
-
         datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
-        print(train_from_cli(task.name, args.method, list(range(args.seeds)), args.steps, str(out.absolute()),
-                             datasets, images=args.images))
+        print(train_world_model_from_cli(task.name, args.method, list(range(args.seeds)), args.steps,
+                                         str(out.absolute()), datasets, images=args.images))
         return
     if args.dataset and "," in args.dataset:
         raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "
@@ -92,17 +89,12 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from physgen.bench import run_bench
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
 def _video(args: argparse.Namespace) -> None:
-    from physgen.bench.video import checkpoint_videos
-    from physgen.envs import get_task
-
     _check_minimums(args, episodes=1)
     check_folder(Path(args.out), "--out")
     for path in checkpoint_videos(get_task(args.task), Path(args.checkpoint), args.episodes, Path(args.out)):
@@ -110,16 +102,12 @@ def _video(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from physgen.control import export_checkpoint
-
     check_folder(Path(args.out).absolute().parent, "--out")
     path = export_checkpoint(args.checkpoint, args.out, steps=args.sampler_steps)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def _sweep_steps(args: argparse.Namespace) -> None:
-    from physgen.bench.sweep import sweep_steps
-
     try:
         steps = [int(k) for k in args.sampler_steps.split(",")]
     except ValueError:
@@ -131,9 +119,6 @@ def _sweep_steps(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from physgen.io import read_json
-    from physgen.plan import RUNS, seeds_needed, spread_from_rates
-
     try:
         episodes = [int(e) for e in args.episodes.split(",")]
     except ValueError:
@@ -145,9 +130,9 @@ def _plan(args: argparse.Namespace) -> None:
         results = read_json(Path(args.bench) / "results.json")
         if results is None:
             raise PhysgenError(f"no readable results.json in {args.bench}; pass a finished physgen bench folder")
-        summary, run_episodes = results["summary"], results["run"]["episodes"]
+        summary, per_seed = results["summary"], results["run"]["episodes"]
         if spread is None:
-            spread = max(spread_from_rates(s["per_seed_success"], run_episodes) for s in summary.values())
+            spread = max(spread_from_rates(s["per_seed_success"], per_seed) for s in summary.values())
         if baseline is None:
             baseline = min(s["success_mean"]["estimate"] for s in summary.values())
     if baseline is None:

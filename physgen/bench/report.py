@@ -12,6 +12,7 @@ import numpy as np
 from physgen import plan, stats
 from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
 from physgen.bench.registry import REGISTRY, bench_command
+from physgen.bench.video import failure_videos
 from physgen.io import write_json, write_text
 from physgen.envs import Task
 
@@ -254,8 +255,6 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
 
 def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
                              seconds: float, videos: bool = True) -> None:
-    from physgen.bench.video import failure_videos
-
     statistics = protocol["experiment"]["statistics"]
     summary = summarize_units(units, statistics)
     curves = _curves(units, statistics)

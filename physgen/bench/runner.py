@@ -25,6 +25,7 @@ from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, folder_lock, read_json
+from physgen.policies.ppo import load_ppo_policy
 
 
 def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes: int | None, budget: str):
@@ -46,7 +47,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
-    dataset = ensure_dataset(task)
+    dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note)
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)

@@ -23,7 +23,8 @@ from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task
 from physgen.io import read_json, write_json
-from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, learner_of, load_ppo, save_ppo
+from physgen.policies.ppo import (GaussianAgent, PPOConfig, agent_params, learner_of, load_ppo, load_ppo_policy,
+                                 save_ppo)
 from physgen.world_models.data import concat_trajectories, frames_from, generate_noisy_dataset
 from physgen.world_models.dream import DreamConfig, train_ppo_in_models
 from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
@@ -52,8 +53,9 @@ def hyperparameters(method: str, budget: Budget) -> dict:
 def _splits(task: Task):
     """Train and held-out splits of the world-model datasets, generating the missing ones (never a broken one)."""
     noisy = lambda: generate_noisy_dataset(task, episodes=task.dataset_episodes, seed=1)
-    parts = [split_episodes(ensure_dataset(task, name, noisy if name == "noisy-v0" else None).trajectories,
-                            validation_fraction=0.1, seed=0) for name in world_model_datasets(task)]
+    datasets = [ensure_dataset(task, name, noisy if name == "noisy-v0" else None, load_ppo_policy)
+                for name in world_model_datasets(task)]
+    parts = [split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0) for dataset in datasets]
     return tuple(concat_trajectories([split[i] for split in parts]) for i in (0, 1))
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from physgen.control.controller import Controller
 from physgen.envs.rollout import Agent
 from physgen.policies import Policy, PolicyRunner, PolicyState
 
@@ -24,8 +25,6 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
 
     `sustainable_hz` is the highest rate at which 99% of the controller's calls finish within their period.
     """
-    from physgen.control.controller import Controller
-
     start = time.perf_counter()
     runner = PolicyRunner(policy, state, steps)
     compile_s = time.perf_counter() - start

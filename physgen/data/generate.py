@@ -37,7 +37,19 @@ def has_policy(task: Task, policy: str) -> bool:
     return policy == "random" or policy in task.demonstrators or (policy == "expert" and task.functional is not None)
 
 
-def rollout(task: Task, policy: str, seed: int, episodes: int) -> list[Episode]:
+def demonstrator(task: Task, policy: str, load_demonstrator=None):
+    """The observation -> action callable of one of the task's demonstrators; one given as a checkpoint path is
+    loaded with `load_demonstrator` (physgen's commands pass `physgen.policies.ppo.load_ppo_policy`)."""
+    source = task.demonstrators[policy]
+    if callable(source):
+        return source()
+    if load_demonstrator is None:
+        raise PhysgenError(f"task {task.name!r}'s {policy!r} demonstrator is a policy checkpoint ({source}); pass "
+                           "load_demonstrator=physgen.policies.ppo.load_ppo_policy, as physgen data and bench do")
+    return load_demonstrator(source)
+
+
+def rollout(task: Task, policy: str, seed: int, episodes: int, load_demonstrator=None) -> list[Episode]:
     """Episodes of a named policy on `task`: "random", or one of the task's demonstrators ("expert", ...)."""
     if not has_policy(task, policy):
         known = ", ".join(["random", *(["expert"] if task.functional else []), *task.demonstrators])
@@ -46,7 +58,8 @@ def rollout(task: Task, policy: str, seed: int, episodes: int) -> list[Episode]:
     if task.functional is not None and policy in ("expert", "random"):
         make = expert_policy if policy == "expert" else random_policy
         return rollout_jax(task, make(task), seed, episodes)
-    return rollout_gym(task, None if policy == "random" else task.demonstrators[policy](), seed, episodes)
+    return rollout_gym(task, None if policy == "random" else demonstrator(task, policy, load_demonstrator), seed,
+                       episodes)
 
 
 def _buffer(index: int, episode: Episode) -> EpisodeBuffer:
@@ -77,13 +90,13 @@ def _minari_root(path: Path):
 
 
 def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, policy: str = "expert",
-                     name: str | None = None) -> Path:
+                     name: str | None = None, load_demonstrator=None) -> Path:
     """Write `physgen/<task>/<policy>-v0` (or `name`) and return its folder.
 
     Metadata holds the demonstrator, the seed, and reference scores for normalised returns: `ref_min_score` is the
     mean return of uniform random actions over 100 episodes, `ref_max_score` the expert's mean return over the
     dataset itself when it holds at least 100 expert episodes, else over 100 separate episodes. Reference episodes
-    use seeds disjoint from the dataset's.
+    use seeds disjoint from the dataset's. `load_demonstrator` loads demonstrators given as checkpoints.
     """
     episodes = task.dataset_episodes if episodes is None else episodes
     if episodes < 1:
@@ -94,18 +107,18 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
     for folder in (root, root.parent):  # the dataset's folder, and its staging folder's
         check_folder(folder, "the datasets folder (MINARI_DATASETS_PATH)")
     dataset = dataset_id(task.name, name or f"{policy}-v0")
-    data = rollout(task, policy, seed, episodes)
+    data = rollout(task, policy, seed, episodes, load_demonstrator)
     reference_seed = seed + REFERENCE_OFFSET
     ref_min = mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))
     ref_max = None
     if policy == "expert" and episodes >= REFERENCE_EPISODES:
         ref_max = mean_return(data)
     elif has_policy(task, "expert"):
-        ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES))
+        ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES, load_demonstrator))
     return _write_atomically(task, dataset, data, seed, policy, ref_min, ref_max)
 
 
-def ensure_dataset(task: Task, name: str = "expert-v0", generate=None):
+def ensure_dataset(task: Task, name: str = "expert-v0", generate=None, load_demonstrator=None):
     """The task's dataset `name`, generated first when missing (`generate()`, by default from the policy it is named
     after), so that a fresh machine needs nothing else. One that exists but fails its checks is refused, never
     overwritten: it may be the user's only copy."""
@@ -113,7 +126,8 @@ def ensure_dataset(task: Task, name: str = "expert-v0", generate=None):
         return load_dataset(task, name)
     except DatasetMissing:
         print(f"physgen: generating physgen/{task.name}/{name} (first run only)")
-        (generate or (lambda: generate_dataset(task, policy=name.removesuffix("-v0"))))()
+        policy = name.removesuffix("-v0")
+        (generate or (lambda: generate_dataset(task, policy=policy, load_demonstrator=load_demonstrator)))()
         return load_dataset(task, name)
 
 

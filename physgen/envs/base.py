@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple
 
 import gymnasium as gym
@@ -75,8 +76,9 @@ class Task:
     of them that end an episode as a failure;
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
-    Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators`, factories of
-    observation -> action callables by name such as "expert" (Gymnasium tasks). `physgen data` writes one dataset per
+    Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators` by name such as "expert"
+    (Gymnasium tasks): factories of observation -> action callables, or paths of PPO checkpoints (hopper's shipped
+    experts), which dataset generation loads with the loader it is given (tasks sit below policies). `physgen data` writes one dataset per
     name in `datasets` by default, each of `dataset_episodes` episodes. `recipe` holds the policy settings that
     work on the task, which `physgen bench` trains with.
     """
@@ -95,7 +97,7 @@ class Task:
     success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
     failure_events: tuple[str, ...] = ()
     functional: FunctionalEnv | None = None
-    demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]]] = field(default_factory=dict)
+    demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]] | Path] = field(default_factory=dict)
     datasets: tuple[str, ...] = ("expert",)
     dataset_episodes: int = 1000
     recipe: Recipe = field(default_factory=Recipe)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,8 +99,6 @@ def success(events: dict[str, np.ndarray], episode_return: float, length: int, e
 
 
 def _make_env(render_mode: str | None = None):
-    import gymnasium as gym
-
     return gym.make("physgen/Fork-v0", render_mode=render_mode)
 
 

@@ -6,6 +6,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 
+from physgen.envs.registry import get_task
 from physgen.envs.rollout import reset_key
 
 
@@ -18,8 +19,6 @@ class JaxGymEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, task: str, render_mode: str | None = None):
-        from physgen.envs.registry import get_task
-
         self.task = get_task(task)
         self.observation_space = self.task.observation_space
         self.action_space = self.task.action_space

@@ -35,18 +35,7 @@ class FallEvents(gym.Wrapper):
         return obs, reward, terminated, truncated, {**info, "events": {"fall": bool(terminated)}}
 
 
-def shipped_expert(level: str):
-    """Factory of the PPO checkpoint shipped in `physgen/experts/hopper/<level>` as an observation -> action callable.
-
-    The import is deferred: tasks sit below policies in physgen's layering, and loading needs the PPO module.
-    """
-
-    def load():
-        from physgen.policies.ppo import load_ppo_policy
-
-        return load_ppo_policy(resources.files("physgen") / "experts" / "hopper" / level)
-
-    return load
+EXPERTS = resources.files("physgen") / "experts" / "hopper"  # PPO checkpoints (README.md there)
 
 
 def make_env(render_mode: str | None = None) -> gym.Env:
@@ -84,7 +73,7 @@ TASK = Task(
     gym_id=GYM_ID,
     make_env=make_env,
     success=success,
-    demonstrators={"expert": shipped_expert("expert"), "medium": shipped_expert("medium")},
+    demonstrators={level: EXPERTS / level for level in ("expert", "medium")},
     datasets=("expert", "medium"),
     dataset_episodes=100,
     # chosen over 10 seeds each (docs/recipes.md): short chunks executed one action at a time

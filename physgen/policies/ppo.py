@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
@@ -231,8 +232,6 @@ class _progress_bar:
     def __enter__(self):
         if not self.enabled:
             return lambda steps, returns: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self.bar = Progress(TextColumn("PPO {task.fields[seeds]} seed(s)"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("return {task.fields[ret]}"), TimeRemainingColumn())
         self.bar.__enter__()
