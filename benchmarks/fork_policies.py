@@ -53,7 +53,7 @@ def main() -> None:
     print(f"fork: {train.num_episodes} training episodes, {args.seeds} seeds, {args.steps} steps, "
           f"{args.episodes} evaluation episodes per seed (the same for every method)")
     for ax, method in zip(axes[0], methods):
-        config = PolicyConfig(method=method, steps=args.steps)
+        config = PolicyConfig.of(method=method, steps=args.steps)
         start = time.perf_counter()
         trained = train_policies(task, config, train, list(range(args.seeds)), progress=False)
         train_seconds = time.perf_counter() - start

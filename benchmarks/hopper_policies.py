@@ -47,7 +47,7 @@ def parse_config(spec: str) -> PolicyConfig:
         except ValueError:
             wanted = {int: "an integer", float: "a number", tuple: "integers separated by /"}[kind]
             raise PhysgenError(f"{spec!r}: {name} must be {wanted}, got {text!r}") from None
-    return PolicyConfig(**{"batch_size": 256, "steps_per_call": 3000, **values})
+    return PolicyConfig.of(**{"batch_size": 256, "steps_per_call": 3000, **values})
 
 
 def main() -> None:
@@ -62,8 +62,8 @@ def main() -> None:
         configs = [parse_config(spec) for spec in args.configs]
         exec_steps = [int(k) for k in args.exec_steps.split(",") if k]
         # per config: itself, then the same policy with each other T_a (built here so a bad T_a stops before training)
-        evaluated = [[config, *(dataclasses.replace(config, exec_steps=k) for k in exec_steps
-                                if k != config.exec_steps)] for config in configs]
+        evaluated = [[config, *(config.replace(exec_steps=k) for k in exec_steps
+                                if k != config.chunking.exec_steps)] for config in configs]
     except ValueError:
         parser.exit(2, f"physgen: error: --exec-steps must be integers separated by commas, got {args.exec_steps!r}\n")
     except PhysgenError as error:
@@ -82,7 +82,7 @@ def main() -> None:
             policy = trained.policy._replace(config=variant)
             result = run_episodes(task, ChunkingAgent(policy), trained.states,
                                   episode_seeds(EVALUATION, args.episodes), expert)
-            label = spec if variant is config else f"  same policies, exec_steps={variant.exec_steps}"
+            label = spec if variant is config else f"  same policies, exec_steps={variant.chunking.exec_steps}"
             means = result.returns.mean(axis=1)
             for index, (seed, mean) in enumerate(zip(seeds, means, strict=True)):
                 print(f"{label} seed {seed}: return {mean:.0f} ({mean / expert:.0%} of {expert:.0f}), "

@@ -60,7 +60,7 @@ def time_calls(fn, calls: int) -> list[float]:
 
 
 def physgen_runner(changes: dict, steps: int) -> tuple[PolicyRunner, float]:
-    config = PolicyConfig(**changes)
+    config = PolicyConfig.of(**changes)
     policy, params = Policy.create(config, OBS_DIM, ACT_DIM, jax.random.key(0))
     identity = Normalizer(jnp.zeros(OBS_DIM), jnp.ones(OBS_DIM))
     state = PolicyState(params, identity, Normalizer(jnp.zeros(ACT_DIM), jnp.ones(ACT_DIM)),
@@ -75,8 +75,8 @@ def network_alone(runner: PolicyRunner, steps: int):
     computed once for all of them, as the samplers do), without the sampler's arithmetic, normalization or numpy
     I/O: the floor under an `act` of that many steps."""
     policy, params = runner.policy, runner.state.params
-    x = jnp.zeros((1, policy.config.action_steps, policy.act_dim))
-    cond = jnp.zeros((1, policy.config.obs_steps * policy.obs_dim))
+    x = jnp.zeros((1, policy.config.chunking.action_steps, policy.act_dim))
+    cond = jnp.zeros((1, policy.config.chunking.obs_steps * policy.obs_dim))
 
     @jax.jit
     def forward(params, x):
@@ -114,17 +114,17 @@ def torch_act(changes: dict, steps: int):
     import torch_reference as ref
 
     torch.manual_seed(0)
-    config = PolicyConfig(**changes)
-    chunk, cond_dim = (config.action_steps, ACT_DIM), config.obs_steps * OBS_DIM
-    if config.network == "unet":
-        net = ref.ConditionalUnet1D(chunk, cond_dim, config.unet_dims, config.time_dim)
+    config = PolicyConfig.of(**changes)
+    chunk, cond_dim = (config.chunking.action_steps, ACT_DIM), config.chunking.obs_steps * OBS_DIM
+    if config.net.network == "unet":
+        net = ref.ConditionalUnet1D(chunk, cond_dim, config.net.unet_dims, config.net.time_dim)
     else:
-        net = ref.MLPDenoiser(chunk, cond_dim, config.hidden, config.depth, config.time_dim)
+        net = ref.MLPDenoiser(chunk, cond_dim, config.net.hidden, config.net.depth, config.net.time_dim)
     net.eval()
-    scheduler = DDIMScheduler(num_train_timesteps=config.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
-                              clip_sample=True, set_alpha_to_one=True, prediction_type=config.prediction)
+    scheduler = DDIMScheduler(num_train_timesteps=config.diffusion.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
+                              clip_sample=True, set_alpha_to_one=True, prediction_type=config.diffusion.prediction)
     scheduler.set_timesteps(steps)
-    obs = np.zeros((config.obs_steps, OBS_DIM), np.float32)
+    obs = np.zeros((config.chunking.obs_steps, OBS_DIM), np.float32)
 
     def act(seed):
         with torch.inference_mode():
@@ -136,7 +136,7 @@ def torch_act(changes: dict, steps: int):
                     x = x + net(x, torch.full((1,), i / steps), cond) / steps
             else:
                 for t in scheduler.timesteps:
-                    eps = net(x, torch.full((1,), float(t) / config.train_diffusion_steps), cond)
+                    eps = net(x, torch.full((1,), float(t) / config.diffusion.train_diffusion_steps), cond)
                     x = scheduler.step(eps, t, x).prev_sample
             return x.clamp(-1, 1).numpy()
 
@@ -170,7 +170,7 @@ def main() -> None:
         print(f"{name:<26} {'physgen':>8} {compile_seconds:9.2f} " + " ".join(f"{v:9.0f}" for v in ours), flush=True)
         floor = percentiles(time_calls(network_alone(runner, steps), calls))
         print(f"{'':<26} {'net only':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
-        if runner.policy.config.network == "mlp":
+        if runner.policy.config.net.network == "mlp":
             floor = percentiles(time_calls(numpy_matvecs(runner, steps), calls))
             print(f"{'':<26} {'matvecs':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
         if torch_version is None:

@@ -48,7 +48,7 @@ def seed_steps_per_second(method: str, seeds: int, steps: int) -> float:
     from physgen.policies.policy import PolicyConfig
     from physgen.policies.train import train_policies
 
-    config = PolicyConfig(method=method, steps=4 * steps, steps_per_call=steps, **SIZE, **METHODS[method])
+    config = PolicyConfig.of(method=method, steps=4 * steps, steps_per_call=steps, **SIZE, **METHODS[method])
     marks = []
     train_policies(get_task("hopper"), config, random_data(), list(range(seeds)), progress=False,
                    callback=lambda done, trained: marks.append((done, time.perf_counter())))
@@ -62,15 +62,15 @@ def step_flops(method: str) -> float:
 
     from physgen.data import Normalizer, sample_windows
     from physgen.policies.policy import Policy, PolicyConfig
-    from physgen.policies.train import make_optimizer
 
-    config = PolicyConfig(method=method, **SIZE, **METHODS[method])
+    config = PolicyConfig.of(method=method, **SIZE, **METHODS[method])
     policy, params = Policy.create(config, OBS_DIM, ACT_DIM, jax.random.key(0))
-    data, optimizer = random_data(), make_optimizer(config)
+    data, optimizer = random_data(), config.optim.optimizer()
     norms = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
 
     def step(params, opt_state, key):
-        batch = sample_windows(data, key, config.batch_size, config.obs_steps, config.action_steps, *norms)
+        chunking = config.chunking
+        batch = sample_windows(data, key, config.optim.batch_size, chunking.obs_steps, chunking.action_steps, *norms)
         grads = jax.grad(policy.loss)(params, batch, key)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state

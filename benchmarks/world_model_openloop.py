@@ -15,7 +15,6 @@ Writes the true-vs-imagined figure to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -91,7 +90,7 @@ def main() -> None:
     generate_noisy_dataset(task, episodes=args.data_episodes, seed=1)
     splits = [split_episodes(load_dataset(task, name).trajectories, 0.1, seed=0) for name in ("expert-v0", "noisy-v0")]
     train, test = (concat_trajectories([s[i] for s in splits]) for i in (0, 1))
-    config = RSSMConfig(steps=args.steps, steps_per_call=500)
+    config = RSSMConfig.of(steps=args.steps, steps_per_call=500)
     print(f"fork: {train.num_episodes} training / {test.num_episodes} held-out episodes (expert + noisy expert)")
     trained = train_world_models(task, config, train, list(range(args.seeds)))
     print(f"training: {args.seeds} seeds x {args.steps} steps vmapped in {trained.seconds:.0f} s "
@@ -134,7 +133,7 @@ def main() -> None:
     print(f"one MPC action (filter + {mpc.config.planner}, {mpc.config.population} x {mpc.config.horizon} x "
           f"{mpc.config.iterations}) on {os.cpu_count()} CPU cores: p50 {p50:.2f} ms, p99 {p99:.2f} ms "
           f"(50 Hz budget 20 ms: {'met' if p99 <= 20 else 'missed'})")
-    print("config:", dataclasses.asdict(trained.model.config))
+    print("config:", trained.model.config.as_flat())
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def reset(model: mujoco.MjModel, data: mujoco.MjData, rng: np.random.Generator) 
 
 def random_policy() -> tuple[Policy, PolicyState]:
     task = get_task("hopper")
-    policy, params = Policy.create(PolicyConfig(method="flow"), task.obs_dim, task.act_dim, jax.random.key(0))
+    policy, params = Policy.create(PolicyConfig.of(method="flow"), task.obs_dim, task.act_dim, jax.random.key(0))
     obs_norm = Normalizer(jnp.zeros(task.obs_dim), jnp.ones(task.obs_dim))
     act_norm = Normalizer(jnp.zeros(task.act_dim), jnp.ones(task.act_dim))
     return policy, PolicyState(params, obs_norm, act_norm, jnp.asarray(task.action_space.low),
@@ -110,8 +110,8 @@ def main() -> int:
     controller.close()
 
     stats = controller.stats()
-    config = controller.action_steps, controller.exec_steps
-    print(f"hopper (raw mujoco), {name}: T_p {config[0]}, T_a {config[1]}, prefetch {args.prefetch}; "
+    config = controller.agent.policy.config.chunking
+    print(f"hopper (raw mujoco), {name}: T_p {config.action_steps}, T_a {config.exec_steps}, prefetch {args.prefetch}; "
           f"{substeps} physics steps of {model.opt.timestep * 1e3:g} ms per {period * 1e3:g} ms period")
     print(f"{stats['calls']} periods in {elapsed:.2f} s: achieved {stats['achieved_hz']:.2f} Hz "
           f"(target {args.rate:g} Hz)")

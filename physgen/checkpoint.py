@@ -34,8 +34,9 @@ def save_checkpoint(path: str | Path, arrays: Any, meta: dict) -> Path:
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
     meta = {**meta, "physgen_version": physgen.__version__}
-    if dataclasses.is_dataclass(meta["config"]):
-        meta["config"] = dataclasses.asdict(meta["config"])
+    if dataclasses.is_dataclass(meta["config"]):  # configs made of parts are written flat
+        config = meta["config"]
+        meta["config"] = config.as_flat() if hasattr(config, "as_flat") else dataclasses.asdict(config)
     meta["sha256"] = _digest(arrays, meta)
     path = Path(path).absolute()
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:

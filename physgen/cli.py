@@ -74,7 +74,7 @@ def _train(args: argparse.Namespace) -> None:
         raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "
                            "models (rssm, vae) learn from a comma-separated list")
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
-    config = PolicyConfig(method=args.method, **changes)
+    config = PolicyConfig.of(method=args.method, **changes)
     dataset = load_dataset(task, args.dataset or "expert-v0")
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))

@@ -170,9 +170,10 @@ def test_the_task_recipe_sets_the_policy_configs_and_is_recorded_with_the_comman
 
     hopper = get_task("hopper")
     quick = policy_config(hopper, "diffusion", "quick")
-    assert (quick.action_steps, quick.exec_steps, quick.prediction) == (4, 1, "sample")
-    assert policy_config(hopper, "diffusion", "full").prediction == "epsilon"
-    assert quick.steps == hopper.recipe.budgets["quick"]["steps"] and quick.steps_per_call * 5 >= quick.steps
+    assert (quick.chunking.action_steps, quick.chunking.exec_steps, quick.diffusion.prediction) == (4, 1, "sample")
+    assert policy_config(hopper, "diffusion", "full").diffusion.prediction == "epsilon"
+    assert quick.optim.steps == hopper.recipe.budgets["quick"]["steps"]
+    assert quick.optim.steps_per_call * 5 >= quick.optim.steps
     recipe = Recipe(policy={"hidden": 32}, methods={"bc": {"hidden": 16}}, budgets={"quick": {"steps": 7}},
                     method_budgets={("bc", "quick"): {"steps": 9}})
     assert recipe.settings("bc", "quick") == {"hidden": 16, "steps": 9}
@@ -282,7 +283,7 @@ def test_video_of_a_hopper_policy_needs_the_expert_return_and_checks_it_before_r
     episodes = [Episode(rng.normal(size=(n + 1, task.obs_dim)), rng.uniform(-1, 1, (n, task.act_dim)),
                         np.ones(n), np.zeros(n, bool), np.zeros(n, bool), {"fall": np.zeros(n, bool)}, seed)
                 for seed in range(2)]
-    config = PolicyConfig(method="bc", steps=1, steps_per_call=1, batch_size=4, hidden=8, depth=1, action_steps=4,
+    config = PolicyConfig.of(method="bc", steps=1, steps_per_call=1, batch_size=4, hidden=8, depth=1, action_steps=4,
                           exec_steps=4)
     trained = train_policies(task, config, Trajectories.from_steps(**flatten_episodes(task, episodes)), [0],
                              progress=False)

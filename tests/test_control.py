@@ -23,9 +23,9 @@ from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds, run_episodes, step_key
 from physgen.policies import ChunkingAgent, Policy, PolicyConfig, PolicyState, TrainedPolicies, act, save_policy
 
-CONFIG = PolicyConfig(method="flow", hidden=32, depth=2, time_dim=16, obs_steps=2, action_steps=8,
+CONFIG = PolicyConfig.of(method="flow", hidden=32, depth=2, time_dim=16, obs_steps=2, action_steps=8,
                       exec_steps=4, inference_steps=3)
-T_O, T_P, T_A = CONFIG.obs_steps, CONFIG.action_steps, CONFIG.exec_steps
+T_O, T_P, T_A = CONFIG.chunking.obs_steps, CONFIG.chunking.action_steps, CONFIG.chunking.exec_steps
 OBS_DIM, ACT_DIM = 6, 2  # fork's, so that the same policy can be checkpointed
 LOW, HIGH = np.array([-1.0, 0.5], np.float32), np.array([1.0, 2.0], np.float32)  # zero clips to (0, 0.5)
 
@@ -245,7 +245,7 @@ def test_controller_and_export_from_a_checkpoint(tiny, tmp_path):
     with Controller.from_checkpoint(path, rate_hz=50, task="fork") as controller:
         np.testing.assert_allclose(controller.act(obs), expected[0], rtol=1e-6, atol=1e-6)
     loaded = load_exported(export_checkpoint(path, tmp_path / "policy.jaxexport"))
-    assert loaded.task == "fork" and loaded.header["config"]["hidden"] == CONFIG.hidden
+    assert loaded.task == "fork" and loaded.header["config"]["hidden"] == CONFIG.net.hidden
     np.testing.assert_allclose(loaded.act(np.stack([obs] * T_O), step_key(0, 0)), expected, rtol=1e-5, atol=1e-6)
 
 

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from physgen.policies.agent import ChunkingAgent
 from physgen.policies.policy import Policy, PolicyConfig
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import train_policies
+from physgen.world_models import RSSMConfig
 
 TINY = dict(hidden=64, depth=2, time_dim=16, batch_size=64, steps=200, steps_per_call=50, warmup_steps=10)
 
@@ -28,7 +30,7 @@ def fork_train(fork_dataset):
 @pytest.fixture(scope="module")
 def trained(fork_train):
     task = get_task("fork")
-    return {m: train_policies(task, PolicyConfig(method=m, **TINY), fork_train, [0], progress=False)
+    return {m: train_policies(task, PolicyConfig.of(method=m, **TINY), fork_train, [0], progress=False)
             for m in ("diffusion", "flow", "bc")}
 
 
@@ -39,7 +41,7 @@ def test_losses_decrease_on_a_toy_dataset(trained, method):
 
 
 def test_training_is_seeded_and_seeds_vmap_like_separate_runs(fork_train):
-    task, config = get_task("fork"), PolicyConfig(method="bc", **{**TINY, "steps": 50})
+    task, config = get_task("fork"), PolicyConfig.of(method="bc", **{**TINY, "steps": 50})
     together = train_policies(task, config, fork_train, [3, 4], progress=False)
     again = train_policies(task, config, fork_train, [3, 4], progress=False)
     alone = train_policies(task, config, fork_train, [4], progress=False)
@@ -138,22 +140,40 @@ def test_gymnasium_evaluation_matches_the_compiled_one(trained):
 
 def test_bad_configs_are_refused():
     with pytest.raises(PhysgenError, match="method must be one of diffusion, flow, bc"):
-        PolicyConfig(method="gan")
+        PolicyConfig.of(method="gan")
     with pytest.raises(PhysgenError, match="steps must be at least 1, got 0"):
-        PolicyConfig(steps=0)
+        PolicyConfig.of(steps=0)
     with pytest.raises(PhysgenError, match="hidden must be at least 1, got -3"):
-        PolicyConfig(hidden=-3)
+        PolicyConfig.of(hidden=-3)
     with pytest.raises(PhysgenError, match="exec_steps"):
-        PolicyConfig(exec_steps=17)
+        PolicyConfig.of(exec_steps=17)
     with pytest.raises(PhysgenError, match="divisible by 4"):
-        PolicyConfig(network="unet", action_steps=10)
+        PolicyConfig.of(network="unet", action_steps=10)
     for time_dim in (2, 3, 17):  # sin and cos halves: an odd size broke the first layer, 2 divided 0 by 0
         with pytest.raises(PhysgenError, match=f"time_dim must be even and at least 4 .*, got {time_dim}$"):
-            PolicyConfig(time_dim=time_dim)
+            PolicyConfig.of(time_dim=time_dim)
 
 
 def test_the_smallest_time_dim_trains():
-    config = PolicyConfig(method="flow", hidden=8, depth=1, time_dim=4, action_steps=4, exec_steps=2)
+    config = PolicyConfig.of(method="flow", hidden=8, depth=1, time_dim=4, action_steps=4, exec_steps=2)
     policy, params = Policy.create(config, 3, 2, jax.random.key(0))
     batch = WindowBatch(jnp.ones((5, 2, 3)), jnp.zeros((5, 4, 2)))
     assert np.isfinite(policy.loss(params, batch, jax.random.key(1)))
+
+
+def test_configs_are_nested_by_concern_and_read_and_write_flat():
+    config = PolicyConfig.of(method="flow", steps=20, exec_steps=1, hidden=8, unet_dims=[32, 64])
+    assert (config.optim.steps, config.chunking.exec_steps, config.net.hidden, config.net.unet_dims) == (20, 1, 8, (32, 64))
+    flat = config.as_flat()
+    assert len(flat) == 31 and flat["steps"] == 20 and flat["exec_steps"] == 1 and "optim" not in flat
+    assert PolicyConfig.from_dict(json.loads(json.dumps(flat))) == config  # through JSON, lists back to tuples
+    assert config.replace(steps=5).optim == dataclasses.replace(config.optim, steps=5)
+    assert config.replace(steps=5).chunking is config.chunking  # the other parts untouched
+    with pytest.raises(PhysgenError, match="PolicyConfig has no field stepz; its fields: method, obs_steps"):
+        PolicyConfig.of(stepz=5)
+    with pytest.raises(PhysgenError, match="exec_steps \\(T_a=4\\) must be between 1 and action_steps \\(T_p=2\\)"):
+        config.replace(action_steps=2, exec_steps=4)
+    with pytest.raises(PhysgenError, match="batch_size must be at least 1"):
+        PolicyConfig.of(batch_size=0)
+    # the optimisation part is shared: the world models' training reads the same fields
+    assert RSSMConfig.of(steps=7).optim.steps == 7 and type(RSSMConfig().optim) is type(config.optim)

@@ -18,7 +18,7 @@ from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
 from physgen.world_models.train import load_world_model, save_world_model, train_world_models
 from physgen.world_models.vae import VAE, VAEConfig, render_frames
 
-TINY = RSSMConfig(latent="categorical", deter=16, hidden=16, stoch=4, classes=4, batch_size=4, sequence_length=8,
+TINY = RSSMConfig.of(latent="categorical", deter=16, hidden=16, stoch=4, classes=4, batch_size=4, sequence_length=8,
                   steps=40, steps_per_call=20)
 
 
@@ -171,7 +171,7 @@ def test_scales_are_fitted_from_the_data_and_standardize_observations():
     obs = np.array([[0.0, 5.0, 1.0], [2.0, 5.0, 3.0], [4.0, 5.0, 8.0]], np.float32)
     data = Trajectories.from_steps(obs, np.zeros((3, 1), np.float32), np.array([0.1, -0.3, 1.0], np.float32), obs,
                                    np.array([False, False, True]), [3])
-    config = fit_scales(RSSMConfig(), data)
+    config = fit_scales(RSSMConfig.of(), data)
     assert config.reward_scale == pytest.approx(0.2)  # mean |reward| of the non-terminal steps
     np.testing.assert_allclose(config.obs_center, [2.0, 5.0, 4.0])
     np.testing.assert_allclose(config.obs_scale, [np.sqrt(8 / 3), 1.0, np.sqrt(26 / 3)], rtol=1e-6)  # constant: 1
@@ -179,13 +179,13 @@ def test_scales_are_fitted_from_the_data_and_standardize_observations():
     np.testing.assert_allclose(config.unstandardize(config.standardize(jnp.asarray(obs))), obs, atol=1e-5)
     assert fit_scales(config, data) == config  # what is set stays
     with pytest.raises(PhysgenError, match="obs_center and obs_scale go together"):
-        RSSMConfig(obs_scale=(1.0,))
+        RSSMConfig.of(obs_scale=(1.0,))
 
 
 def test_bad_sequence_length_and_a_dataset_without_rewards_are_refused(fork_data):
     task = get_task("fork")
     with pytest.raises(PhysgenError, match="sequence_length"):
-        RSSMConfig(sequence_length=1)
+        RSSMConfig.of(sequence_length=1)
     with pytest.raises(PhysgenError, match="sequence length 100000 exceeds"):
         train_world_models(task, dataclasses.replace(TINY, sequence_length=100_000), fork_data, [0], progress=False)
     rewardless = fork_data._replace(rewards=jnp.zeros_like(fork_data.rewards))
@@ -232,7 +232,7 @@ def test_vae_reconstruction_improves_on_a_toy_dataset():
     task = get_task("fork")
     latent = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32)
     states = np.concatenate([latent, np.sin(latent), 0.5 * latent], axis=1)  # 6-D points on a 2-D manifold
-    config = VAEConfig(latent=2, hidden=16, beta=0.1, steps=500, batch_size=32, steps_per_call=250,
+    config = VAEConfig.of(latent=2, hidden=16, beta=0.1, steps=500, batch_size=32, steps_per_call=250,
                        learning_rate=3e-3)
     trained = train_world_models(task, config, states, [0], progress=False)
     model, x = trained.model, trained.model.prepare(states)
@@ -247,15 +247,15 @@ def test_image_vae_on_rendered_frames():
     frames = render_frames(task, seed=0, episodes=2, size=16)
     assert frames.shape[1:] == (16, 16, 3) and frames.dtype == np.uint8 and len(frames) > 100
     assert len(np.unique(frames.reshape(-1, 3), axis=0)) >= 3  # background, obstacle, goal and agent colours
-    config = VAEConfig(inputs="image", image_size=16, channels=(8, 16), latent=4, batch_size=8)
+    config = VAEConfig.of(inputs="image", image_size=16, channels=(8, 16), latent=4, batch_size=8)
     model, params = VAE.abstract(config, 6)
     loss, metrics = jax.eval_shape(model.loss, params, frames[:8], jax.random.key(0))
     assert loss.shape == () and set(metrics) == {"loss", "recon", "kl"}
     assert jax.eval_shape(model.reconstruct, params, frames[:8]).shape == (8, 16, 16, 3)
     with pytest.raises(PhysgenError, match="expects"):
-        train_world_models(task, VAEConfig(steps=1), frames, [0], progress=False)
+        train_world_models(task, VAEConfig.of(steps=1), frames, [0], progress=False)
     with pytest.raises(PhysgenError, match="divisible"):
-        VAEConfig(inputs="image", image_size=20)
+        VAEConfig.of(inputs="image", image_size=20)
 
 
 def test_dream_starts_only_where_a_full_context_of_one_episode_precedes_a_live_frame():

@@ -3,7 +3,6 @@ recipe and acting as chunking agents."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ def _run(job: Job) -> None:
     curves, final = Curves(job.evaluation, job.seeds), {}
 
     def at_point(done: int, trained) -> None:
-        curves.add(done, ChunkingAgent(trained.policy), trained.states, done == config.steps)
+        curves.add(done, ChunkingAgent(trained.policy), trained.states, done == config.optim.steps)
         final["trained"] = trained
-        job.advance(config.steps_per_call)
+        job.advance(config.optim.steps_per_call)
 
     train_policies(job.task, config, job.train, job.seeds, progress=False, callback=at_point)
     trained = final["trained"]
@@ -39,7 +38,7 @@ def _load(path: Path, task: str | None):
 
 
 def offline_method(name: str, generative: bool) -> Method:
-    return Method(name, lambda task, budget: dataclasses.asdict(policy_config(task, name, budget)), _run,
+    return Method(name, lambda task, budget: policy_config(task, name, budget).as_flat(), _run,
                   work=lambda values: values["steps"], generative=generative,
                   curve_steps=lambda values: curve_steps(PolicyConfig.from_dict(values)), load=_load)
 

@@ -55,28 +55,31 @@ BUDGETS = {
 def policy_config(task: Task, method: str, budget_name: str) -> PolicyConfig:
     """The task's recipe for `method` on a budget, evaluated at the budget's curve points."""
     settings = task.recipe.settings(method, budget_name)
-    steps = settings.get("steps", PolicyConfig.steps)
-    return PolicyConfig(method=method, steps_per_call=-(-steps // BUDGETS[budget_name].curve_points), **settings)
+    steps = settings.get("steps", PolicyConfig().optim.steps)
+    return PolicyConfig.of(method=method, steps_per_call=-(-steps // BUDGETS[budget_name].curve_points), **settings)
 
 
 def describe_recipe(task: Task) -> list[str]:
     """The task's recipe in words: the settings shared by the offline methods, each method's own, and the budgets."""
-    configs = {m: policy_config(task, m, "quick") for m in ("diffusion", "flow", "bc")}
-    c = configs["diffusion"]
+    c, flow = policy_config(task, "diffusion", "quick"), policy_config(task, "flow", "quick")
     sizes = {b: policy_config(task, "diffusion", b) for b in BUDGETS}
-    budgets = " / ".join(f"{b} {p.steps:,} steps, batch {p.batch_size}, width {p.hidden}" for b, p in sizes.items())
-    full_prediction = f" ({sizes['full'].prediction} on full)" if sizes["full"].prediction != c.prediction else ""
-    return [f"chunks: T_o {c.obs_steps}, T_p {c.action_steps}, T_a {c.exec_steps}; {c.network} depth {c.depth}; "
-            f"learning rate {c.learning_rate:g}, warm-up {c.warmup_steps}, EMA {c.ema_decay}",
+    budgets = " / ".join(f"{b} {p.optim.steps:,} steps, batch {p.optim.batch_size}, width {p.net.hidden}"
+                         for b, p in sizes.items())
+    full = sizes["full"].diffusion.prediction
+    full_prediction = f" ({full} on full)" if full != c.diffusion.prediction else ""
+    chunking, net, optim, diffusion = c.chunking, c.net, c.optim, c.diffusion
+    return [f"chunks: T_o {chunking.obs_steps}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}; "
+            f"{net.network} depth {net.depth}; learning rate {optim.learning_rate:g}, warm-up {optim.warmup_steps}, "
+            f"EMA {c.ema_decay}",
             f"budgets: {budgets}",
-            f"diffusion: {c.prediction} prediction{full_prediction}, {c.schedule} schedule, {c.sampler} "
-            f"{c.inference_steps} steps; flow: {configs['flow'].coupling} pairs, {configs['flow'].integrator} "
-            f"{configs['flow'].inference_steps} steps; bc: mean squared error"]
+            f"diffusion: {diffusion.prediction} prediction{full_prediction}, {diffusion.schedule} schedule, "
+            f"{diffusion.sampler} {c.inference_steps} steps; flow: {flow.flow.coupling} pairs, "
+            f"{flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
 
 
 def curve_steps(config: PolicyConfig) -> list[int]:
-    calls = -(-config.steps // config.steps_per_call)
-    return [min((i + 1) * config.steps_per_call, config.steps) for i in range(calls)]
+    calls = -(-config.optim.steps // config.optim.steps_per_call)
+    return [min((i + 1) * config.optim.steps_per_call, config.optim.steps) for i in range(calls)]
 
 
 def _git_commit() -> str:

@@ -33,9 +33,10 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     config, task = policy.config, get_task(meta["task"])
     if config.method == "bc":
         raise PhysgenError("a bc checkpoint samples in one network call; sweep a diffusion or flow checkpoint")
-    if not steps or min(steps) < 1 or (config.method == "diffusion" and max(steps) > config.train_diffusion_steps):
-        raise PhysgenError(f"--sampler-steps must be between 1 and {config.train_diffusion_steps if config.method == 'diffusion' else 'any'}"
-                           f" for this {config.method} checkpoint, got {steps}")
+    most = config.diffusion.train_diffusion_steps if config.method == "diffusion" else None
+    if not steps or min(steps) < 1 or (most is not None and max(steps) > most):
+        raise PhysgenError(f"--sampler-steps must be between 1 and {most or 'any'} for this {config.method} "
+                           f"checkpoint, got {steps}")
     dataset = load_dataset(task)
     observations = np.asarray(dataset.trajectories.observations)
     stacked = jax.tree.map(lambda x: x[None], state)

@@ -41,8 +41,7 @@ def world_model_datasets(task: Task) -> list[str]:
 
 
 def hyperparameters(method: str, budget: Budget) -> dict:
-    rssm = dataclasses.asdict(RSSMConfig(steps=budget.rssm_steps,
-                                         steps_per_call=-(-budget.rssm_steps // budget.curve_points)))
+    rssm = RSSMConfig.of(steps=budget.rssm_steps, steps_per_call=-(-budget.rssm_steps // budget.curve_points)).as_flat()
     if method == "rssm-mpc":
         return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
     ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
@@ -102,12 +101,12 @@ def _run_rssm_mpc(job: Job) -> None:
     curves = Curves(job.evaluation, seeds)
 
     def point(done: int, model, params) -> None:
-        curves.add(done, MPC.for_task(model, mpc_config, task), params, done == config.steps)
+        curves.add(done, MPC.for_task(model, mpc_config, task), params, done == config.optim.steps)
 
     saved = read_json(saved_curves)  # None when missing or cut short: the curves are computed again
     if saved is not None:
         model, params, train, _ = world_models(out, task, config, seeds)
-        point(config.steps, model, params)
+        point(config.optim.steps, model, params)
         curves.points = {int(s): c for s, c in saved.items()}
     else:
         model, params, train, _ = world_models(out, task, config, seeds, callback=point)

@@ -60,12 +60,12 @@ class Controller:
             raise PhysgenError(f"safe_action must be one of {', '.join(SAFE_ACTIONS)}, got {safe_action!r}")
         if ensemble is not None and not math.isfinite(ensemble):
             raise PhysgenError(f"ensemble (the temporal ensembling rate k) must be finite or None, got {ensemble}")
-        if not 0 <= prefetch <= config.action_steps - config.exec_steps:
+        if not 0 <= prefetch <= config.chunking.action_steps - config.chunking.exec_steps:
             raise PhysgenError(f"prefetch must be between 0 and action_steps - exec_steps (T_p - T_a = "
-                               f"{config.action_steps} - {config.exec_steps}), got {prefetch}: a prefetched chunk "
-                               "skips its first `prefetch` actions and still needs T_a more")
+                               f"{config.chunking.action_steps} - {config.chunking.exec_steps}), got {prefetch}: a "
+                               "prefetched chunk skips its first `prefetch` actions and still needs T_a more")
         self.agent = agent = ChunkingAgent(policy, steps, ensemble)
-        self.exec_steps, self.rate_hz, self.prefetch = config.exec_steps, float(rate_hz), int(prefetch)
+        self.exec_steps, self.rate_hz, self.prefetch = config.chunking.exec_steps, float(rate_hz), int(prefetch)
         self.safe_action, self.obs_shape = safe_action, (policy.obs_dim,)
         self.action_low = np.broadcast_to(np.asarray(state.action_low, np.float32), (policy.act_dim,))
         self.action_high = np.broadcast_to(np.asarray(state.action_high, np.float32), (policy.act_dim,))

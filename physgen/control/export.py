@@ -12,7 +12,6 @@ header (as sorted JSON) and the serialized bytes: a flipped bit in either is ref
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import struct
@@ -43,24 +42,24 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
 
     path = _check_request(path, steps)
     config = policy.config
-    if config.method == "diffusion" and steps is not None and steps > config.train_diffusion_steps:
-        raise PhysgenError(f"steps must be at most the {config.train_diffusion_steps} diffusion steps the policy "
-                           f"was trained with, got {steps}")
+    if config.method == "diffusion" and steps is not None and steps > config.diffusion.train_diffusion_steps:
+        raise PhysgenError(f"steps must be at most the {config.diffusion.train_diffusion_steps} diffusion steps the "
+                           f"policy was trained with, got {steps}")
 
     def sample(obs_history, key_data):
         key = jax.random.wrap_key_data(key_data, impl=KEY_IMPL)
         return act(policy, state, obs_history[None], key, steps)[0]
 
-    specs = (jax.ShapeDtypeStruct((config.obs_steps, policy.obs_dim), jnp.float32),
+    specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
              jax.ShapeDtypeStruct((2,), jnp.uint32))
     payload = bytes(jax.export.export(jax.jit(sample), platforms=platforms)(*specs).serialize())
     low, high = (np.broadcast_to(np.asarray(b, np.float32), (policy.act_dim,)).tolist()
                  for b in (state.action_low, state.action_high))
-    header = {"format": FORMAT, "task": task, "method": config.method, "obs_steps": config.obs_steps,
-              "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "action_steps": config.action_steps,
-              "exec_steps": config.exec_steps, "inference_steps": steps or config.inference_steps,
+    header = {"format": FORMAT, "task": task, "method": config.method, "obs_steps": config.chunking.obs_steps,
+              "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "action_steps": config.chunking.action_steps,
+              "exec_steps": config.chunking.exec_steps, "inference_steps": steps or config.inference_steps,
               "action_low": low, "action_high": high, "key_impl": KEY_IMPL, "platforms": list(platforms),
-              "config": dataclasses.asdict(config),
+              "config": config.as_flat(),
               "physgen_version": physgen.__version__}
     encoded = json.dumps({**header, "sha256": _digest(header, payload)}).encode()
     return write_bytes(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)

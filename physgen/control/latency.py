@@ -28,7 +28,7 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
     start = time.perf_counter()
     runner = PolicyRunner(policy, state, steps)
     compile_s = time.perf_counter() - start
-    history = np.repeat(observations[:1], policy.config.obs_steps, axis=0)
+    history = np.repeat(observations[:1], policy.config.chunking.obs_steps, axis=0)
     chunk_ns = []
     for call in range(calls):
         begin = time.perf_counter_ns()

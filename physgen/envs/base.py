@@ -78,9 +78,9 @@ class Task:
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
     Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators` by name such as "expert"
     (Gymnasium tasks): factories of observation -> action callables, or paths of PPO checkpoints (hopper's shipped
-    experts), which dataset generation loads with the loader it is given (tasks sit below policies). `physgen data` writes one dataset per
-    name in `datasets` by default, each of `dataset_episodes` episodes. `recipe` holds the policy settings that
-    work on the task, which `physgen bench` trains with.
+    experts), which dataset generation loads with the loader it is given (tasks sit below policies). `physgen data`
+    writes one dataset per name in `datasets` by default, each of `dataset_episodes` episodes. `recipe` holds the
+    policy settings that work on the task, which `physgen bench` trains with.
     """
 
     name: str

@@ -5,5 +5,5 @@ from physgen.policies.policy import Policy, PolicyConfig, PolicyState, act, flat
 from physgen.policies.runner import PolicyRunner, load_policy, save_policy
 from physgen.policies.train import TrainedPolicies, train_policies
 
-__all__ = ["ChunkingAgent", "Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act", "flat_sampler",
-           "load_policy", "save_policy", "train_policies"]
+__all__ = ["ChunkingAgent", "Policy", "PolicyConfig", "PolicyRunner", "PolicyState", "TrainedPolicies", "act",
+           "flat_sampler", "load_policy", "save_policy", "train_policies"]

@@ -38,19 +38,20 @@ class ChunkingAgent(NamedTuple):
     def slots(self) -> int:
         """Chunks kept: the newest alone, or every one that can still cover a step when ensembling."""
         config = self.policy.config
-        return 1 if self.ensemble is None else math.ceil(config.action_steps / config.exec_steps)
+        return 1 if self.ensemble is None else math.ceil(config.chunking.action_steps / config.chunking.exec_steps)
 
     def start(self, state: PolicyState, obs: jax.Array) -> ChunkCarry:
         config, slots = self.policy.config, self.slots
-        return ChunkCarry(jnp.repeat(obs[None], config.obs_steps, axis=0),
-                          jnp.zeros((slots, config.action_steps, self.policy.act_dim)),
-                          jnp.full(slots, -config.action_steps, jnp.int32), jnp.zeros((), jnp.int32))
+        return ChunkCarry(jnp.repeat(obs[None], config.chunking.obs_steps, axis=0),
+                          jnp.zeros((slots, config.chunking.action_steps, self.policy.act_dim)),
+                          jnp.full(slots, -config.chunking.action_steps, jnp.int32), jnp.zeros((), jnp.int32))
 
     def act(self, state: PolicyState, carry: ChunkCarry, obs: jax.Array, key: jax.Array):
         carry = self.observe(carry, obs)
         sampled = lambda: self.accept(carry, self.sample(state, carry.history, key), carry.t)
-        if self.policy.config.exec_steps > 1:  # vmapped, a cond computes both branches: at T_a = 1 it is left out
-            carry = jax.lax.cond(carry.t % self.policy.config.exec_steps == 0, sampled, lambda: carry)
+        period = self.policy.config.chunking.exec_steps
+        if period > 1:  # vmapped, a cond computes both branches: at T_a = 1, where every step samples, it is left out
+            carry = jax.lax.cond(carry.t % period == 0, sampled, lambda: carry)
         else:
             carry = sampled()
         return self.emit(carry)
@@ -73,8 +74,9 @@ class ChunkingAgent(NamedTuple):
         if self.ensemble is None:
             action = carry.chunks[-1, offsets[-1]]
         else:
-            live = offsets < self.policy.config.action_steps
+            length = self.policy.config.chunking.action_steps
+            live = offsets < length
             weights = jnp.where(live, jnp.exp(-self.ensemble * (jnp.cumsum(live) - 1)), 0.0)
-            actions = carry.chunks[jnp.arange(self.slots), jnp.clip(offsets, 0, self.policy.config.action_steps - 1)]
+            actions = carry.chunks[jnp.arange(self.slots), jnp.clip(offsets, 0, length - 1)]
             action = weights @ actions / weights.sum()
         return action, carry._replace(t=carry.t + 1)

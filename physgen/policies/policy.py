@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from physgen.configs import Optimisation, Parts, check
 from physgen.data import Normalizer, WindowBatch
 from physgen.errors import PhysgenError
 from physgen.policies import diffusion, flow
@@ -29,15 +30,24 @@ OBS_CLIP = 10.0  # normalized units: 4.5 data ranges beyond min-max's [-1, 1], a
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
-    """Every hyperparameter of an offline policy; written into its checkpoint and into reports."""
+class Chunking:
+    """Observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon)."""
 
-    method: str = "diffusion"
-    # action chunking: observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon)
     obs_steps: int = 2
     action_steps: int = 16
     exec_steps: int = 8
-    # network
+
+    def __post_init__(self):
+        check(self, positive=("obs_steps",))
+        if not 1 <= self.exec_steps <= self.action_steps:
+            raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
+                               f"(T_p={self.action_steps})")
+
+
+@dataclass(frozen=True)
+class Network:
+    """The denoiser: an MLP with FiLM or concatenated conditioning, or Diffusion Policy's 1-D U-Net."""
+
     network: str = "mlp"
     hidden: int = 256
     depth: int = 3
@@ -46,64 +56,72 @@ class PolicyConfig:
     unet_kernel: int = 5
     unet_groups: int = 8
     time_dim: int = 64
-    # diffusion
+
+    def __post_init__(self):
+        check(self, {"network": NETWORKS, "conditioning": ("film", "concat")},
+              ("hidden", "depth", "time_dim", "unet_kernel", "unet_groups"))
+        if self.time_dim % 2 or self.time_dim < 4:  # sin and cos halves, frequencies spaced over half - 1 gaps
+            raise PhysgenError(f"time_dim must be even and at least 4 (the sinusoidal time embedding), got "
+                               f"{self.time_dim}")
+
+
+@dataclass(frozen=True)
+class Diffusion:
     train_diffusion_steps: int = 100
     schedule: str = "cosine"
     prediction: str = "sample"  # the clean chunk; a task's recipe may choose epsilon (docs/recipes.md)
     sampler: str = "ddim"
     ddim_eta: float = 0.0
-    # flow matching
+
+    def __post_init__(self):
+        check(self, {"schedule": diffusion.SCHEDULES, "prediction": diffusion.PREDICTIONS,
+                     "sampler": ("ddpm", "ddim")}, ("train_diffusion_steps",))
+
+
+@dataclass(frozen=True)
+class Flow:
     coupling: str = "independent"  # conditional OT costs twice the training time (docs/recipes.md)
     integrator: str = "euler"
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 100
     condition_weight: float = 10.0  # OT's cost of moving noise to another condition, per unit squared distance
-    # sampling steps (denoising or integration) used unless the caller asks for another number
-    inference_steps: int = 10
-    # training
-    steps: int = 10_000
-    batch_size: int = 256
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    steps_per_call: int = 500
 
     def __post_init__(self):
-        choices = {"method": METHODS, "network": NETWORKS, "conditioning": ("film", "concat"),
-                   "schedule": diffusion.SCHEDULES, "prediction": diffusion.PREDICTIONS,
-                   "sampler": ("ddpm", "ddim"), "coupling": flow.COUPLINGS, "integrator": flow.INTEGRATORS}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise PhysgenError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("steps", "batch_size", "steps_per_call", "inference_steps", "obs_steps", "hidden", "depth",
-                     "time_dim", "train_diffusion_steps", "unet_kernel", "unet_groups", "sinkhorn_iterations"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.time_dim % 2 or self.time_dim < 4:  # sin and cos halves, frequencies spaced over half - 1 gaps
-            raise PhysgenError(f"time_dim must be even and at least 4 (the sinusoidal time embedding), got "
-                               f"{self.time_dim}")
+        check(self, {"coupling": flow.COUPLINGS, "integrator": flow.INTEGRATORS}, ("sinkhorn_iterations",))
         if not self.condition_weight >= 0:
             raise PhysgenError(f"condition_weight must be zero or positive, got {self.condition_weight}")
-        if not 1 <= self.exec_steps <= self.action_steps:
-            raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
-                               f"(T_p={self.action_steps})")
-        if self.network == "unet" and self.action_steps % 2 ** (len(self.unet_dims) - 1):
-            raise PhysgenError(f"the U-Net halves the chunk {len(self.unet_dims) - 1} times: action_steps "
-                               f"{self.action_steps} must be divisible by {2 ** (len(self.unet_dims) - 1)}")
 
-    @classmethod
-    def from_dict(cls, values: dict) -> "PolicyConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+@dataclass(frozen=True)
+class PolicyConfig(Parts):
+    """Every hyperparameter of an offline policy, by concern; written flat into its checkpoint and into reports
+    (`PolicyConfig.of(steps=..., exec_steps=...)` changes fields by name)."""
+
+    method: str = "diffusion"
+    chunking: Chunking = Chunking()
+    net: Network = Network()
+    diffusion: Diffusion = Diffusion()
+    flow: Flow = Flow()
+    inference_steps: int = 10  # sampling steps (denoising or integration) unless the caller asks for another number
+    optim: Optimisation = Optimisation(steps=10_000, batch_size=256, learning_rate=1e-3, weight_decay=1e-6,
+                                       warmup_steps=500, grad_clip=1.0, steps_per_call=500)
+    ema_decay: float = 0.999
+
+    def __post_init__(self):
+        check(self, {"method": METHODS}, ("inference_steps",))
+        depth = len(self.net.unet_dims) - 1
+        if self.net.network == "unet" and self.chunking.action_steps % 2**depth:
+            raise PhysgenError(f"the U-Net halves the chunk {depth} times: action_steps "
+                               f"{self.chunking.action_steps} must be divisible by {2**depth}")
 
 
 def make_network(config: PolicyConfig, obs_dim: int, act_dim: int, key: jax.Array) -> nnx.Module:
-    chunk, cond_dim, rngs = (config.action_steps, act_dim), config.obs_steps * obs_dim, nnx.Rngs(key)
-    if config.network == "unet":
-        return ConditionalUnet1D(chunk, cond_dim, config.unet_dims, config.time_dim, config.unet_kernel,
-                                 config.unet_groups, rngs=rngs)
-    return MLPDenoiser(chunk, cond_dim, config.hidden, config.depth, config.time_dim, config.conditioning, rngs=rngs)
+    net, chunking, rngs = config.net, config.chunking, nnx.Rngs(key)
+    chunk, cond_dim = (chunking.action_steps, act_dim), chunking.obs_steps * obs_dim
+    if net.network == "unet":
+        return ConditionalUnet1D(chunk, cond_dim, net.unet_dims, net.time_dim, net.unet_kernel, net.unet_groups,
+                                 rngs=rngs)
+    return MLPDenoiser(chunk, cond_dim, net.hidden, net.depth, net.time_dim, net.conditioning, rngs=rngs)
 
 
 class Policy(NamedTuple):
@@ -133,11 +151,11 @@ class Policy(NamedTuple):
         config, net = self.config, self.network(params)
         x1, cond = batch.actions, batch.observations.reshape(batch.observations.shape[0], -1)
         if config.method == "diffusion":
-            schedule = diffusion.make_schedule(config.schedule, config.train_diffusion_steps)
-            return diffusion.diffusion_loss(net, schedule, config.prediction, x1, cond, key)
+            schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.train_diffusion_steps)
+            return diffusion.diffusion_loss(net, schedule, config.diffusion.prediction, x1, cond, key)
         if config.method == "flow":
-            return flow.flow_matching_loss(net, x1, cond, key, config.coupling, config.sinkhorn_epsilon,
-                                           config.sinkhorn_iterations, config.condition_weight)
+            return flow.flow_matching_loss(net, x1, cond, key, config.flow.coupling, config.flow.sinkhorn_epsilon,
+                                           config.flow.sinkhorn_iterations, config.flow.condition_weight)
         return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
 
     def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None) -> jax.Array:
@@ -145,14 +163,14 @@ class Policy(NamedTuple):
         config, net = self.config, self.network(params)
         batch = obs_history.shape[0]
         cond = obs_history.reshape(batch, -1)
-        shape = (batch, config.action_steps, self.act_dim)
+        shape = (batch, config.chunking.action_steps, self.act_dim)
         steps = steps or config.inference_steps
         if config.method == "diffusion":
-            schedule = diffusion.make_schedule(config.schedule, config.train_diffusion_steps)
-            return diffusion.sample(net, schedule, config.prediction, cond, key, shape, steps, config.sampler,
-                                    config.ddim_eta)
+            d = config.diffusion
+            schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
+            return diffusion.sample(net, schedule, d.prediction, cond, key, shape, steps, d.sampler, d.ddim_eta)
         if config.method == "flow":
-            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.integrator)
+            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.flow.integrator)
         return net(jnp.zeros(shape), jnp.zeros(batch), cond)
 
 

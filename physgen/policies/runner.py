@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -25,7 +24,7 @@ def save_policy(path: str | Path, task: Task, trained: TrainedPolicies, index: i
               "ema": nnx.to_pure_dict(state.params),
               "obs_norm": state.obs_norm._asdict(), "act_norm": state.act_norm._asdict()}
     meta = {"method": trained.policy.config.method, "task": task.name, "seed": trained.seeds[index],
-            "config": dataclasses.asdict(trained.policy.config), "obs_dim": task.obs_dim, "act_dim": task.act_dim}
+            "config": trained.policy.config.as_flat(), "obs_dim": task.obs_dim, "act_dim": task.act_dim}
     return save_checkpoint(path, arrays, meta)
 
 
@@ -53,7 +52,7 @@ class PolicyRunner:
 
     def __init__(self, policy: Policy, state: PolicyState, steps: int | None = None):
         self.policy, self.state, self.steps = policy, state, steps
-        self.obs_shape = (policy.config.obs_steps, policy.obs_dim)
+        self.obs_shape = (policy.config.chunking.obs_steps, policy.obs_dim)
         self._leaves, sample = flat_sampler(policy, state, steps)
         self._act = jax.jit(lambda leaves, obs, seed: sample(leaves, obs, jax.random.key(seed)))
         self._act(self._leaves, np.zeros(self.obs_shape, np.float32), 0).block_until_ready()  # compile

@@ -37,12 +37,6 @@ class TrainedPolicies(NamedTuple):
         return jax.tree.map(lambda x: x[index], self.states)
 
 
-def make_optimizer(config: PolicyConfig) -> optax.GradientTransformation:
-    warmup = min(config.warmup_steps, config.steps // 10)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(config.steps, warmup + 1))
-    return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adamw(schedule, weight_decay=config.weight_decay))
-
-
 def _ema_decay(config: PolicyConfig, step):
     """Diffusion Policy's EMA warm-up: the decay grows towards `ema_decay` over the first steps."""
     return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
@@ -58,7 +52,7 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     policy, _ = Policy.create(config, task.obs_dim, task.act_dim, init_keys[0])
-    optimizer = make_optimizer(config)
+    optimizer = config.optim.optimizer()
 
     def init(key):
         params = policy.init(key)
@@ -66,7 +60,8 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
 
     def train_step(state: TrainState, key, data):
         k_batch, k_loss = jax.random.split(key)
-        batch = sample_windows(data, k_batch, config.batch_size, config.obs_steps, config.action_steps,
+        chunking = config.chunking
+        batch = sample_windows(data, k_batch, config.optim.batch_size, chunking.obs_steps, chunking.action_steps,
                                obs_norm, act_norm)
         loss, grads = jax.value_and_grad(policy.loss)(state.params, batch, k_loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -79,7 +74,7 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
         return jax.lax.scan(lambda s, k: train_step(s, k, data), state, jax.random.split(key, steps))
 
     states = jax.jit(jax.vmap(init))(init_keys)
-    calls = -(-config.steps // config.steps_per_call)
+    calls = -(-config.optim.steps // config.optim.steps_per_call)
     run = jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, None)), static_argnums=3)
     losses = []
     low, high = jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
@@ -92,10 +87,10 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
                                np.stack(losses, axis=1) if losses else np.zeros((n, 0)), tuple(seeds))
 
     with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"{config.method} on {task.name}, {len(seeds)} seeds", total=config.steps)
+        job = bar.add_task(f"{config.method} on {task.name}, {len(seeds)} seeds", total=config.optim.steps)
         done = 0
         for call in range(calls):
-            steps = min(config.steps_per_call, config.steps - done)
+            steps = min(config.optim.steps_per_call, config.optim.steps - done)
             call_keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(train_keys)
             states, call_losses = run(states, call_keys, data, steps)
             losses.append(np.asarray(call_losses).mean(axis=1))

@@ -17,7 +17,6 @@ Sequence functions are unbatched (one sequence); `vmap` them over batches.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -29,6 +28,7 @@ import optax
 from flax import nnx
 
 from physgen.data import Normalizer, Trajectories
+from physgen.configs import Optimisation, Parts, check
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
 from physgen.world_models.data import Frames, frames_from, sample_frames
@@ -37,7 +37,7 @@ LATENTS = ("categorical", "gaussian")
 
 
 @dataclass(frozen=True)
-class RSSMConfig:
+class RSSMConfig(Parts):
     """Every hyperparameter of an RSSM; written into its checkpoint. Loss scales follow DreamerV3; the sizes are
     small for CPUs and vector tasks, with Gaussian latents (docs/recipes.md)."""
 
@@ -56,22 +56,11 @@ class RSSMConfig:
     # observations become (obs - obs_center) / obs_scale before symlog; None: fitted by `fit_scales`
     obs_center: tuple[float, ...] | None = None
     obs_scale: tuple[float, ...] | None = None
-    # training
-    steps: int = 5_000
-    batch_size: int = 16
-    sequence_length: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 100.0
-    steps_per_call: int = 250
+    sequence_length: int = 64  # frames per training sequence
+    optim: Optimisation = Optimisation(steps=5_000, batch_size=16, grad_clip=100.0, steps_per_call=250)
 
     def __post_init__(self):
-        if self.latent not in LATENTS:
-            raise PhysgenError(f"latent must be one of {', '.join(LATENTS)}, got {self.latent!r}")
-        for name in ("deter", "stoch", "classes", "hidden", "steps", "batch_size", "steps_per_call"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self, {"latent": LATENTS}, ("deter", "stoch", "classes", "hidden"))
         if self.reward_scale is not None and not self.reward_scale > 0:
             raise PhysgenError(f"reward_scale must be positive, got {self.reward_scale}")
         if (self.obs_center is None) != (self.obs_scale is None):
@@ -80,11 +69,6 @@ class RSSMConfig:
             raise PhysgenError(f"obs_scale must be positive, got {self.obs_scale}")
         if self.sequence_length < 2:
             raise PhysgenError(f"sequence_length must be at least 2 (one transition), got {self.sequence_length}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "RSSMConfig":
-        tuples = {k: tuple(values[k]) for k in ("obs_center", "obs_scale") if values.get(k) is not None}
-        return cls(**{**values, **tuples})
 
     @property
     def reward_unit(self) -> float:
@@ -119,7 +103,7 @@ def fit_scales(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
         normalizer = Normalizer.fit(data.observations, "gaussian")
         changes["obs_center"] = tuple(map(float, normalizer.shift))
         changes["obs_scale"] = tuple(map(float, normalizer.scale))
-    return dataclasses.replace(config, **changes)
+    return config.replace(**changes)
 
 
 class State(NamedTuple):
@@ -318,4 +302,4 @@ class RSSM(NamedTuple):
         return frames
 
     def batch(self, frames: Frames, key: jax.Array) -> Frames:
-        return sample_frames(frames, key, self.config.batch_size, self.config.sequence_length)
+        return sample_frames(frames, key, self.config.optim.batch_size, self.config.sequence_length)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import load_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.policies.train import make_optimizer
 from physgen.world_models.data import concat_trajectories
 from physgen.world_models.evaluate import open_loop_errors
 from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
@@ -65,7 +63,7 @@ def _programs(model: RSSM | VAE):
 
     The optimizer works on the parameters raveled into one vector: a handful of fused kernels instead of a dozen per
     parameter array, which more than halves its share of the compile time on CPU."""
-    optimizer = make_optimizer(model.config)
+    optimizer = model.config.optim.optimizer()
     unravel = ravel_pytree(model.init(jax.random.key(0)))[1]
 
     def train_step(state: TrainState, key, arrays):
@@ -107,10 +105,10 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
     history: list[dict] = []
     method = "rssm" if isinstance(model, RSSM) else "vae"
     with Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task(f"{method} on {task.name}, {len(seeds)} seeds", total=config.steps)
+        job = bar.add_task(f"{method} on {task.name}, {len(seeds)} seeds", total=config.optim.steps)
         done, call = 0, 0
-        while done < config.steps:
-            steps = min(config.steps_per_call, config.steps - done)
+        while done < config.optim.steps:
+            steps = min(config.optim.steps_per_call, config.optim.steps - done)
             call_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_keys, call)
             states, metrics = run(states, call_keys, arrays, steps)
             history.append(jax.device_get(metrics))
@@ -129,7 +127,7 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
 def save_world_model(path: str | Path, task: Task, trained: TrainedWorldModels, index: int) -> Path:
     """Checkpoint seed `index` of `trained`: parameters and config (which holds the observation and reward scales)."""
     meta = {"method": trained.method, "task": task.name, "seed": trained.seeds[index],
-            "config": dataclasses.asdict(trained.model.config), "obs_dim": task.obs_dim, "act_dim": task.act_dim,
+            "config": trained.model.config.as_flat(), "obs_dim": task.obs_dim, "act_dim": task.act_dim,
             "training_seconds": trained.seconds}
     return save_checkpoint(path, {"params": nnx.to_pure_dict(trained.params_of(index))}, meta)
 
@@ -157,7 +155,7 @@ def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | N
         raise PhysgenError("only the VAE learns images; drop --images or use --method vae")
     task = get_task(task_name)
     changes = {**({} if steps is None else {"steps": steps}), **({"inputs": "image"} if images else {})}
-    config = CONFIGS[method](**changes)
+    config = CONFIGS[method].of(**changes)
     if images:
         size, episodes = config.image_size, config.frame_episodes
         train, test = (render_frames(task, seed, n, size) for seed, n in ((0, episodes), (1, max(1, episodes // 10))))
@@ -167,7 +165,7 @@ def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | N
         train, test = (concat_trajectories([split[i] for split in splits]) for i in (0, 1))
     trained = train_world_models(task, config, train, seeds)
     source = "rendered frames" if images else ", ".join(datasets)
-    lines = [(f"{method} on {task.name} ({source}): {config.steps} steps x {len(seeds)} seeds, "
+    lines = [(f"{method} on {task.name} ({source}): {config.optim.steps} steps x {len(seeds)} seeds, "
               f"{trained.seconds:.0f} s")]
     for index, seed in enumerate(seeds):
         path = save_world_model(Path(out) / f"seed_{seed}", task, trained, index)

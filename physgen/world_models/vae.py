@@ -21,6 +21,7 @@ from flax import nnx
 from physgen.data import Trajectories
 from physgen.envs import Task
 from physgen.envs.rollout import episode_lengths, episode_seeds, expert_policy, reset_key
+from physgen.configs import Optimisation, Parts, check
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
 from physgen.world_models.rssm import MLP
@@ -29,7 +30,7 @@ INPUTS = ("state", "image")
 
 
 @dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(Parts):
     """Every hyperparameter of a VAE; written into its checkpoint."""
 
     inputs: str = "state"
@@ -39,28 +40,13 @@ class VAEConfig:
     hidden: int = 128
     channels: tuple[int, ...] = (32, 64, 128)
     beta: float = 1.0
-    # training
-    steps: int = 3_000
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    grad_clip: float = 100.0
-    steps_per_call: int = 250
+    optim: Optimisation = Optimisation(steps=3_000, batch_size=64, grad_clip=100.0, steps_per_call=250)
 
     def __post_init__(self):
-        if self.inputs not in INPUTS:
-            raise PhysgenError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
-        for name in ("latent", "hidden", "steps", "batch_size", "steps_per_call", "frame_episodes"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self, {"inputs": INPUTS}, ("latent", "hidden", "frame_episodes"))
         if self.inputs == "image" and self.image_size % 2 ** len(self.channels):
             raise PhysgenError(f"image_size {self.image_size} must be divisible by {2 ** len(self.channels)} "
                                f"(the encoder halves it {len(self.channels)} times)")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "VAEConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def conv_kernel_init(key, shape, dtype=jnp.float32):
@@ -179,7 +165,7 @@ class VAE(NamedTuple):
         return jnp.asarray(x)
 
     def batch(self, x, key):
-        return x[jax.random.randint(key, (self.config.batch_size,), 0, x.shape[0])]
+        return x[jax.random.randint(key, (self.config.optim.batch_size,), 0, x.shape[0])]
 
 
 @partial(jax.jit, static_argnums=(0, 2))

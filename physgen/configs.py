@@ -1,0 +1,88 @@
+"""Configs made of parts: frozen dataclasses nested by concern that read and write one flat set of fields, so that
+checkpoints, protocols and reports list every hyperparameter by its own name, and a change names only the field.
+
+    config = PolicyConfig.of(method="flow", steps=2_000, exec_steps=1)   # routed to config.optim, config.chunking
+    config.as_flat()                                                     # {"method": "flow", "obs_steps": 2, ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import optax
+
+from physgen.errors import PhysgenError
+
+
+class Parts:
+    """For a frozen dataclass whose fields are values or parts (frozen dataclasses of values), every field name
+    unique across the parts; every field has a default."""
+
+    @classmethod
+    def of(cls, **flat):
+        """The defaults with the named fields changed."""
+        return cls().replace(**flat)
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        """The config of a flat dictionary (JSON: lists become tuples)."""
+        return cls.of(**values)
+
+    def as_flat(self) -> dict:
+        flat = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            flat.update(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else {field.name: value})
+        return flat
+
+    def replace(self, **flat):
+        """This config with the named fields changed, each in the part that holds it."""
+        home = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            parts = dataclasses.fields(value) if dataclasses.is_dataclass(value) else ()
+            home.update({part.name: field.name for part in parts} or {field.name: None})
+        unknown = [name for name in flat if name not in home]
+        if unknown:
+            raise PhysgenError(f"{type(self).__name__} has no field {', '.join(unknown)}; its fields: "
+                               f"{', '.join(home)}")
+        top, nested = {}, {}
+        for name, value in flat.items():
+            value = tuple(value) if isinstance(value, list) else value
+            (nested.setdefault(home[name], {}) if home[name] else top)[name] = value
+        parts = {part: dataclasses.replace(getattr(self, part), **changes) for part, changes in nested.items()}
+        return dataclasses.replace(self, **top, **parts)
+
+
+def check(config, choices: dict[str, tuple] | None = None, positive: tuple[str, ...] = ()) -> None:
+    """Refuse a field outside its choices, or one of `positive` below 1."""
+    for name, allowed in (choices or {}).items():
+        if getattr(config, name) not in allowed:
+            raise PhysgenError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise PhysgenError(f"{name} must be at least 1, got {getattr(config, name)}")
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """Gradient steps and AdamW with linear warm-up, cosine decay and global-norm clipping; `steps_per_call` steps
+    run in one compiled call, between which progress, curves and checks happen."""
+
+    steps: int = 10_000
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    steps_per_call: int = 500
+
+    def __post_init__(self):
+        check(self, positive=("steps", "batch_size", "steps_per_call"))
+
+    def optimizer(self) -> optax.GradientTransformation:
+        warmup = min(self.warmup_steps, self.steps // 10)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, self.learning_rate, warmup, max(self.steps, warmup + 1))
+        return optax.chain(optax.clip_by_global_norm(self.grad_clip),
+                           optax.adamw(schedule, weight_decay=self.weight_decay))
