@@ -202,7 +202,10 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
     curve = []
     next_checkpoint = config.checkpoint_every
     start = time.perf_counter()
-    with _progress_bar(progress, config.num_updates * config.steps_per_update, len(seeds)) as advance:
+    columns = (TextColumn(f"PPO {len(seeds)} seed(s)"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("return {task.fields[ret]}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        job = bar.add_task("ppo", total=config.num_updates * config.steps_per_update, ret="-")
         for index in range(config.num_updates):
             finished = [[] for _ in seeds]
             learners, rollout, raw_obs = _gym_rollout(task, config, act_all, learners, envs, raw_obs,
@@ -211,7 +214,8 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
             env_steps = (index + 1) * config.steps_per_update
             curve.append({"env_steps": env_steps, "wall_s": time.perf_counter() - start,
                           "mean_return": [float(np.mean(f)) if f else None for f in finished]})
-            advance(config.steps_per_update, curve[-1]["mean_return"])
+            returns = [r for r in curve[-1]["mean_return"] if r is not None]
+            bar.update(job, advance=config.steps_per_update, ret=f"{np.mean(returns):.1f}" if returns else "-")
             if config.checkpoint_every and env_steps >= next_checkpoint:
                 if out_dir is not None:
                     _save_all(out_dir / "steps" / str(env_steps), task, config, seeds, learners, env_steps)
@@ -221,31 +225,6 @@ def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | 
                 next_checkpoint += config.checkpoint_every
     envs.close()
     return learners, curve, metrics
-
-
-class _progress_bar:
-    """A rich progress bar over env steps (per seed) showing the latest mean episode return; silent when off."""
-
-    def __init__(self, enabled: bool, total: int, seeds: int):
-        self.enabled, self.total, self.seeds = enabled, total, seeds
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda steps, returns: None
-        self.bar = Progress(TextColumn("PPO {task.fields[seeds]} seed(s)"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("return {task.fields[ret]}"), TimeRemainingColumn())
-        self.bar.__enter__()
-        job = self.bar.add_task("ppo", total=self.total, seeds=self.seeds, ret="-")
-
-        def advance(steps, returns):
-            values = [r for r in returns if r is not None]
-            self.bar.update(job, advance=steps, ret=f"{np.mean(values):.1f}" if values else "-")
-
-        return advance
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self.bar.__exit__(*exc)
 
 
 # ---------------------------------------------------------------- policies, evaluation, checkpoints
