@@ -35,6 +35,15 @@ def _pooled_wilson(counts: np.ndarray, episodes: int):
     return centre - half, centre + half
 
 
+def _t_interval(values: np.ndarray):
+    """The t-interval over the seeds' means the returns had before, its variance no smaller than the episodes'."""
+    seeds, episodes = values.shape[-2:]
+    means = values.mean(axis=-1)
+    within = values.var(axis=-1, ddof=1).mean(axis=-1) / (seeds * episodes)
+    half = stats.t.ppf(0.975, seeds - 1) * np.sqrt(np.maximum(means.var(axis=-1, ddof=1) / seeds, within))
+    return means.mean(axis=-1) - half, means.mean(axis=-1) + half
+
+
 def _returns(rng: np.random.Generator, counts: np.ndarray, episodes: int) -> np.ndarray:
     """Normalised returns: a success scores 0.9-1.1, a failure 0-0.6 (mean 1.0 and 0.3)."""
     success = np.arange(episodes) < counts[..., None]
@@ -44,12 +53,13 @@ def _returns(rng: np.random.Generator, counts: np.ndarray, episodes: int) -> np.
 def cell(seeds: int, episodes: int, rate: float, spread: float, runs: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     counts = simulate_counts(rng, runs, seeds, episodes, rate, spread)
-    few = counts[: runs // 10]  # the bootstrap and the returns' episodes cost more: a tenth of the runs
+    few = counts[: runs // 10]  # the bootstrap costs more: a tenth of the runs
+    returns, truth = _returns(rng, counts, episodes), 0.3 + 0.7 * rate
     return {"seeds": seeds, "episodes": episodes, "rate": rate, "spread": spread, "runs": runs,
             "report": _covers(*rate_bounds(counts, episodes)[1:], rate),
             "pooled_wilson": _covers(*_pooled_wilson(counts, episodes), rate),
             "percentile_bootstrap": _covers(*_percentile_bootstrap(few / episodes, rng), rate),
-            "returns_t": _covers(*mean_bounds(_returns(rng, few, episodes))[1:], 0.3 + 0.7 * rate)}
+            "returns": _covers(*mean_bounds(returns)[1:], truth), "returns_t": _covers(*_t_interval(returns), truth)}
 
 
 def main() -> None:

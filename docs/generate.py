@@ -73,10 +73,10 @@ def intervals_page(rows: list[dict]) -> str:
              "size. All episodes count, shrunk by the design effect that the seeds' spread implies, and again for "
              "estimating that spread from a few seeds (t quantile). When every seed scores the same (near 0 or 1 with "
              "few episodes) the interval is that of the episodes alone, never a point.",
-             "- Returns and normalised returns: a t-interval over the seeds' means, their variance no smaller than "
-             "the episodes' within a seed. No variance floor is known for returns as it is for rates, and where the "
-             "seeds spread widely near high success it covers less than 0.94 (returns column below): approximate "
-             "there.",
+             "- Returns and normalised returns: the rates' interval on the returns rescaled to [0, 1] by the run's "
+             "smallest and largest. A few seeds that fail far below the rest make the mean's distribution skewed; "
+             "the t-interval over the seeds' means used before ignored that and covered 0.91-0.93 there (returns "
+             "(t) column), the beta shape of the rates' interval follows it (returns column).",
              "- Difference between two methods: both meet the same evaluation episodes, so the difference carries no "
              "luck of easier episodes; its interval is Newcombe's square-and-add of the two rate intervals.",
              "- P(improvement), the chance that a seed of one method beats a seed of the other: Newcombe's score "
@@ -94,11 +94,12 @@ def intervals_page(rows: list[dict]) -> str:
              "(a rare seed that fails outright) a few seeds cannot see what the mean hides, and no interval from "
              "them covers. `physgen plan` uses the same simulation for how many seeds and episodes a comparison "
              "needs.", "",
-             "| spread | seeds | episodes | rate | runs | report | pooled Wilson | percentile bootstrap | returns (t) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| spread | seeds | episodes | rate | runs | report | pooled Wilson | percentile bootstrap | returns | "
+             "returns (t) |", "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['spread']} | {r['seeds']} | {r['episodes']} | {r['rate']} | {r['runs']:,} | {r['report']:.3f} | "
-              f"{r['pooled_wilson']:.3f} | {r['percentile_bootstrap']:.3f} | {r['returns_t']:.3f} |" for r in rows]
-    lines.append("\nThe bootstrap and returns columns use a tenth of the runs.")
+              f"{r['pooled_wilson']:.3f} | {r['percentile_bootstrap']:.3f} | {r['returns']:.3f} | "
+              f"{r['returns_t']:.3f} |" for r in rows]
+    lines.append("\nThe bootstrap column uses a tenth of the runs.")
     return "\n".join(lines) + "\n"
 
 

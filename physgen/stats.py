@@ -124,18 +124,17 @@ def rate_interval(counts, episodes: int, confidence: float = 0.95) -> Interval:
 
 
 def mean_bounds(values, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean of per-episode `values` (..., seeds, episodes) with a t-interval over the seeds' means, their variance no
-    smaller than the episodes' own within a seed (seeds that happen to agree do not collapse it to a point)."""
+    """Mean of per-episode `values` (..., seeds, episodes), e.g. returns, with the rates' interval (`rate_bounds`) on
+    the values rescaled to [0, 1] by their smallest and largest. A t-interval over the seeds' means covered 0.92
+    where a few seeds fail far below the rest (its symmetric tails ignore the skew); the beta shape the rates'
+    interval takes near a bound follows it, and all episodes remain its floor."""
     values = np.asarray(values, float)
-    seeds, episodes = values.shape[-2:]
-    tail = (1.0 - confidence) / 2.0
-    means = values.mean(axis=-1)
-    within = values.var(axis=-1, ddof=1).mean(axis=-1) / (seeds * episodes) if episodes > 1 else 0.0
-    between = means.var(axis=-1, ddof=1) / seeds if seeds > 1 else 0.0
-    degrees = seeds - 1 if seeds > 1 else episodes - 1
-    half = stats.t.ppf(1 - tail, max(degrees, 1)) * np.sqrt(np.maximum(between, within))
-    mean = means.mean(axis=-1)
-    return mean, mean - half, mean + half
+    low = values.min(axis=(-2, -1), keepdims=True)
+    span = values.max(axis=(-2, -1), keepdims=True) - low
+    span = np.where(span > 0, span, 1.0)
+    scaled = ((values - low) / span).sum(axis=-1)
+    low, span = low[..., 0, 0], span[..., 0, 0]
+    return tuple(low + span * bound for bound in rate_bounds(scaled, values.shape[-1], confidence))
 
 
 def mean_interval(values, confidence: float = 0.95) -> Interval:

@@ -13,8 +13,10 @@ from physgen.stats import (
     difference_interval,
     improvement_bounds,
     iqm,
+    mean_bounds,
     mean_interval,
     probability_of_improvement,
+    rate_bounds,
     rate_interval,
     summarize,
     wilson_interval,
@@ -105,14 +107,14 @@ def test_seeds_that_all_score_the_same_keep_the_episodes_interval():
     assert (estimate, low) == (0.0, 0.0) and high == pytest.approx(1 - 0.025 ** (1 / n))
 
 
-def test_mean_interval_is_the_t_interval_over_seed_means_with_the_episodes_as_floor():
-    values = np.array([[1.0, 1.2, 0.8], [2.0, 2.2, 1.8], [3.0, 3.1, 2.9], [0.0, 0.1, -0.1]])
-    means = values.mean(axis=1)
-    expected = stats.t.interval(0.95, 3, loc=means.mean(), scale=stats.sem(means))
-    assert mean_interval(values) == pytest.approx((means.mean(), *expected))
-    alike = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])  # equal seed means: the episodes' variance 1 remains
-    half = stats.t.ppf(0.975, 1) * np.sqrt(1.0 / 6)
-    assert mean_interval(alike) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+def test_mean_interval_is_the_rate_interval_of_the_values_rescaled_by_their_extremes():
+    values = np.array([[1.0, 1.2, 0.8], [2.0, 2.2, 1.8], [3.0, 3.1, 2.9], [-0.1, 0.1, 0.0]])
+    scaled_sums = ((values + 0.1) / 3.2).sum(axis=1)  # smallest -0.1, largest 3.1
+    expected = np.array(rate_bounds(scaled_sums, 3)) * 3.2 - 0.1
+    assert mean_interval(values) == pytest.approx(tuple(expected))
+    assert mean_interval(values).estimate == pytest.approx(values.mean())
+    shifted = mean_interval(values * 10 + 5)  # affine: the interval moves with the values
+    assert shifted == pytest.approx(tuple(expected * 10 + 5))
 
 
 def test_difference_is_the_square_and_add_of_the_two_rate_intervals():
@@ -187,6 +189,32 @@ def test_success_interval_covers_the_true_rate_in_every_cell_with_five_or_more_s
         print(f"{spread:6} {seeds:5} {episodes:8} | {'':16}" + " ".join(f"{c:.3f}" for c in covered))
     assert min(min(c) for _, seeds, _, c in rows if seeds >= 5) >= 0.94
     assert min(pooled) < 0.5  # the same check fails the pooled Wilson interval: it ignores the seeds' spread
+
+
+def _returns(rng, counts, episodes, model):
+    """Per-episode returns of simulated runs: successes and failures apart (a hopper-like gap) or in one Gaussian."""
+    success = np.arange(episodes) < counts[..., None]
+    if model == "gap":
+        return np.where(success, 0.9 + 0.2 * rng.random(success.shape), 0.6 * rng.random(success.shape))
+    return success + rng.normal(0.0, 0.5, success.shape)
+
+
+def test_return_interval_covers_the_true_mean_in_every_cell_with_five_or_more_seeds():
+    """4,000 runs per cell (standard error 0.0035 at 0.95); the t-interval it replaced covered 0.91-0.93 in the
+    widely spread cells of the gap model."""
+    worst = {}
+    for model, mean_of in (("gap", lambda rate: 0.3 + 0.7 * rate), ("gaussian", lambda rate: rate)):
+        for spread in SPREADS:
+            for seeds in (5, 10, 20):
+                for episodes in (10, 100):
+                    rng = np.random.default_rng(seeds * episodes)
+                    for rate in TRUE_RATES:
+                        counts = simulate_counts(rng, 4000, seeds, episodes, rate, spread)
+                        _, low, high = mean_bounds(_returns(rng, counts, episodes, model))
+                        covered = np.mean((low <= mean_of(rate)) & (mean_of(rate) <= high))
+                        worst[model] = min(worst.get(model, 1.0), covered)
+    print(f"\nlowest return coverage over 48 cells per model: {worst}")
+    assert min(worst.values()) >= 0.94
 
 
 def _rate_pmf(episodes, rate, spread):

@@ -19,7 +19,7 @@ from physgen.envs import Task
 
 INTERVALS = ("Intervals: 95% over training seeds (docs/intervals.md): success and failure rates Clopper-Pearson at "
              "Korn and Graubard's effective sample size (the seeds' spread counted as a design effect), returns "
-             "a t-interval over the seeds' means, differences Newcombe's square-and-add, P(improvement) Newcombe's "
+             "the same on the returns rescaled to [0, 1] by the run's extremes, differences Newcombe's square-and-add, P(improvement) Newcombe's "
              "score interval.")
 TRUSTED_COVERAGE = 0.94  # the coverage every simulated cell with 5 or more seeds must reach (tests/test_stats.py)
 
@@ -182,8 +182,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
     lines += ["", f"Coverage check: the lowest share of {plan.RUNS:,} simulated runs with this run's seeds and "
               "episodes whose success interval held the true rate, for true rates at the interval's ends and middle "
               f"and seed spreads (log-odds standard deviation) of 0.3, 1.2 and the method's own ({spreads or 'n/a'}); "
-              f"below {TRUSTED_COVERAGE} the interval is approximate. Returns: t-interval over the seeds' means "
-              "(docs/intervals.md measures how it covers).", "", "Per-seed success rates:", ""]
+              f"below {TRUSTED_COVERAGE} the interval is approximate. Returns: the rates' interval on the returns "
+              "rescaled to [0, 1] (docs/intervals.md measures how it covers).", "", "Per-seed success rates:", ""]
     lines += [f"- {m}: {', '.join(f'{r:.2f}' for r in s['per_seed_success'])}" for m, s in summary.items()]
     pairs = [(m, b, v) for m, s in summary.items() for b, v in s.get("improvement_over", {}).items()]
     if pairs:
