@@ -73,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MINARI_DATASETS_PATH", tempfile.mkdtemp(prefix="physgen-wm-"))
 
-    from physgen.stats import bootstrap_interval, wilson_interval
+    from physgen.stats import rate_interval, wilson_interval
     from physgen.data import generate_dataset, load_dataset, split_episodes
     from physgen.envs import get_task
     from physgen.envs.rollout import episode_seeds
@@ -110,7 +110,7 @@ def main() -> None:
     rollouts = run_episodes(task, mpc, trained.params, episode_seeds(TUNING, args.episodes))
     rates = rollouts.success.mean(1)
     pooled = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
-    across = bootstrap_interval(rates)
+    across = rate_interval(rollouts.success.sum(1), rollouts.success.shape[1])
     collided = np.mean([e.any() for e in rollouts.events["collision"].reshape(-1, task.horizon)])
     print(f"rssm-mpc ({mpc.config}): success per seed {np.round(rates, 2)}, mean {across.estimate:.2f} "
           f"[{across.low:.2f}, {across.high:.2f}] over seeds, pooled {pooled.estimate:.2f} "

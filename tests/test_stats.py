@@ -8,16 +8,15 @@ from physgen import PhysgenError
 from physgen.plan import concentration, coverage, simulate_counts
 from physgen.stats import (
     Interval,
-    bootstrap_interval,
     difference_bounds,
     difference_interval,
     improvement_bounds,
-    iqm,
     mean_bounds,
     mean_interval,
     probability_of_improvement,
     rate_bounds,
     rate_interval,
+    seed_t_interval,
     summarize,
     wilson_interval,
 )
@@ -25,41 +24,10 @@ from physgen.stats import (
 RATES = np.array([0.55, 0.7, 0.6, 0.85, 0.4, 0.75, 0.9, 0.65, 0.5, 0.8])
 
 
-def test_iqm_by_hand_and_against_scipy_trim_mean():
-    assert iqm([1, 2, 3, 4, 5, 6, 7, 8]) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
-    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == pytest.approx(4.5)
-    values = np.random.default_rng(3).normal(size=13)
-    assert iqm(values) == pytest.approx(stats.trim_mean(values, 0.25))
-
-
-def _trimmed(values, axis):
-    return stats.trim_mean(values, 0.25, axis=axis)
-
-
-@pytest.mark.parametrize("statistic, function", [("mean", np.mean), ("iqm", _trimmed)])
-def test_bootstrap_matches_scipy_percentile_bootstrap(statistic, function):
-    ours = bootstrap_interval(RATES, statistic, resamples=10_000, seed=0)
-    ref = stats.bootstrap((RATES,), function, method="percentile", n_resamples=10_000, confidence_level=0.95,
-                          rng=np.random.default_rng(1)).confidence_interval
-    assert ours.estimate == pytest.approx(function(RATES, axis=0))
-    assert ours.low == pytest.approx(ref.low, abs=0.02)
-    assert ours.high == pytest.approx(ref.high, abs=0.02)
-    assert ours.low <= ours.estimate <= ours.high
-
-
-def test_bootstrap_is_seeded():
-    first, again = bootstrap_interval(RATES, seed=5), bootstrap_interval(RATES, seed=5)
-    other = bootstrap_interval(RATES, seed=6)
-    assert first == again
-    assert (first.low, first.high) != (other.low, other.high)
-    narrow = bootstrap_interval(RATES, confidence=0.5)
-    wide = bootstrap_interval(RATES, confidence=0.99)
-    assert wide.low < narrow.low <= narrow.high < wide.high
-
-
-def test_all_equal_values_give_a_degenerate_bootstrap_interval():
-    for statistic in ("mean", "iqm"):
-        assert bootstrap_interval([0.3] * 7, statistic) == pytest.approx((0.3, 0.3, 0.3))
+def test_seed_t_interval_is_scipys_t_interval_over_seeds():
+    expected = stats.t.interval(0.95, RATES.size - 1, loc=RATES.mean(), scale=stats.sem(RATES))
+    assert seed_t_interval(RATES) == pytest.approx((RATES.mean(), *expected))
+    assert seed_t_interval([0.3]) == (0.3, 0.3, 0.3)  # one seed: no spread to measure
 
 
 def _wilson_roots(successes, trials, confidence):
@@ -242,11 +210,9 @@ def test_difference_and_improvement_cover_the_truth_with_five_or_more_seeds():
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: iqm([]), "non-empty"),
-    (lambda: bootstrap_interval([0.1, np.nan]), "NaN"),
-    (lambda: bootstrap_interval(RATES, "median"), "unknown statistic"),
-    (lambda: bootstrap_interval(RATES, confidence=1.0), "confidence"),
-    (lambda: bootstrap_interval(RATES, resamples=0), "resamples"),
+    (lambda: seed_t_interval([]), "non-empty"),
+    (lambda: seed_t_interval([0.1, np.nan]), "NaN"),
+    (lambda: seed_t_interval(RATES, confidence=1.0), "confidence"),
     (lambda: rate_interval([3, 11], 10), "between 0 and 10"),
     (lambda: rate_interval([3, 1.5], 10), "whole numbers"),
     (lambda: rate_interval([3], 0), "episodes must be an integer >= 1"),

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen.data import SequenceBatch, Trajectories, sequence_starts
-from physgen.stats import bootstrap_interval
+from physgen.stats import seed_t_interval
 from physgen.world_models.rssm import RSSM
 
 
@@ -35,8 +35,8 @@ class OpenLoop(NamedTuple):
     linear_path: np.ndarray
 
     def interval(self, steps_ahead: int):
-        """The RSSM's mean error `steps_ahead` steps ahead with a bootstrap interval over seeds."""
-        return bootstrap_interval(self.rssm[:, steps_ahead - 1])
+        """The RSSM's mean error `steps_ahead` steps ahead with a t-interval over seeds."""
+        return seed_t_interval(self.rssm[:, steps_ahead - 1])
 
     def summary(self, steps: tuple[int, ...] = (1, 5, 10, 25)) -> str:
         lines = [(f"open-loop RMSE after {self.context} observed steps, {len(self.imagined[0])} held-out chunks "
