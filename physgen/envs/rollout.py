@@ -1,4 +1,6 @@
-"""Seeded rollouts of whole episodes: pure-JAX tasks under `vmap` + `lax.scan`, Gymnasium tasks step by step.
+"""Seeded rollouts of whole episodes: the rollout engine every agent is evaluated with (`run_episodes`), and the
+recorders of the tasks' own experts for datasets (`rollout_jax`, `rollout_gym`; those experts read the simulator
+state, so they are not agents). Pure-JAX tasks run under `vmap` + `lax.scan`, Gymnasium tasks in lockstep.
 
 Episode `i` of a rollout with seed `s` resets from `episode_seeds(s, n)[i]`, the same integer a Gymnasium user
 passes to `env.reset(seed=...)` to get the same initial state.
