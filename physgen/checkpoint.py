@@ -62,6 +62,8 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> tuple[Any, dic
     else:
         reason = None
     if reason is not None:  # outside `except`, so that nothing keeps the failed reads' frames alive
+        if _late_read not in logging.getLogger("asyncio").filters:
+            logging.getLogger("asyncio").addFilter(_late_read)
         _collect_failed_reads()
         raise PhysgenError(f"checkpoint {path} could not be read ({reason}); it is corrupt or incomplete: train it "
                            "again")
@@ -104,6 +106,12 @@ def _drop_closed_loop_callbacks(previous_hook, unraisable) -> None:
     error = unraisable.exc_value
     if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
         previous_hook(unraisable)
+
+
+def _late_read(record: logging.LogRecord) -> bool:
+    """False (drop it) for asyncio's report of a read that failed after the load had already failed: collected
+    later than `_collect_failed_reads`, it would print the whole TensorStore spec."""
+    return "tensorstore_spec" not in record.getMessage()
 
 
 def _collect_failed_reads() -> None:
