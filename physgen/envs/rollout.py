@@ -70,7 +70,9 @@ def random_policy(task: Task) -> JaxPolicy:
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
+def scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
+    """Whole episodes of a pure-JAX task, padded to the horizon: (observations, actions, rewards, terminated,
+    truncated, events, states), the simulator states (H + 1 of them) for those who render them."""
     fns = task.functional
 
     def episode(seed):
@@ -81,11 +83,13 @@ def _scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
             state, obs = carry
             action = policy(state, obs, step_key)
             out = fns.step(state, action)
-            return (out.state, out.obs), (out.obs, action, out.reward, out.terminated, out.truncated, out.events)
+            return (out.state, out.obs), (out.obs, action, out.reward, out.terminated, out.truncated, out.events,
+                                          out.state)
 
         step_keys = jax.random.split(jax.random.fold_in(key, 1), task.horizon)
-        _, (next_obs, actions, rewards, term, trunc, events) = jax.lax.scan(one_step, (state, obs), step_keys)
-        return jnp.concatenate([obs[None], next_obs]), actions, rewards, term, trunc, events
+        _, (next_obs, actions, rewards, term, trunc, events, states) = jax.lax.scan(one_step, (state, obs), step_keys)
+        states = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), state, states)
+        return jnp.concatenate([obs[None], next_obs]), actions, rewards, term, trunc, events, states
 
     return jax.vmap(episode)(seeds)
 
@@ -93,7 +97,7 @@ def _scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
 def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list[Episode]:
     """Run `episodes` episodes of a pure-JAX task in one compiled program and cut each at its end."""
     seeds = episode_seeds(seed, episodes)
-    obs, actions, rewards, term, trunc, events = jax.device_get(_scan_episodes(task, policy, jnp.asarray(seeds)))
+    obs, actions, rewards, term, trunc, events, _ = jax.device_get(scan_episodes(task, policy, jnp.asarray(seeds)))
     lengths = episode_lengths(term | trunc, task.horizon)
     return [
         Episode(obs[i, : n + 1], actions[i, :n], rewards[i, :n], term[i, :n], trunc[i, :n],

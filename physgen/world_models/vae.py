@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +19,7 @@ from flax import nnx
 
 from physgen.data import Trajectories
 from physgen.envs import Task
-from physgen.envs.rollout import episode_lengths, episode_seeds, expert_policy, reset_key
+from physgen.envs.rollout import episode_lengths, episode_seeds, expert_policy, scan_episodes
 from physgen.configs import Optimisation, Parts, check
 from physgen.errors import PhysgenError
 from physgen.world_models import distributions as D
@@ -168,31 +167,14 @@ class VAE(NamedTuple):
         return x[jax.random.randint(key, (self.config.optim.batch_size,), 0, x.shape[0])]
 
 
-@partial(jax.jit, static_argnums=(0, 2))
-def _expert_states(task: Task, seeds: jax.Array, horizon: int):
-    fns = task.functional
-
-    def episode(seed):
-        key = reset_key(seed)
-        state, _ = fns.reset(key)
-
-        def step(state, k):
-            out = fns.step(state, expert_policy(task)(state, None, k))
-            return out.state, (out.state, out.terminated | out.truncated)
-
-        _, (states, ended) = jax.lax.scan(step, state, jax.random.split(jax.random.fold_in(key, 1), horizon))
-        return jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), state, states), ended
-
-    return jax.vmap(episode)(seeds)
-
-
 def render_frames(task: Task, seed: int, episodes: int, size: int) -> np.ndarray:
     """Frames (N, size, size, 3) uint8 of every state of `episodes` expert episodes of a pure-JAX task."""
     if task.functional is None:
         raise PhysgenError(f"task {task.name!r} draws no frames of its own; image VAEs need a pure-JAX 2-D task "
                            "such as fork or maze")
-    states, ended = jax.device_get(_expert_states(task, jnp.asarray(episode_seeds(seed, episodes)), task.horizon))
-    lengths = episode_lengths(ended, task.horizon)
+    recorded = jax.device_get(scan_episodes(task, expert_policy(task), jnp.asarray(episode_seeds(seed, episodes))))
+    term, trunc, states = recorded[3], recorded[4], recorded[6]
+    lengths = episode_lengths(term | trunc, task.horizon)
 
     def frame(episode: int, step: int) -> np.ndarray:
         return task.functional.render(jax.tree.map(lambda x: x[episode, step], states), size)
