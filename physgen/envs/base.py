@@ -37,6 +37,11 @@ class FunctionalEnv(NamedTuple):
     render: Callable
 
 
+# detector(observations (length + 1, obs_dim), actions (length, act_dim), events {name: (length,)}, length) -> the
+# step a failed episode's cause set in, or None where the cause does not apply
+FailureDetector = Callable[[np.ndarray, np.ndarray, Mapping[str, np.ndarray], int], "int | None"]
+
+
 # Sizes every task starts from; a task's recipe changes what works for it.
 STANDARD_POLICY_BUDGETS = {
     "smoke": {"steps": 100, "batch_size": 64, "hidden": 64},
@@ -76,6 +81,7 @@ class Task:
     of them that end an episode as a failure;
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
+    `failure_detectors` name the task's own failure causes (docs/failures.md), each a `FailureDetector`.
     Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators` by name such as "expert"
     (Gymnasium tasks): factories of observation -> action callables, or paths of PPO checkpoints (hopper's shipped
     experts), which dataset generation loads with the loader it is given (tasks sit below policies). `physgen data`
@@ -96,6 +102,7 @@ class Task:
     make_env: Callable[..., gym.Env]
     success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
     failure_events: tuple[str, ...] = ()
+    failure_detectors: Mapping[str, FailureDetector] = field(default_factory=dict)
     functional: FunctionalEnv | None = None
     demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]] | Path] = field(default_factory=dict)
     datasets: tuple[str, ...] = ("expert",)

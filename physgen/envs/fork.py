@@ -28,6 +28,10 @@ HORIZON = 100
 START_Y, GOAL_Y, SPREAD = -1.0, 1.0, 0.2
 EXPERT_NOISE = 0.1
 EVENTS = ("collision", "goal_reached")
+# the path holds a side when it heads there at a quarter of the top speed or more over 0.1 s: the expert heads for
+# its waypoint at about half of it, the mean of the two modes at well under a quarter
+COMMIT_SPEED = 0.25
+COMMIT_STEPS = 5
 
 
 class ForkState(NamedTuple):
@@ -98,6 +102,33 @@ def success(events: dict[str, np.ndarray], episode_return: float, length: int, e
     return bool(np.any(events["goal_reached"]) and not np.any(events["collision"]))
 
 
+def held_sides(observations: np.ndarray) -> list[tuple[int, int]]:
+    """(first step, side) of each stretch where the path held a side before the obstacle's middle (y < 0): a lateral
+    speed towards it of `COMMIT_SPEED` or more on average over `COMMIT_STEPS` steps, stretches on one side merged."""
+    passed = observations[:, 1] >= 0.0
+    approach = observations[: int(passed.argmax()) if passed.any() else len(observations)]
+    lateral = np.diff(approach[:, 0]) / (DT * MAX_SPEED)
+    sides = []
+    for side in (-1, 1):
+        fast = np.convolve(side * lateral, np.ones(COMMIT_STEPS) / COMMIT_STEPS, mode="valid") >= COMMIT_SPEED
+        sides += [(int(t), side) for t in np.flatnonzero(fast & ~np.r_[False, fast[:-1]])]
+    sides.sort()
+    return [held for i, held in enumerate(sides) if i == 0 or held[1] != sides[i - 1][1]]
+
+
+def mode_averaging(observations, actions, events, length) -> int | None:
+    """Onset 0 when the path comes up to the obstacle (within `PASS_MARGIN` of it) without ever holding a side:
+    what the mean of the two modes does."""
+    near = np.linalg.norm(observations[:, :2], axis=1).min() < OBSTACLE_RADIUS + PASS_MARGIN
+    return 0 if near and not held_sides(observations) else None
+
+
+def mode_switch(observations, actions, events, length) -> int | None:
+    """The step the path started to head for the other side after holding one, before the obstacle's middle."""
+    held = held_sides(observations)
+    return held[1][0] if len(held) > 1 else None
+
+
 def _make_env(render_mode: str | None = None):
     return gym.make("physgen/Fork-v0", render_mode=render_mode)
 
@@ -112,6 +143,7 @@ TASK = Task(
     success_rule="goal region reached within the horizon without touching the obstacle",
     events=EVENTS,
     failure_events=("collision",),
+    failure_detectors={"mode_averaging": mode_averaging, "mode_switch": mode_switch},
     demonstrations="scripted expert: passes left or right with probability 1/2, Gaussian action noise 0.1",
     gym_id="physgen/Fork-v0",
     make_env=_make_env,

@@ -21,6 +21,9 @@ from physgen.errors import PhysgenError
 GYM_ID = "Hopper-v5"
 HORIZON = 1000
 SUCCESS_RETURN_FRACTION = 0.8
+# Hopper-v5 observation: [0] torso height, [1] torso pitch (positive: leaning forward), [5] torso forward velocity
+HEIGHT, PITCH, FORWARD_VELOCITY = 0, 1, 5
+STALL_SPEED = 0.2  # m/s on average over the episode: the experts hop forward at over 2 m/s
 
 
 class FallEvents(gym.Wrapper):
@@ -58,6 +61,29 @@ def success(events: dict[str, np.ndarray], episode_return: float, length: int, e
                 and episode_return >= SUCCESS_RETURN_FRACTION * expert_return)
 
 
+def _fall_step(events) -> int | None:
+    fell = np.asarray(events["fall"], bool)
+    return int(fell.argmax()) if fell.any() else None
+
+
+def fell_forward(observations, actions, events, length) -> int | None:
+    """The fall's step when the torso pitched forward (pitch >= 0) as the hopper became unhealthy."""
+    step = _fall_step(events)
+    return step if step is not None and observations[step + 1, PITCH] >= 0 else None
+
+
+def fell_backward(observations, actions, events, length) -> int | None:
+    """The fall's step when the torso pitched backward (pitch < 0) as the hopper became unhealthy."""
+    step = _fall_step(events)
+    return step if step is not None and observations[step + 1, PITCH] < 0 else None
+
+
+def stalled(observations, actions, events, length) -> int | None:
+    """Onset 0 when the hopper stayed up but made no progress: no fall, mean forward speed below `STALL_SPEED`."""
+    moving = observations[:length, FORWARD_VELOCITY].mean() >= STALL_SPEED
+    return None if _fall_step(events) is not None or moving else 0
+
+
 TASK = Task(
     name="hopper",
     summary="Gymnasium Hopper-v5 (MuJoCo): hop forward without falling.",
@@ -68,6 +94,7 @@ TASK = Task(
     success_rule="no fall for all 1000 steps and return >= 80% of the expert dataset's mean return",
     events=("fall",),
     failure_events=("fall",),
+    failure_detectors={"fell_forward": fell_forward, "fell_backward": fell_backward, "stalled": stalled},
     demonstrations="PPO checkpoints shipped with physgen (physgen/experts/hopper): expert, and medium (an earlier "
                    "checkpoint of the same run at about half the expert's return); deterministic mean actions",
     gym_id=GYM_ID,

@@ -41,6 +41,8 @@ HORIZON = 400
 FAR = 1e6  # distance of a wall cell
 NEIGHBOURS = np.array([(1, 0), (-1, 0), (0, 1), (0, -1)])
 EVENTS = ("wall_contact", "goal_reached")
+WRONG_TURN_CELLS = 2  # farther from the goal than the nearest cell reached: a branch followed, not a corner cut
+STUCK_RADIUS, STUCK_STEPS = 0.5, HORIZON // 4  # within half a cell of where it ended for a quarter of the horizon
 
 
 class MazeState(NamedTuple):
@@ -149,6 +151,33 @@ def success(events: dict[str, np.ndarray], episode_return: float, length: int, e
     return bool(np.any(events["goal_reached"]))
 
 
+def grid_distances(observations: np.ndarray) -> np.ndarray:
+    """Grid steps from each observed position's cell to the goal's (the planner's distance field)."""
+    field = np.asarray(distance_field(_cell(jnp.asarray(observations[0, 2:4]))))
+    cells = np.clip(np.floor(observations[:, 1::-1]).astype(int), 0, [ROWS - 1, COLS - 1])
+    return field[cells[:, 0], cells[:, 1]]
+
+
+def wrong_turn(observations, actions, events, length) -> int | None:
+    """The step the agent left the cell nearest the goal it had reached, on the way to one `WRONG_TURN_CELLS`
+    farther: it took a branch away from the goal."""
+    distance = grid_distances(observations[: length + 1])
+    nearest = np.minimum.accumulate(distance)
+    away = np.flatnonzero(distance >= nearest + WRONG_TURN_CELLS)
+    if not away.size:
+        return None
+    return int(np.flatnonzero(distance[: away[0]] == nearest[away[0]])[-1]) + 1
+
+
+def stuck(observations, actions, events, length) -> int | None:
+    """The first step of the episode's final stretch within `STUCK_RADIUS` of where it ended, when that stretch lasts
+    `STUCK_STEPS` or more."""
+    positions = observations[: length + 1, :2]
+    away = np.linalg.norm(positions - positions[-1], axis=1) > STUCK_RADIUS
+    start = int(np.flatnonzero(away)[-1]) + 1 if away.any() else 0
+    return start if length - start >= STUCK_STEPS else None
+
+
 def _make_env(render_mode: str | None = None):
     return gym.make("physgen/Maze-v0", render_mode=render_mode)
 
@@ -162,6 +191,7 @@ TASK = Task(
     horizon=HORIZON,
     success_rule="goal region (radius 0.3 cell) reached within the horizon",
     events=EVENTS,
+    failure_detectors={"wrong_turn": wrong_turn, "stuck": stuck},
     demonstrations="scripted planner: breadth-first grid distances, random tie-breaking between shortest routes, "
     "proportional tracking of cell centres",
     gym_id="physgen/Maze-v0",
