@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import re
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 
 from physgen.bench import Method, registry, run_bench
-from physgen.bench.failures import StateSupport, categorize, fit_support, hidden_by_aggregates, nearest_distances
+from physgen.bench.failures import (StateSupport, Trajectory, diagnose, fit_support, hidden_by_aggregates,
+                                    nearest_distances, task_categories)
 from physgen.bench.units import Curves
 from physgen.bench.video import pick_episodes
 from physgen.control.latency import measure_agent_latency
@@ -30,13 +32,18 @@ SMOKE = dict(methods=["diffusion", "bc"], seeds=2, episodes=4, budget="smoke")
 SMOKE_ARGS = ["--task", "fork", "--methods", "diffusion,bc", "--seeds", "2", "--episodes", "4", "--budget", "smoke"]
 
 
+# fork's spaces and events without its own detectors: the generic rules alone
+GENERIC = dataclasses.replace(get_task("fork"), failure_detectors={})
+
+
 def category(events=None, ood=None, actions=None, length=HORIZON, goal=True, threshold=1.0):
     events = {"collision": np.zeros(length, bool), **(events or {})}
     if goal:
         events["goal_reached"] = np.zeros(length, bool)
     actions = np.zeros((length, 2)) if actions is None else actions
     ood = np.zeros(length + 1) if ood is None else ood
-    return categorize(actions, events, ood, length, HORIZON, ("collision",), LOW, HIGH, threshold)
+    trajectory = Trajectory(np.zeros((length + 1, 6)), actions, events, ood, length)
+    return diagnose(GENERIC, trajectory, threshold).category
 
 
 def fired_at(step, length=HORIZON):
@@ -54,8 +61,9 @@ def test_each_failure_rule_on_a_hand_made_trajectory():
     pinned = np.tile([1.0, -0.995], (HORIZON, 1))
     assert category({"collision": fired_at(30)}, actions=pinned) == "action_saturation"
     ood = np.zeros(HORIZON + 1)
-    ood[10:13] = 2.0  # three consecutive steps out of distribution before the collision at 30
+    ood[10:13] = 2.0  # three consecutive steps out of distribution, 20 steps (20% of the horizon) before failing
     assert category({"collision": fired_at(30)}, ood=ood) == "distribution_shift"
+    assert category({"collision": fired_at(19)}, ood=ood) == "collision"  # 9 steps before: left while failing
     ood[12] = 0.0  # two are not enough
     assert category({"collision": fired_at(30)}, ood=ood) == "collision"
     late = np.zeros(HORIZON + 1)
@@ -87,8 +95,9 @@ def test_aggregates_hide_different_failures_behind_overlapping_success():
 def test_videos_are_picked_by_a_seeded_rule_spread_over_categories():
     episodes = [{"category": c} for c in ["timeout"] * 10 + ["collision"] * 2 + [None] * 5 + ["fall"]]
     records = [{"episodes": episodes}, {"episodes": episodes}]
-    picked = pick_episodes(records)
-    assert picked == pick_episodes(records)
+    categories = task_categories(dataclasses.replace(GENERIC, failure_events=("collision", "fall")))
+    picked = pick_episodes(records, categories)
+    assert picked == pick_episodes(records, categories)
     labels = [label for _, _, label in picked]
     assert labels.count("success") == 2 and len(labels) == 7
     # round robin in rule order: collision, fall, timeout, collision, fall
@@ -135,11 +144,11 @@ def test_categories_can_be_recomputed_from_the_recorded_trajectories(smoke_run):
     for unit in results["units"]["bc"]:
         arrays = np.load(smoke_run / "units" / "bc" / f"seed_{unit['seed']}.npz")
         for e, episode in enumerate(unit["episodes"]):
-            n = episode["length"]
-            events = {k: arrays[f"event_{k}"][e, :n] for k in task.events}
-            assert episode["success"] or episode["category"] == categorize(
-                arrays["actions"][e, :n], events, arrays["ood"][e, : n + 1], n, task.horizon, task.failure_events,
-                task.action_space.low, task.action_space.high, unit["ood_threshold"])
+            events = {k: arrays[f"event_{k}"][e] for k in task.events}
+            trajectory = Trajectory(arrays["observations"][e], arrays["actions"][e], events, arrays["ood"][e],
+                                    episode["length"])
+            assert episode["success"] or diagnose(task, trajectory, unit["ood_threshold"]) == (
+                episode["category"], episode["evidence"])
 
 
 def test_a_different_protocol_in_the_same_folder_is_refused(smoke_run):

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen import plan, stats
-from physgen.bench.failures import CATEGORIES, hidden_by_aggregates
+from physgen.bench.failures import hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.video import failure_videos
 from physgen.io import write_json, write_text
@@ -28,10 +28,10 @@ def _interval(summary: dict, digits: int = 2) -> str:
     return f"{summary['estimate']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
 
 
-def summarize_units(units: dict[str, list[dict]], statistics: dict) -> dict:
+def summarize_units(units: dict[str, list[dict]], statistics: dict, categories: tuple[str, ...]) -> dict:
     """Per method: the success and return statistics, the failure categories with their intervals and the simulated
     coverage of the success interval at this run's seeds, episodes, rates and spread; per generative method, its
-    comparison with each baseline."""
+    comparison with each baseline. `categories`: the task's failure categories, in rule order."""
     confidence, seed = statistics["confidence"], statistics["bootstrap_seed"]
     summary, counts = {}, {}
     for method, records in units.items():
@@ -46,17 +46,30 @@ def summarize_units(units: dict[str, list[dict]], statistics: dict) -> dict:
         result["spread"] = plan.spread_from_rates(success.mean(axis=1), episodes) if min(success.shape) > 1 else None
         result["coverage"] = plan.checked_coverage(seeds, episodes, result["success_mean"], result["spread"],
                                                    confidence, seed)
-        categories = [[e["category"] for e in r["episodes"]] for r in records]
-        result["failures"] = {c: stats.rate_interval([row.count(c) for row in categories], episodes,
-                                                     confidence).as_dict()
-                              for c in CATEGORIES if any(c in row for row in categories)}
-        result["categories"] = [c for row in categories for c in row if c is not None]
+        named = [[e["category"] for e in r["episodes"]] for r in records]
+        result["failures"] = {c: stats.rate_interval([row.count(c) for row in named], episodes, confidence).as_dict()
+                              for c in categories if any(c in row for row in named)}
+        result["categories"] = [c for row in named for c in row if c is not None]
+        result["evidence"] = _evidence_by_category([e for r in records for e in r["episodes"]])
         summary[method] = result
     baselines = [m for m in units if not REGISTRY[m].generative]
     for method in (m for m in units if REGISTRY[m].generative):
         summary[method]["improvement_over"] = {
             base: _comparison(summary[method], summary[base], counts[method], counts[base], episodes, confidence, seed)
             for base in baselines}
+    return summary
+
+
+def _evidence_by_category(episodes: list[dict]) -> dict[str, dict]:
+    """Per primary category: its failures, their median onset and failure steps and median peak distance from the
+    training states before failing (in units of the out-of-distribution threshold)."""
+    failed = [e for e in episodes if e["category"] is not None]
+    summary = {}
+    for category in dict.fromkeys(e["category"] for e in failed):
+        evidence = [e["evidence"] for e in failed if e["category"] == category]
+        summary[category] = {"failures": len(evidence),
+                             **{f"median_{key}": float(np.median([v[key] for v in evidence]))
+                                for key in ("onset_step", "failure_step", "support_distance")}}
     return summary
 
 
@@ -86,7 +99,7 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
     return curves
 
 
-def _figures(out: Path, summary: dict, curves: dict) -> None:
+def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]) -> None:
     methods = list(summary)
     axis_of = {m: REGISTRY[m].curve_axis for m in curves}
     groups = [(label, {m: p for m, p in curves.items() if axis_of[m] == label})
@@ -116,7 +129,7 @@ def _figures(out: Path, summary: dict, curves: dict) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     bottom = np.zeros(len(methods))
-    for category in CATEGORIES:
+    for category in categories:
         rates = np.array([summary[m]["failures"].get(category, {"estimate": 0.0})["estimate"] for m in methods])
         if rates.any():
             ax.bar(methods, rates, bottom=bottom, label=category)
@@ -160,6 +173,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
             seconds: float) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
+    categories = task_categories(task)
     lines = [f"# physgen bench: {task.name}", "",
              f"Budget `{experiment['budget']}`, {len(seeds)} training seeds ({seeds[0]}..{seeds[-1]}), {episodes} "
              f"evaluation episodes per seed on the same environment seeds for every method (paired), dataset "
@@ -210,15 +224,23 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
         lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {_interval(p)}" for p in points) + " |")
     lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "
               "one all of them.", "", "![curves](curves.png)", "", "## Failures", "",
-              "Categories (`physgen/bench/failures.py`, first matching rule): action_saturation, "
-              "distribution_shift (nearest-neighbour distance to the training states beyond the 99th percentile of "
-              "the held-out episodes' states), early_instability (first 10% of the horizon), long_horizon (second "
-              "half, in distribution), collision / fall, timeout, low_return. Rates are shares of all episodes with "
-              "intervals over seeds as for success.", "", "| method | failed | " + " | ".join(CATEGORIES) + " |",
-              "|---|---|" + "---|" * len(CATEGORIES)]
+              "Each failed episode's primary category is the cause that set in first (docs/failures.md states "
+              "every rule and its thresholds): action_saturation (saturated from the start), the task's own "
+              f"detectors ({', '.join(task.failure_detectors) or 'none'}), distribution_shift (left the training "
+              "states' support at least 10% of the horizon before failing); failures no cause explains are named "
+              "by when and how they happened: early_instability, collision / fall, long_horizon, timeout, "
+              "low_return. Rates are shares of all episodes with intervals over seeds as for success.", "",
+              "| method | failed | " + " | ".join(categories) + " |", "|---|---|" + "---|" * len(categories)]
     for method, s in summary.items():
-        cells = [_interval(s["failures"][c]) if c in s["failures"] else "0" for c in CATEGORIES]
+        cells = [_interval(s["failures"][c]) if c in s["failures"] else "0" for c in categories]
         lines.append(f"| {method} | {len(s['categories'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Evidence per primary category (medians over its failures): the step the cause set in, the failure "
+              "step, and the peak distance from the training states before failing in units of the "
+              "out-of-distribution threshold (above 1: out of support).", "",
+              "| method | category | failures | onset step | failure step | distance |", "|---|---|---|---|---|---|"]
+    lines += [f"| {method} | {c} | {v['failures']} | {v['median_onset_step']:.0f} | {v['median_failure_step']:.0f} | "
+              f"{v['median_support_distance']:.2f} |"
+              for method, s in summary.items() for c, v in s["evidence"].items()]
     hidden = hidden_by_aggregates({m: s["success_mean"] for m, s in summary.items()},
                                   {m: s["categories"] for m, s in summary.items()})
     lines += ["", "What success or return alone would have hidden: " + ("; ".join(hidden) if hidden else
@@ -256,7 +278,8 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
 def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
                              seconds: float, videos: bool = True) -> None:
     statistics = protocol["experiment"]["statistics"]
-    summary = summarize_units(units, statistics)
+    categories = task_categories(task)
+    summary = summarize_units(units, statistics, categories)
     curves = _curves(units, statistics)
     world_model = out / "world_model" / "open_loop.json"
     experiment = protocol["experiment"]
@@ -268,7 +291,7 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
                                       "latency": latency,
                                       "world_model": json.loads(world_model.read_text()) if world_model.exists()
                                       else None, "units": units})
-    _figures(out, summary, curves)
+    _figures(out, summary, curves, categories)
     clips = failure_videos(out, task, units) if videos else {}
     report = _report(out, task, protocol, summary, curves, latency, clips, seconds)
     write_text(out / "report.md", report)

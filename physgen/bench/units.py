@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from physgen.bench.failures import categorize, nearest_distances
+from physgen.bench.failures import Trajectory, diagnose, nearest_distances
 from physgen.data import normalized_score
 from physgen.envs import Task
 from physgen.envs.rollout import Agent, Rollouts, run_episodes
@@ -78,16 +78,17 @@ class Evaluation:
         ood = nearest_distances(self.support, obs)
         normalized = (normalized_score(self.dataset.metadata, returns) if "ref_max_score" in self.dataset.metadata
                       else np.full(len(returns), np.nan))
-        low, high = task.action_space.low, task.action_space.high
         episodes = []
         for e, episode_seed in enumerate(self.episode_seeds):
             n = int(lengths[e])
-            category = None if success[e] else categorize(
-                actions[e, :n], {k: v[e, :n] for k, v in events.items()}, ood[e, : n + 1], n, task.horizon,
-                task.failure_events, low, high, self.support.threshold)
+            diagnosis = None if success[e] else diagnose(
+                task, Trajectory(obs[e], actions[e], {k: v[e] for k, v in events.items()}, ood[e], n),
+                self.support.threshold)
             episodes.append({"episode_seed": int(episode_seed), "return": float(returns[e]),
                              "normalized_return": None if np.isnan(normalized[e]) else float(normalized[e]),
-                             "length": n, "success": bool(success[e]), "category": category,
+                             "length": n, "success": bool(success[e]),
+                             "category": diagnosis and diagnosis.category,
+                             "evidence": diagnosis and diagnosis.evidence,
                              "ood_max": float(ood[e, : n + 1].max())})
         record = {"method": method, "seed": seed, "episodes": episodes, "curve": curve,
                   "ood_threshold": self.support.threshold}

@@ -13,7 +13,7 @@ import imageio.v2 as imageio
 import jax
 import numpy as np
 
-from physgen.bench.failures import CATEGORIES
+from physgen.bench.failures import task_categories
 from physgen.bench.registry import load_agent
 from physgen.data import load_dataset
 from physgen.envs import Task
@@ -81,13 +81,13 @@ def render_episode(task: Task, episode_seed: int, actions: np.ndarray, path: Pat
         return gif
 
 
-def pick_episodes(records: list[dict], seed: int = 0) -> list[tuple[int, int, str]]:
-    """(record index, episode index, label) of up to 5 failures spread over categories (round robin over the
-    categories in rule order, episodes shuffled by a seeded generator) and 2 successes."""
+def pick_episodes(records: list[dict], categories: tuple[str, ...], seed: int = 0) -> list[tuple[int, int, str]]:
+    """(record index, episode index, label) of up to 5 failures spread over their primary categories (round robin
+    over `categories`, the task's in rule order, episodes shuffled by a seeded generator) and 2 successes."""
     rng = np.random.default_rng(seed)
     outcomes = [(r, e, episode["category"]) for r, record in enumerate(records)
                 for e, episode in enumerate(record["episodes"])]
-    failures = {c: [o for o in outcomes if o[2] == c] for c in CATEGORIES}
+    failures = {c: [o for o in outcomes if o[2] == c] for c in categories}
     queues = {c: [items[i] for i in rng.permutation(len(items))] for c, items in failures.items() if items}
     picked = []
     while queues and len(picked) < FAILURE_VIDEOS:
@@ -114,7 +114,7 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
     written = {}
     for method, records in units.items():
         files = []
-        for r, e, label in pick_episodes(records):
+        for r, e, label in pick_episodes(records, task_categories(task)):
             record = records[r]
             arrays = np.load(out / "units" / method / f"seed_{record['seed']}.npz")
             episode = record["episodes"][e]
