@@ -152,7 +152,7 @@ def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
              f"{', '.join(f'`{d}`' for d in result['datasets'])} in {result['training_seconds']:.0f} s) predict "
              f"{result['chunks']} held-out chunks open loop: they observe {result['context']} steps, then imagine "
              "the rest from the recorded actions. RMSE over observation dimensions (raw units), the RSSM's with a "
-             "95% bootstrap interval over seeds, beside the last observation held and a linear model fitted by "
+             "95% t-interval over seeds, beside the last observation held and a linear model fitted by "
              "least squares:", "", "| steps ahead | RSSM | last observation | linear |", "|---|---|---|---|"]
     for k in sorted({1, 5, 10, len(result["rssm"])}):
         if k <= len(result["rssm"]):
