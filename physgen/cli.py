@@ -10,6 +10,7 @@ from pathlib import Path
 from physgen.bench import run_bench
 from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
+from physgen.configs import override, parse_overrides
 from physgen.bench.sweep import sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
@@ -62,19 +63,22 @@ def _train(args: argparse.Namespace) -> None:
     task = get_task(args.task)
     _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
     out = check_folder(Path(args.out) / task.name / args.method, "--out")
+    overrides = parse_overrides(args.set) if args.set else {}
+    if "method" in overrides:
+        raise PhysgenError("--set cannot change the method; pass it as --method")
     if args.method == "ppo":
-        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out)))
+        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides))
         return
     if args.method in ("rssm", "vae"):
         datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
         print(train_world_model_from_cli(task.name, args.method, list(range(args.seeds)), args.steps,
-                                         str(out.absolute()), datasets, images=args.images))
+                                         str(out.absolute()), datasets, images=args.images, overrides=overrides))
         return
     if args.dataset and "," in args.dataset:
         raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "
                            "models (rssm, vae) learn from a comma-separated list")
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
-    config = PolicyConfig.of(method=args.method, **changes)
+    config = PolicyConfig.from_dict(override(PolicyConfig.of(method=args.method, **changes).as_flat(), overrides))
     dataset = load_dataset(task, args.dataset or "expert-v0")
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))
@@ -90,7 +94,8 @@ def _train(args: argparse.Namespace) -> None:
 
 def _bench(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos)
+    out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos,
+                    overrides=parse_overrides(args.set) if args.set else None)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
@@ -180,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "list, e.g. expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
     train.add_argument("--eval-seed", type=int, default=TUNING, help="seed of the evaluation episodes")
+    train.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the "
+                       "method's config, e.g. exec_steps=1,prediction=epsilon")
     train.add_argument("--out", default="runs")
     train.set_defaults(run=_train)
 
@@ -193,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
     bench.add_argument("--out", default=None, help="default: runs/bench/<task>; rerunning resumes")
     bench.add_argument("--no-videos", action="store_true", help="skip rendering the failure videos")
+    bench.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the methods' "
+                       "configs (those that have it; part.field for one part, e.g. rssm.steps), recorded in the "
+                       "protocol")
     bench.set_defaults(run=_bench)
 
     video = commands.add_parser("video", help="roll out a checkpoint and write one video per episode")

@@ -8,6 +8,8 @@ checkpoints, protocols and reports list every hyperparameter by its own name, an
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 from dataclasses import dataclass
 
 import optax
@@ -86,3 +88,58 @@ class Optimisation:
         schedule = optax.warmup_cosine_decay_schedule(0.0, self.learning_rate, warmup, max(self.steps, warmup + 1))
         return optax.chain(optax.clip_by_global_norm(self.grad_clip),
                            optax.adamw(schedule, weight_decay=self.weight_decay))
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """`field=value[,field=value...]` as {field: value text}; a comma inside a value (a tuple: `unet_dims=32,64`)
+    stays with it, since only a comma before `name=` starts the next field."""
+    changes = {}
+    for part in re.split(r",(?=\s*[\w.]+\s*=)", text.strip()):
+        name, equals, value = part.partition("=")
+        if not equals or not name.strip():
+            raise PhysgenError(f"--set takes field=value[,field=value...], got {part!r}")
+        changes[name.strip()] = value.strip()
+    return changes
+
+
+def field_names(values: dict) -> set[str]:
+    """The names `override` accepts for `values`: each field, and `part.field` for the fields of named parts."""
+    if not all(isinstance(v, dict) for v in values.values()):
+        return set(values)
+    return {name for part, fields in values.items() for f in fields for name in (f, f"{part}.{f}")}
+
+
+def override(values: dict, changes: dict[str, str]) -> dict:
+    """`values` (a config's flat JSON, or named parts of it such as {"rssm": {...}, "mpc": {...}}) with `changes`,
+    each text parsed as the type of the value it replaces; `part.field` names one part's field, a plain name every
+    part that has it. A changed `steps` keeps the number of `steps_per_call` calls (the curve points)."""
+    nested = all(isinstance(v, dict) for v in values.values())
+    parts = {name: dict(v) for name, v in values.items()} if nested else {"": dict(values)}
+    for name, text in changes.items():
+        part, _, field = name.rpartition(".")
+        targets = [p for p in parts if part in ("", p) and field in parts[p]]
+        if not targets:
+            known = sorted(f"{p}.{f}" if p else f for p, fields in parts.items() for f in fields)
+            raise PhysgenError(f"unknown field {name!r} in --set; the fields: {', '.join(known)}")
+        for fields in (parts[p] for p in targets):
+            if field == "steps" and "steps_per_call" in fields and not any(
+                    c.rpartition(".")[2] == "steps_per_call" for c in changes):
+                calls = -(-fields["steps"] // fields["steps_per_call"])
+                fields["steps_per_call"] = -(-_parse(name, text, fields["steps"]) // calls)
+            fields[field] = _parse(name, text, fields[field])
+    return parts if nested else parts[""]
+
+
+def _parse(name: str, text: str, current):
+    """`text` as a value of the type of `current`: JSON numbers, true/false and null, a comma list for a tuple."""
+    try:
+        value = json.loads(f"[{text}]" if isinstance(current, (list, tuple)) and not text.startswith("[") else text)
+    except json.JSONDecodeError:
+        value = text
+    if isinstance(current, (list, tuple)) and isinstance(value, list):
+        return tuple(_parse(name, json.dumps(v), current[0]) if current else v for v in value)
+    if current is None or type(value) is type(current):
+        return value
+    if type(current) is float and type(value) is int:
+        return float(value)
+    raise PhysgenError(f"--set {name}={text}: {name} takes {type(current).__name__} values such as {current!r}")

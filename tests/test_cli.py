@@ -1,9 +1,11 @@
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from physgen.cli import main
+from physgen.errors import PhysgenError
 
 
 def test_tasks_lists_every_task_with_its_facts(capsys):
@@ -33,6 +35,21 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
     (["data", "--task", "fork", "--policy", "oracle"], "task 'fork' has no policy 'oracle'; its policies: random, expert"),
     (["data", "--task", "hopper", "--policy", "noisy"], "task 'hopper' has no pure-JAX expert"),
     (["train", "--task", "fork", "--method", "rssm", "--images"], "only the VAE learns images"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "diffusion,bc", "--set", "stepz=3"],
+     "no method of this run has the field stepz (--set); its fields: action_steps, batch_size"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "ppo", "--set", "prediction=epsilon"],
+     "no method of this run has the field prediction (--set); its fields: anneal_lr"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "exec_steps=0"],
+     "exec_steps (T_a=0) must be between 1 and action_steps"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "steps=1.5"],
+     "--set steps=1.5: steps takes int values such as 100"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "hidden"],
+     "--set takes field=value[,field=value...], got 'hidden'"),
+    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "rssm-mpc", "--set", "mpc.planner=grid"],
+     "planner must be one of cem, mppi, got 'grid'"),
+    (["train", "--task", "fork", "--method", "ppo", "--set", "prediction=epsilon"],
+     "unknown field 'prediction' in --set; the fields: anneal_lr"),
+    (["train", "--task", "fork", "--method", "bc", "--set", "method=flow"], "--set cannot change the method"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
     assert main(argv) == 2
@@ -102,3 +119,30 @@ def test_a_datasets_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsy
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"MINARI_DATASETS_PATH {taken} is not a folder" in err and err.count("\n") == 1
+
+
+def test_set_changes_the_methods_configs_and_is_recorded(tmp_path, capsys):
+    from physgen.bench.protocol import overridden
+    from physgen.bench.registry import bench_command, get_methods
+    from physgen.envs import get_task
+
+    task, methods = get_task("fork"), get_methods(["diffusion", "bc", "ppo", "rssm-mpc"])
+    hyper = overridden(task, methods, "smoke", {"exec_steps": "4", "hidden": "32", "rssm.steps": "60",
+                                                "mpc.horizon": "5", "unet_dims": "16,32"})
+    assert [hyper[m]["exec_steps"] for m in ("diffusion", "bc")] == [4, 4]
+    assert hyper["diffusion"]["unet_dims"] == (16, 32) and hyper["diffusion"]["steps_per_call"] == 20
+    assert hyper["rssm-mpc"]["rssm"]["hidden"] == 32 and hyper["rssm-mpc"]["rssm"]["steps"] == 60
+    assert hyper["rssm-mpc"]["rssm"]["steps_per_call"] == 12  # the budget's 5 curve points kept
+    assert hyper["rssm-mpc"]["mpc"]["horizon"] == 5
+    assert hyper["ppo"]["hidden"] == (32,)  # every method's field of that name: PPO's layers too
+    with pytest.raises(PhysgenError, match="--set rssm.hidden=x: rssm.hidden takes int values such as 64"):
+        overridden(task, methods, "smoke", {"rssm.hidden": "x"})
+    experiment = {"budget": "smoke", "methods": ["bc"], "training_seeds": [0, 1], "episodes": 4,
+                  "overrides": {"exec_steps": "4"}}
+    assert bench_command(task, experiment) == ("physgen bench --task fork --budget smoke --methods bc "
+                                                "--set exec_steps=4")
+    assert main(["data", "--task", "fork", "--episodes", "10"]) == 0
+    assert main(["train", "--task", "fork", "--method", "bc", "--set", "steps=3,hidden=8,batch_size=4,exec_steps=2",
+                 "--episodes", "1", "--out", str(tmp_path)]) == 0
+    config = json.loads((tmp_path / "fork" / "bc" / "seed_0" / "meta" / "metadata").read_text())["config"]
+    assert (config["steps"], config["hidden"], config["batch_size"], config["exec_steps"]) == (3, 8, 4, 2)

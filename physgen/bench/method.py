@@ -23,6 +23,7 @@ class Job(NamedTuple):
     pending: list[int]  # the seeds whose units are to be written
     evaluation: Evaluation
     hyperparameters: dict  # the method's, as protocol.json holds them
+    config: Any  # the config(s) they describe (`Method.configure`)
     train: Any  # the expert dataset's training split (Trajectories)
     advance: Callable[[int], None]  # progress: training work done per seed
 
@@ -35,8 +36,9 @@ class Job(NamedTuple):
 @dataclass(frozen=True)
 class Method:
     """A method of `physgen bench`. `hyperparameters(task, budget)` is its whole config as flat JSON; `work` reads
-    the training work per seed (the progress bar's unit) from it; `load(path, task)` gives the (agent, parameters)
-    of a checkpoint it wrote, for `physgen video` and `sweep-steps`."""
+    the training work per seed (the progress bar's unit) from it; `configure` builds the config(s) it describes,
+    refusing a bad value (run before anything trains); `load(path, task)` gives the (agent, parameters) of a
+    checkpoint it wrote, for `physgen video` and `sweep-steps`."""
 
     name: str
     hyperparameters: Callable[[Task, str], dict]
@@ -48,3 +50,4 @@ class Method:
     curve_steps: Callable[[dict], list[int]] | None = None  # fixed in the protocol where known before training
     datasets: Callable[[Task], list[str]] | None = None  # datasets it learns from besides the expert one
     load: Callable[[Path, str | None], tuple] | None = None
+    configure: Callable[[dict], Any] = dict

@@ -15,7 +15,7 @@ from physgen.policies import ChunkingAgent, PolicyConfig, load_policy, save_poli
 
 
 def _run(job: Job) -> None:
-    config = PolicyConfig.from_dict(job.hyperparameters)
+    config = job.config
     curves, final = Curves(job.evaluation, job.seeds), {}
 
     def at_point(done: int, trained) -> None:
@@ -40,7 +40,8 @@ def _load(path: Path, task: str | None):
 def offline_method(name: str, generative: bool) -> Method:
     return Method(name, lambda task, budget: policy_config(task, name, budget).as_flat(), _run,
                   work=lambda values: values["steps"], generative=generative,
-                  curve_steps=lambda values: curve_steps(PolicyConfig.from_dict(values)), load=_load)
+                  curve_steps=lambda values: curve_steps(PolicyConfig.from_dict(values)), load=_load,
+                  configure=PolicyConfig.from_dict)
 
 
 DIFFUSION, FLOW, BC = offline_method("diffusion", True), offline_method("flow", True), offline_method("bc", False)

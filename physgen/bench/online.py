@@ -16,7 +16,7 @@ from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, load_pp
 
 
 def _run(job: Job) -> None:
-    config = PPOConfig.from_dict(job.hyperparameters)
+    config = job.config
     agent, curves, final = GaussianAgent.for_task(job.task, config), Curves(job.evaluation, job.seeds), {}
     total = config.num_updates * config.steps_per_update
 
@@ -39,4 +39,4 @@ def load_gaussian_agent(path: Path, task: str | None):
 
 PPO = Method("ppo", lambda task, budget: dataclasses.asdict(PPOConfig(total_steps=BUDGETS[budget].ppo_steps)), _run,
              work=lambda values: values["total_steps"], online=True, curve_axis="PPO environment steps",
-             load=load_gaussian_agent)
+             load=load_gaussian_agent, configure=lambda values: PPOConfig.from_dict(values).validate())

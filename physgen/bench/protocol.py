@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from physgen.configs import field_names, override
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
@@ -77,6 +78,26 @@ def describe_recipe(task: Task) -> list[str]:
             f"{flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
 
 
+def overridden(task: Task, methods: list, budget_name: str, changes: dict[str, str]) -> dict:
+    """Each method's hyperparameters on the budget with the `--set` changes that name one of its fields, checked by
+    building its config; a change no method of the run has is refused."""
+    if "method" in changes:
+        raise PhysgenError("--set cannot change a method; name the methods with --methods")
+    hyper = {m.name: m.hyperparameters(task, budget_name) for m in methods}
+    used, result = set(), {}
+    for method in methods:
+        mine = {name: text for name, text in changes.items() if name in field_names(hyper[method.name])}
+        used |= mine.keys()
+        result[method.name] = override(hyper[method.name], mine)
+        method.configure(result[method.name])
+    unknown = [name for name in changes if name not in used]
+    if unknown:
+        fields = sorted({f for m in methods for f in field_names(hyper[m.name])})
+        raise PhysgenError(f"no method of this run has the field {', '.join(unknown)} (--set); its fields: "
+                           f"{', '.join(fields)}")
+    return result
+
+
 def curve_steps(config: PolicyConfig) -> list[int]:
     calls = -(-config.optim.steps // config.optim.steps_per_call)
     return [min((i + 1) * config.optim.steps_per_call, config.optim.steps) for i in range(calls)]
@@ -109,15 +130,15 @@ def _versions() -> dict[str, str]:
 
 
 def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str, episodes: int, dataset,
-                  note: str | None) -> dict:
-    """The protocol of a run of `methods` (`physgen.bench.method.Method`s), with each one's hyperparameters."""
+                  note: str | None, hyper: dict, overrides: dict[str, str]) -> dict:
+    """The protocol of a run of `methods` (`physgen.bench.method.Method`s) with their hyperparameters (`overridden`
+    by the `--set` changes, which it records too)."""
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
                                       dataset.trajectories.num_episodes).tolist())
     if dataset_seeds & set(evaluation.tolist()):
         raise PhysgenError("evaluation episode seeds overlap the dataset's; regenerate the dataset with another --seed")
-    hyper = {m.name: m.hyperparameters(task, budget_name) for m in methods}
     datasets = [name for m in methods if m.datasets for name in m.datasets(task)]
     return {
         "experiment": {
@@ -126,7 +147,7 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
             "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
             "curve_steps": {m.name: m.curve_steps(hyper[m.name]) for m in methods if m.curve_steps},
             "recipe": task.recipe.as_dict(),
-            "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper,
+            "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper, "overrides": overrides,
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
                         "validation_fraction": 0.1, "split_seed": 0,
                         **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},

@@ -64,6 +64,8 @@ def bench_command(task: Task, experiment: dict) -> str:
         parts.append(f"--seeds {len(experiment['training_seeds'])}")
     if experiment["episodes"] != budget.episodes:
         parts.append(f"--episodes {experiment['episodes']}")
+    if experiment.get("overrides"):
+        parts.append("--set " + ",".join(f"{k}={v}" for k, v in experiment["overrides"].items()))
     return " ".join(parts)
 
 

@@ -17,7 +17,7 @@ from rich.progress import Progress
 
 from physgen.bench.failures import fit_support
 from physgen.bench.method import Job, Method
-from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol
+from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, overridden
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
 from physgen.bench.units import Evaluation, pending_units, read_unit
@@ -41,14 +41,17 @@ def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes:
 
 
 def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,
-              budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True) -> Path:
-    """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos."""
+              budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True,
+              overrides: dict[str, str] | None = None) -> Path:
+    """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos;
+    `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
+    hyper = overridden(task, methods, budget, overrides or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
-    protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note)
+    protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, hyper, overrides or {})
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)
         _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
@@ -73,7 +76,8 @@ def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int],
             pending = pending_units(out, method.name, seeds)
             if pending:
                 bar.update(job, description=f"bench {task.name} ({budget}): {method.name}, {len(seeds)} seeds")
-                method.run(Job(out, task, seeds, pending, evaluation, hyperparameters[method.name], train,
+                values = hyperparameters[method.name]
+                method.run(Job(out, task, seeds, pending, evaluation, values, method.configure(values), train,
                                lambda steps: bar.advance(job, steps * len(seeds))))
             done += work[method.name]
             bar.update(job, completed=done)

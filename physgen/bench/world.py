@@ -95,8 +95,7 @@ def _write_open_loop(out: Path, task: Task, model, params, train, test, seeds: l
 def _run_rssm_mpc(job: Job) -> None:
     """Evaluate MPC at every curve point while the RSSMs train (their curves are kept in `units/rssm-mpc/`, so a
     resumed run loads the models and evaluates only the final point), then write the pending units."""
-    out, task, seeds, values = job.out, job.task, job.seeds, job.hyperparameters
-    config, mpc_config = RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])
+    out, task, seeds, (config, mpc_config) = job.out, job.task, job.seeds, job.config
     saved_curves = out / "units" / "rssm-mpc" / "curves.json"
     curves = Curves(job.evaluation, seeds)
 
@@ -119,9 +118,7 @@ def _run_rssm_mpc(job: Job) -> None:
 def _run_ppo_wm(job: Job) -> None:
     """Train PPO inside every seed's RSSM (or load it, when only the evaluation was lost) and evaluate it in the
     task itself."""
-    out, task, seeds, values = job.out, job.task, job.seeds, job.hyperparameters
-    config, ppo, dream = (RSSMConfig.from_dict(values["rssm"]), PPOConfig.from_dict(values["ppo"]),
-                          DreamConfig(**values["dream"]))
+    out, task, seeds, (config, ppo, dream) = job.out, job.task, job.seeds, job.config
     model, params, train, _ = world_models(out, task, config, seeds)
     folder = out / "checkpoints" / "ppo-wm"
     if all((folder / f"seed_{s}").exists() for s in seeds):
@@ -142,7 +139,10 @@ def _run_ppo_wm(job: Job) -> None:
 
 RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", BUDGETS[budget]), _run_rssm_mpc,
                   work=lambda values: values["rssm"]["steps"], online=True, generative=True,
-                  datasets=world_model_datasets)
+                  datasets=world_model_datasets,
+                  configure=lambda values: (RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])))
 PPO_WM = Method("ppo-wm", lambda task, budget: hyperparameters("ppo-wm", BUDGETS[budget]), _run_ppo_wm,
                 work=lambda values: values["ppo"]["total_steps"], online=True, generative=True,
-                curve_axis="PPO imagined steps", datasets=world_model_datasets)
+                curve_axis="PPO imagined steps", datasets=world_model_datasets,
+                configure=lambda values: (RSSMConfig.from_dict(values["rssm"]),
+                                          PPOConfig.from_dict(values["ppo"]).validate(), DreamConfig(**values["dream"])))

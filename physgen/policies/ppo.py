@@ -24,6 +24,7 @@ from flax import nnx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from physgen.checkpoint import load_checkpoint, save_checkpoint
+from physgen.configs import override
 from physgen.data import Normalizer
 from physgen.envs import FunctionalEnv, Task, get_task
 from physgen.envs.rollout import episode_seeds, record_episodes
@@ -353,10 +354,12 @@ def load_ppo_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     return deterministic_policy(task, config, params, normalizer)
 
 
-def train_from_cli(task_name: str, seeds: list[int], steps: int | None, out: str) -> str:
+def train_from_cli(task_name: str, seeds: list[int], steps: int | None, out: str,
+                   overrides: dict[str, str] | None = None) -> str:
     """`physgen train --method ppo`: train `seeds` together, write checkpoints under `out`, summarise in text."""
     task = get_task(task_name)
     config = PPOConfig() if steps is None else PPOConfig(total_steps=steps)
+    config = PPOConfig.from_dict(override(dataclasses.asdict(config), overrides or {})).validate()
     result = train_ppo(task, config, seeds, out_dir=out)
     means = [float(np.mean(r)) for r in result["eval_returns"]]
     lines = [f"PPO on {task.name}: {config.num_updates * config.steps_per_update:,} env steps per seed, "

@@ -16,6 +16,7 @@ from jax.flatten_util import ravel_pytree
 from rich.progress import Progress
 
 from physgen.checkpoint import load_checkpoint, save_checkpoint
+from physgen.configs import override
 from physgen.data import load_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
@@ -144,7 +145,8 @@ def load_world_model(path: str | Path, task: str | None = None) -> tuple[RSSM | 
 
 
 def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | None, out: str,
-                   datasets: tuple[str, ...] = ("expert-v0",), images: bool = False) -> str:
+                   datasets: tuple[str, ...] = ("expert-v0",), images: bool = False,
+                   overrides: dict[str, str] | None = None) -> str:
     """`physgen train --method rssm|vae`: train on the datasets' training splits (by episode, 10% held out),
     checkpoint each seed under `out/seed_<s>`, evaluate on the held-out episodes, summarise in text. With
     `images`, the VAE learns rendered frames of expert episodes instead (pure-JAX tasks), and is evaluated on
@@ -156,6 +158,7 @@ def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | N
     task = get_task(task_name)
     changes = {**({} if steps is None else {"steps": steps}), **({"inputs": "image"} if images else {})}
     config = CONFIGS[method].of(**changes)
+    config = CONFIGS[method].from_dict(override(config.as_flat(), overrides or {}))
     if images:
         size, episodes = config.image_size, config.frame_episodes
         train, test = (render_frames(task, seed, n, size) for seed, n in ((0, episodes), (1, max(1, episodes // 10))))
