@@ -24,6 +24,9 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
     assert out.startswith("wrote physgen/maze/expert-v0: 3 episodes") and "ref_max_score" in out
 
 
+SET = ["bench", "--task", "fork", "--budget", "smoke", "--methods"]  # then the methods and a --set
+
+
 @pytest.mark.parametrize("argv, message", [
     (["data", "--task", "nope"], "unknown task 'nope'"),
     (["data", "--task", "fork", "--episodes", "0"], "--episodes must be at least 1"),
@@ -35,18 +38,14 @@ def test_data_writes_a_dataset_and_reports_it(capsys):
     (["data", "--task", "fork", "--policy", "oracle"], "task 'fork' has no policy 'oracle'; its policies: random, expert"),
     (["data", "--task", "hopper", "--policy", "noisy"], "task 'hopper' has no pure-JAX expert"),
     (["train", "--task", "fork", "--method", "rssm", "--images"], "only the VAE learns images"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "diffusion,bc", "--set", "stepz=3"],
+    ([*SET, "diffusion,bc", "--set", "stepz=3"],
      "no method of this run has the field stepz (--set); its fields: action_steps, batch_size"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "ppo", "--set", "prediction=epsilon"],
-     "no method of this run has the field prediction (--set); its fields: anneal_lr"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "exec_steps=0"],
-     "exec_steps (T_a=0) must be between 1 and action_steps"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "steps=1.5"],
-     "--set steps=1.5: steps takes int values such as 100"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "bc", "--set", "hidden"],
-     "--set takes field=value[,field=value...], got 'hidden'"),
-    (["bench", "--task", "fork", "--budget", "smoke", "--methods", "rssm-mpc", "--set", "mpc.planner=grid"],
-     "planner must be one of cem, mppi, got 'grid'"),
+    ([*SET, "ppo", "--set", "prediction=epsilon"], "no method of this run has the field prediction (--set); its fields: "
+     "anneal_lr"),
+    ([*SET, "bc", "--set", "exec_steps=0"], "exec_steps (T_a=0) must be between 1 and action_steps"),
+    ([*SET, "bc", "--set", "steps=1.5"], "--set steps=1.5: steps takes int values such as 100"),
+    ([*SET, "bc", "--set", "hidden"], "--set takes field=value[,field=value...], got 'hidden'"),
+    ([*SET, "rssm-mpc", "--set", "mpc.planner=grid"], "planner must be one of cem, mppi, got 'grid'"),
     (["train", "--task", "fork", "--method", "ppo", "--set", "prediction=epsilon"],
      "unknown field 'prediction' in --set; the fields: anneal_lr"),
     (["train", "--task", "fork", "--method", "bc", "--set", "method=flow"], "--set cannot change the method"),
