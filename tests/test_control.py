@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import physgen.policies.agent as agent_module
+import physgen.policies.policy as policy_module
 from physgen import PhysgenError
 from physgen.control import Controller, export_checkpoint, export_policy, load_exported
 from physgen.data import Normalizer
@@ -144,7 +144,7 @@ def test_no_retracing_after_warm_up(tiny, monkeypatch):
         traces.append(1)
         return act(*args, **kwargs)
 
-    monkeypatch.setattr(agent_module, "act", counting_act)  # what the compiled sampler traces
+    monkeypatch.setattr(policy_module, "act", counting_act)  # what the compiled sampler traces
     with Controller(*tiny, prefetch=1, ensemble=0.2) as controller:
         assert len(traces) == 2  # compiled ahead of time: the synchronous and the prefetching sampler
         for episode in range(2):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 
 from physgen.errors import PhysgenError
 from physgen.envs.rollout import step_key
-from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy
+from physgen.policies import ChunkingAgent, Policy, PolicyState, flat_sampler, load_policy
 
 SAFE_ACTIONS = ("hold", "zero")
 
@@ -72,24 +71,20 @@ class Controller:
         self._zero = np.clip(np.zeros(policy.act_dim, np.float32), self.action_low, self.action_high)
         self._period_ns = round(1e9 / self.rate_hz)
         self._seed = seed
-        # the state goes in as a flat tuple of arrays: flattening the nested NNX pytree at every call cost ~40 us
-        leaves, treedef = jax.tree.flatten(state)
-        self._leaves = tuple(leaves)
-        unflat = partial(jax.tree.unflatten, treedef)
+        self._leaves, sample = flat_sampler(policy, state, steps)  # the agent's sample, on the state's leaves
         obs = jax.ShapeDtypeStruct(self.obs_shape, jnp.float32)
         start = lambda obs: agent.start(state, obs)  # a chunking agent's carry needs the observation only
         carry = jax.eval_shape(start, obs)
         chunk, scalar = jax.ShapeDtypeStruct(carry.chunks.shape[1:], jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
         self._start = jax.jit(start).lower(obs).compile()
         self._emit = jax.jit(lambda carry, obs: agent.emit(agent.observe(carry, obs))).lower(carry, obs).compile()
-        self._sample = jax.jit(lambda leaves, carry, obs, seed, t: agent.sample(
-            unflat(leaves), agent.observe(carry, obs).history, step_key(seed, t))).lower(
-            self._leaves, carry, obs, scalar, scalar).compile()
+        draw = lambda leaves, carry, obs, seed, t: sample(leaves, agent.observe(carry, obs).history, step_key(seed, t))
+        self._sample = jax.jit(draw).lower(self._leaves, carry, obs, scalar, scalar).compile()
         take = lambda carry, obs, chunk, start: agent.emit(agent.accept(agent.observe(carry, obs), chunk, start))
         self._take = jax.jit(take).lower(carry, obs, chunk, scalar).compile()
 
         def decide(leaves, carry, obs, seed, t):  # a synchronous sample and its first action in one call
-            chunk = agent.sample(unflat(leaves), agent.observe(carry, obs).history, step_key(seed, t))
+            chunk = draw(leaves, carry, obs, seed, t)
             return chunk, *take(carry, obs, chunk, t)
 
         self._decide = jax.jit(decide).lower(self._leaves, carry, obs, scalar, scalar).compile()
