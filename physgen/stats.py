@@ -103,9 +103,9 @@ def rate_interval(counts, episodes: int, confidence: float = 0.95) -> Interval:
 
 def mean_bounds(values, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean of per-episode `values` (..., seeds, episodes), e.g. returns, with the rates' interval (`rate_bounds`) on
-    the values rescaled to [0, 1] by their smallest and largest. A t-interval over the seeds' means covered 0.92
-    where a few seeds fail far below the rest (its symmetric tails ignore the skew); the beta shape the rates'
-    interval takes near a bound follows it, and all episodes remain its floor."""
+    the values rescaled to [0, 1] by their smallest and largest. A t-interval over the seeds' means under-covers
+    where a few seeds fail far below the rest (its symmetric tails ignore the skew; docs/intervals.md measures it);
+    the beta shape the rates' interval takes near a bound follows it, and all episodes remain its floor."""
     values = np.asarray(values, float)
     low = values.min(axis=(-2, -1), keepdims=True)
     span = values.max(axis=(-2, -1), keepdims=True) - low
