@@ -10,7 +10,7 @@ from pathlib import Path
 from physgen.bench import run_bench
 from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
-from physgen.configs import override, parse_overrides
+from physgen.configs import override, parse_overrides, parse_variants
 from physgen.bench.sweep import sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
@@ -95,7 +95,8 @@ def _train(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos,
-                    overrides=parse_overrides(args.set) if args.set else None)
+                    overrides=parse_overrides(args.set) if args.set else None,
+                    variants=parse_variants(args.vary) if args.vary else None)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
@@ -203,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the methods' "
                        "configs (those that have it; part.field for one part, e.g. rssm.steps), recorded in the "
                        "protocol")
+    bench.add_argument("--vary", action="append", default=None, metavar="FIELD=V1,V2,...",
+                       help="a row of every method for each value (rows such as flow[exec_steps=2]); several --vary "
+                       "make a grid. Rows differing only in T_a, sampler steps or ensembling share one training")
     bench.set_defaults(run=_bench)
 
     video = commands.add_parser("video", help="roll out a checkpoint and write one video per episode")

@@ -102,6 +102,21 @@ def parse_overrides(text: str) -> dict[str, str]:
     return changes
 
 
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """`--vary` flags, each `field=value,value[,...]` (a tuple value in brackets: `unet_dims=[32,64],[64,128]`), as
+    {field: [value texts]} in the order given."""
+    variants = {}
+    for spec in specs:
+        name, equals, text = (part.strip() for part in spec.partition("="))
+        values = [value.strip() for value in re.split(r",(?![^\[]*\])", text)]  # commas outside brackets
+        if not equals or not name or not all(values):
+            raise PhysgenError(f"--vary takes field=value,value[,...], got {spec!r}")
+        if name in variants or len(set(values)) < len(values):
+            raise PhysgenError(f"--vary names {name} or one of its values twice ({spec!r}); name each once")
+        variants[name] = values
+    return variants
+
+
 def field_names(values: dict) -> set[str]:
     """The names `override` accepts for `values`: each field, and `part.field` for the fields of named parts."""
     if not all(isinstance(v, dict) for v in values.values()):
@@ -142,4 +157,4 @@ def _parse(name: str, text: str, current):
         return value
     if type(current) is float and type(value) is int:
         return float(value)
-    raise PhysgenError(f"--set {name}={text}: {name} takes {type(current).__name__} values such as {current!r}")
+    raise PhysgenError(f"{name}={text}: {name} takes {type(current).__name__} values such as {current!r}")

@@ -22,6 +22,11 @@ class Interval(NamedTuple):
         return {"estimate": float(self.estimate), "low": float(self.low), "high": float(self.high)}
 
 
+def interval_text(interval: dict, digits: int = 2) -> str:
+    """An interval's `as_dict` as the reports print it: `0.87 [0.72, 0.96]`."""
+    return f"{interval['estimate']:.{digits}f} [{interval['low']:.{digits}f}, {interval['high']:.{digits}f}]"
+
+
 def _values(values, name: str = "values", ndim: int = 1) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     if array.ndim != ndim or array.size == 0:

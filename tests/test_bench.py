@@ -11,6 +11,7 @@ import time
 from typing import NamedTuple
 
 import h5py
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from physgen.bench import Method, registry, run_bench
 from physgen.bench.failures import (StateSupport, Trajectory, diagnose, fit_support, hidden_by_aggregates,
                                     nearest_distances, task_categories)
-from physgen.bench.units import Curves
+from physgen.bench.units import Curves, row_folder
 from physgen.bench.video import pick_episodes
 from physgen.control.latency import measure_agent_latency
 from physgen.cli import main
@@ -240,6 +241,44 @@ def test_a_resume_retrains_units_whose_files_are_damaged(smoke_run, tmp_path, ca
     assert again["summary"] == reference["summary"] and again["curves"] == reference["curves"]
 
 
+VARIED = dict(methods=["bc"], seeds=2, episodes=3, budget="smoke", progress=False, videos=False)
+
+
+def test_variants_are_rows_that_share_training_where_only_evaluation_differs(datasets, tmp_path):
+    from physgen.policies import load_policy
+    from physgen.stats import difference_interval
+
+    out = tmp_path / "varied"
+    run_bench("fork", out=out, variants={"exec_steps": ["1", "4"], "hidden": ["16", "32"]}, **VARIED)
+    rows = ["bc[exec_steps=1,hidden=16]", "bc[exec_steps=1,hidden=32]", "bc[exec_steps=4,hidden=16]",
+            "bc[exec_steps=4,hidden=32]"]
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["summary"]) == rows and results["run"]["command"].endswith(
+        "--vary exec_steps=1,4 --vary hidden=16,32")
+    params = {row: load_policy(out / "checkpoints" / row_folder(row) / "seed_1")[1].params for row in rows}
+    leaves = lambda row: jax.tree.leaves(params[row])
+    # T_a changes only acting: the two T_a of one width are one training; two widths are two
+    assert all(np.array_equal(a, b) for a, b in zip(leaves(rows[0]), leaves(rows[2])))
+    assert leaves(rows[0])[0].shape != leaves(rows[1])[0].shape
+    # a row is the run of its values alone: the same trained seeds, the same episodes
+    alone = tmp_path / "alone"
+    run_bench("fork", out=alone, overrides={"exec_steps": "4", "hidden": "16"}, **VARIED)
+    assert json.loads((alone / "results.json").read_text())["units"]["bc"] == [
+        {**unit, "method": "bc"} for unit in results["units"][rows[2]]]
+    # the ablation: per field, one series per value of the other field; differences from the first value
+    (first, second), units = results["ablations"]["exec_steps"][1]["points"], results["units"]
+    counts = lambda row: [sum(e["success"] for e in u["episodes"]) for u in units[row]]
+    assert (first["row"], second["row"]) == (rows[1], rows[3])
+    assert second["success_difference"] == difference_interval(counts(rows[3]), counts(rows[1]), 3).as_dict()
+    assert (out / "ablation_exec_steps.png").exists() and "### hidden" in (out / "report.md").read_text()
+    # resuming rewrites only the damaged row's units, with the same numbers
+    (out / "units" / "bc(exec_steps=4,hidden=32)" / "seed_1.json").unlink()
+    kept = {p: p.stat().st_mtime_ns for row in rows[:3] for p in (out / "units" / row_folder(row)).iterdir()}
+    run_bench("fork", out=out, variants={"exec_steps": ["1", "4"], "hidden": ["16", "32"]}, **VARIED)
+    assert {p: p.stat().st_mtime_ns for row in rows[:3] for p in (out / "units" / row_folder(row)).iterdir()} == kept
+    assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
+
+
 def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(datasets, tmp_path, capsys):
     from physgen.io import LOCK_NAME, folder_lock
 
@@ -388,7 +427,7 @@ def _run_hold_still(job):
     agent, curves = HoldStill(job.task.act_dim), Curves(job.evaluation, job.seeds)
     params = jnp.full(len(job.seeds), job.hyperparameters["action"])
     curves.add(0, agent, params, final=True)
-    job.finish("hold-still", curves, measure_agent_latency(agent, params[0], np.zeros((3, job.task.obs_dim))))
+    job.finish(curves, measure_agent_latency(agent, params[0], np.zeros((3, job.task.obs_dim))))
 
 
 def test_a_method_is_one_module_and_one_registration(datasets, tmp_path, request, capsys):

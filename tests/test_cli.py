@@ -43,12 +43,22 @@ SET = ["bench", "--task", "fork", "--budget", "smoke", "--methods"]  # then the 
     ([*SET, "ppo", "--set", "prediction=epsilon"], "no method of this run has the field prediction (--set); its fields: "
      "anneal_lr"),
     ([*SET, "bc", "--set", "exec_steps=0"], "exec_steps (T_a=0) must be between 1 and action_steps"),
-    ([*SET, "bc", "--set", "steps=1.5"], "--set steps=1.5: steps takes int values such as 100"),
+    ([*SET, "bc", "--set", "steps=1.5"], "bc: steps=1.5: steps takes int values such as 100"),
     ([*SET, "bc", "--set", "hidden"], "--set takes field=value[,field=value...], got 'hidden'"),
     ([*SET, "rssm-mpc", "--set", "mpc.planner=grid"], "planner must be one of cem, mppi, got 'grid'"),
     (["train", "--task", "fork", "--method", "ppo", "--set", "prediction=epsilon"],
      "unknown field 'prediction' in --set; the fields: anneal_lr"),
     (["train", "--task", "fork", "--method", "bc", "--set", "method=flow"], "--set cannot change the method"),
+    ([*SET, "bc", "--vary", "exec_steps=1,4", "--vary", "stepz=1,2"], "bc has no field stepz (--vary)"),
+    ([*SET, "bc,ppo", "--vary", "exec_steps=1,4"], "ppo has no field exec_steps (--vary); vary it in a run of the "
+     "methods that have it, or vary one of: anneal_lr"),
+    ([*SET, "bc", "--vary", "exec_steps=1,x"], "bc[exec_steps=x]: exec_steps=x: exec_steps takes int values such as"),
+    ([*SET, "bc", "--vary", "exec_steps=1,99"], "bc[exec_steps=99]: exec_steps (T_a=99) must be between 1 and"),
+    ([*SET, "bc", "--vary", "prediction=sample,noise"], "bc[prediction=noise]: prediction must be one of"),
+    ([*SET, "bc", "--vary", "exec_steps=1,1"], "--vary names exec_steps or one of its values twice"),
+    ([*SET, "bc", "--vary", "exec_steps"], "--vary takes field=value,value[,...], got 'exec_steps'"),
+    ([*SET, "bc", "--set", "exec_steps=2", "--vary", "exec_steps=1,4"], "exec_steps is both set (--set) and varied"),
+    ([*SET, "bc", "--vary", "method=bc,flow"], "--set and --vary cannot change a method"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
     assert main(argv) == 2
@@ -121,25 +131,28 @@ def test_a_datasets_path_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsy
 
 
 def test_set_changes_the_methods_configs_and_is_recorded(tmp_path, capsys):
-    from physgen.bench.protocol import overridden
+    from physgen.bench.protocol import make_rows
     from physgen.bench.registry import bench_command, get_methods
     from physgen.envs import get_task
 
     task, methods = get_task("fork"), get_methods(["diffusion", "bc", "ppo", "rssm-mpc"])
-    hyper = overridden(task, methods, "smoke", {"exec_steps": "4", "hidden": "32", "rssm.steps": "60",
-                                                "mpc.horizon": "5", "unet_dims": "16,32"})
+    rows = make_rows(task, methods, "smoke", {"exec_steps": "4", "hidden": "32", "rssm.steps": "60",
+                                              "mpc.horizon": "5", "unet_dims": "16,32"}, {})
+    hyper = {row: spec["hyperparameters"] for row, spec in rows.items()}
     assert [hyper[m]["exec_steps"] for m in ("diffusion", "bc")] == [4, 4]
     assert hyper["diffusion"]["unet_dims"] == (16, 32) and hyper["diffusion"]["steps_per_call"] == 20
     assert hyper["rssm-mpc"]["rssm"]["hidden"] == 32 and hyper["rssm-mpc"]["rssm"]["steps"] == 60
     assert hyper["rssm-mpc"]["rssm"]["steps_per_call"] == 12  # the budget's 5 curve points kept
     assert hyper["rssm-mpc"]["mpc"]["horizon"] == 5
     assert hyper["ppo"]["hidden"] == (32,)  # every method's field of that name: PPO's layers too
-    with pytest.raises(PhysgenError, match="--set rssm.hidden=x: rssm.hidden takes int values such as 64"):
-        overridden(task, methods, "smoke", {"rssm.hidden": "x"})
+    with pytest.raises(PhysgenError, match="rssm-mpc: rssm.hidden=x: rssm.hidden takes int values such as 64"):
+        make_rows(task, methods, "smoke", {"rssm.hidden": "x"}, {})
     experiment = {"budget": "smoke", "methods": ["bc"], "training_seeds": [0, 1], "episodes": 4,
                   "overrides": {"exec_steps": "4"}}
     assert bench_command(task, experiment) == ("physgen bench --task fork --budget smoke --methods bc "
                                                 "--set exec_steps=4")
+    experiment["variants"] = {"hidden": ["16", "32"], "ensemble": ["null", "0.1"]}
+    assert bench_command(task, experiment).endswith("--set exec_steps=4 --vary hidden=16,32 --vary ensemble=null,0.1")
     assert main(["data", "--task", "fork", "--episodes", "10"]) == 0
     assert main(["train", "--task", "fork", "--method", "bc", "--set", "steps=3,hidden=8,batch_size=4,exec_steps=2",
                  "--episodes", "1", "--out", str(tmp_path)]) == 0

@@ -342,14 +342,16 @@ def test_a_non_finite_chunk_is_dropped_and_resampled_at_the_next_call(tiny, refe
         assert controller.stats()["flagged"] == 1
 
 
-@pytest.mark.parametrize("ensemble", [None, 0.3])
-def test_the_controller_acts_as_the_rollout_engine_on_a_recorded_episode(tiny, ensemble):
+@pytest.mark.parametrize("ensemble, in_config", [(None, False), (0.3, False), (0.3, True)])
+def test_the_controller_acts_as_the_rollout_engine_on_a_recorded_episode(tiny, ensemble, in_config):
     """The bench's rollouts and the robot loop drive the same agent: fed an episode's observations, the Controller
-    returns the actions `run_episodes` took."""
+    returns the actions `run_episodes` took; an ensembling rate in the policy's config acts as one passed in."""
     policy, state = tiny
     task, seeds = get_task("fork"), episode_seeds(3, 2)
     rollouts = run_episodes(task, ChunkingAgent(policy, ensemble=ensemble), jax.tree.map(lambda x: x[None], state),
                             seeds)
+    if in_config:
+        policy, ensemble = policy._replace(config=policy.config.replace(ensemble=ensemble)), None
     with Controller(policy, state, ensemble=ensemble) as controller:
         for e, seed in enumerate(seeds):
             controller.reset(seed=int(seed))

@@ -2,6 +2,8 @@
 
 A method trains every seed of a run together, turns what it trained into an agent, evaluates it with the job's
 `Curves` at its curve points (the last one on every evaluation episode), and writes its latency and its units.
+A job holds one or more variants (rows of the report) of the method that differ only in its `evaluation_fields`:
+they share one training, and each is evaluated and written under its own row.
 """
 
 from __future__ import annotations
@@ -14,23 +16,42 @@ from physgen.bench.units import Curves, Evaluation, write_latency
 from physgen.envs import Task
 
 
+class Variant(NamedTuple):
+    """One row of the report: a method with its `--vary` values."""
+
+    row: str  # the method's name, with the varied fields in brackets: `flow[exec_steps=2]`
+    varied: dict[str, str]  # {field: value as given}
+    hyperparameters: dict  # as protocol.json holds them
+    config: Any  # the config(s) they describe (`Method.configure`)
+    pending: list[int]  # the seeds whose units are to be written
+
+
 class Job(NamedTuple):
-    """One method's share of a run."""
+    """One training of a method in a run, and the variants (at least one) evaluated on what it trained."""
 
     out: Path
     task: Task
     seeds: list[int]
-    pending: list[int]  # the seeds whose units are to be written
+    variants: list[Variant]
     evaluation: Evaluation
-    hyperparameters: dict  # the method's, as protocol.json holds them
-    config: Any  # the config(s) they describe (`Method.configure`)
     train: Any  # the expert dataset's training split (Trajectories)
     advance: Callable[[int], None]  # progress: training work done per seed
 
-    def finish(self, method: str, curves: Curves, latency: dict) -> None:
-        """Write the latency (first, so that a run killed between them resumes with it) and the pending units."""
-        write_latency(self.out, method, latency)
-        curves.write_units(self.out, method, self.pending)
+    @property
+    def config(self) -> Any:
+        """The config to train with: the first variant's (the others differ only in evaluation fields)."""
+        return self.variants[0].config
+
+    @property
+    def hyperparameters(self) -> dict:
+        return self.variants[0].hyperparameters
+
+    def finish(self, curves: Curves, latency: dict, variant: Variant | None = None) -> None:
+        """Write a variant's (default: the first's) latency (first, so that a run killed between them resumes with
+        it) and its pending units."""
+        variant = variant or self.variants[0]
+        write_latency(self.out, variant.row, latency)
+        curves.write_units(self.out, variant.row, variant.pending)
 
 
 @dataclass(frozen=True)
@@ -51,3 +72,4 @@ class Method:
     datasets: Callable[[Task], list[str]] | None = None  # datasets it learns from besides the expert one
     load: Callable[[Path, str | None], tuple] | None = None
     configure: Callable[[dict], Any] = dict
+    evaluation_fields: tuple[str, ...] = ()  # change how it acts, not what it learns: variants share its training

@@ -10,7 +10,7 @@ import numpy as np
 
 from physgen.bench.method import Job, Method
 from physgen.bench.protocol import BUDGETS
-from physgen.bench.units import Curves
+from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_agent_latency
 from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, load_ppo, train_ppo
 
@@ -24,11 +24,11 @@ def _run(job: Job) -> None:
         final["params"] = params = agent_params(learners)
         curves.add(env_steps, agent, params, env_steps == total)
 
-    train_ppo(job.task, config, job.seeds, out_dir=job.out / "checkpoints" / "ppo", progress=False,
+    train_ppo(job.task, config, job.seeds, out_dir=job.out / "checkpoints" / row_folder(job.variants[0].row), progress=False,
               callback=at_point)
     first = jax.tree.map(lambda x: x[0], final["params"])
     observations = np.asarray(job.evaluation.dataset.trajectories.observations[:200])
-    job.finish("ppo", curves, measure_agent_latency(agent, first, observations))
+    job.finish(curves, measure_agent_latency(agent, first, observations))
 
 
 def load_gaussian_agent(path: Path, task: str | None):

@@ -4,6 +4,7 @@ the checkpoint rule, package versions, commit and machine. A rerun into the same
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -78,24 +79,45 @@ def describe_recipe(task: Task) -> list[str]:
             f"{flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
 
 
-def overridden(task: Task, methods: list, budget_name: str, changes: dict[str, str]) -> dict:
-    """Each method's hyperparameters on the budget with the `--set` changes that name one of its fields, checked by
-    building its config; a change no method of the run has is refused."""
-    if "method" in changes:
-        raise PhysgenError("--set cannot change a method; name the methods with --methods")
+def row_name(method: str, varied: dict[str, str]) -> str:
+    """A report row: `flow`, or `flow[exec_steps=2,prediction=epsilon]` for a variant."""
+    return f"{method}[{','.join(f'{k}={v}' for k, v in varied.items())}]" if varied else method
+
+
+def make_rows(task: Task, methods: list, budget_name: str, changes: dict[str, str],
+              variants: dict[str, list[str]]) -> dict[str, dict]:
+    """The rows of a run, {row: {"method", "varied", "hyperparameters"}}: each method on the budget with the `--set`
+    changes that name one of its fields, once per combination of the `--vary` values (a grid), each checked by
+    building its config. A change no method has, or a varied field some method lacks, is refused."""
+    if "method" in changes or "method" in variants:
+        raise PhysgenError("--set and --vary cannot change a method; name the methods with --methods")
+    both = [name for name in variants if name in changes]
+    if both:
+        raise PhysgenError(f"{', '.join(both)} is both set (--set) and varied (--vary); keep it in one of them")
     hyper = {m.name: m.hyperparameters(task, budget_name) for m in methods}
-    used, result = set(), {}
-    for method in methods:
-        mine = {name: text for name, text in changes.items() if name in field_names(hyper[method.name])}
-        used |= mine.keys()
-        result[method.name] = override(hyper[method.name], mine)
-        method.configure(result[method.name])
-    unknown = [name for name in changes if name not in used]
+    fields = {m.name: field_names(hyper[m.name]) for m in methods}
+    unknown = [name for name in changes if not any(name in mine for mine in fields.values())]
     if unknown:
-        fields = sorted({f for m in methods for f in field_names(hyper[m.name])})
         raise PhysgenError(f"no method of this run has the field {', '.join(unknown)} (--set); its fields: "
-                           f"{', '.join(fields)}")
-    return result
+                           f"{', '.join(sorted(set().union(*fields.values())))}")
+    for name in variants:
+        lacking = [m for m, mine in fields.items() if name not in mine]
+        if lacking:
+            raise PhysgenError(f"{', '.join(lacking)} has no field {name} (--vary); vary it in a run of the "
+                               f"methods that have it, or vary one of: {', '.join(sorted(fields[lacking[0]]))}")
+    rows = {}
+    for method in methods:
+        mine = {name: text for name, text in changes.items() if name in fields[method.name]}
+        for values in itertools.product(*variants.values()):
+            varied = dict(zip(variants, values))
+            row = row_name(method.name, varied)
+            try:
+                settings = override(hyper[method.name], {**mine, **varied})
+                method.configure(settings)
+            except PhysgenError as error:
+                raise PhysgenError(f"{row}: {error}") from None
+            rows[row] = {"method": method.name, "varied": varied, "hyperparameters": settings}
+    return rows
 
 
 def curve_steps(config: PolicyConfig) -> list[int]:
@@ -130,9 +152,9 @@ def _versions() -> dict[str, str]:
 
 
 def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str, episodes: int, dataset,
-                  note: str | None, hyper: dict, overrides: dict[str, str]) -> dict:
-    """The protocol of a run of `methods` (`physgen.bench.method.Method`s) with their hyperparameters (`overridden`
-    by the `--set` changes, which it records too)."""
+                  note: str | None, rows: dict, overrides: dict[str, str], variants: dict[str, list[str]]) -> dict:
+    """The protocol of a run of `methods` (`physgen.bench.method.Method`s) as `rows` (`make_rows`: the methods
+    with the `--set` changes and `--vary` values, which it records too)."""
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
@@ -140,14 +162,18 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
     if dataset_seeds & set(evaluation.tolist()):
         raise PhysgenError("evaluation episode seeds overlap the dataset's; regenerate the dataset with another --seed")
     datasets = [name for m in methods if m.datasets for name in m.datasets(task)]
+    by_name = {m.name: m for m in methods}
     return {
         "experiment": {
             "task": task.name, "methods": [m.name for m in methods], "training_seeds": seeds, "budget": budget_name,
             "budget_settings": dataclasses.asdict(budget), "episodes": episodes,
             "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
-            "curve_steps": {m.name: m.curve_steps(hyper[m.name]) for m in methods if m.curve_steps},
+            "curve_steps": {row: by_name[r["method"]].curve_steps(r["hyperparameters"]) for row, r in rows.items()
+                            if by_name[r["method"]].curve_steps},
             "recipe": task.recipe.as_dict(),
-            "checkpoint_rule": CHECKPOINT_RULE, "hyperparameters": hyper, "overrides": overrides,
+            "checkpoint_rule": CHECKPOINT_RULE, "overrides": overrides, "variants": variants,
+            "rows": {row: {"method": r["method"], "varied": r["varied"]} for row, r in rows.items()},
+            "hyperparameters": {row: r["hyperparameters"] for row, r in rows.items()},
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
                         "validation_fraction": 0.1, "split_seed": 0,
                         **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},

@@ -66,6 +66,7 @@ def bench_command(task: Task, experiment: dict) -> str:
         parts.append(f"--episodes {experiment['episodes']}")
     if experiment.get("overrides"):
         parts.append("--set " + ",".join(f"{k}={v}" for k, v in experiment["overrides"].items()))
+    parts += [f"--vary {field}={','.join(values)}" for field, values in experiment.get("variants", {}).items()]
     return " ".join(parts)
 
 

@@ -10,10 +10,12 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen import plan, stats
+from physgen.bench.ablation import ablation_figures, ablation_section, ablations
 from physgen.bench.failures import hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.video import failure_videos
 from physgen.io import write_json, write_text
+from physgen.stats import interval_text
 from physgen.envs import Task
 
 
@@ -24,14 +26,12 @@ INTERVALS = ("Intervals: 95% over training seeds (docs/intervals.md): success an
 TRUSTED_COVERAGE = 0.94  # the coverage every simulated cell with 5 or more seeds must reach (tests/test_stats.py)
 
 
-def _interval(summary: dict, digits: int = 2) -> str:
-    return f"{summary['estimate']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
 
-
-def summarize_units(units: dict[str, list[dict]], statistics: dict, categories: tuple[str, ...]) -> dict:
-    """Per method: the success and return statistics, the failure categories with their intervals and the simulated
-    coverage of the success interval at this run's seeds, episodes, rates and spread; per generative method, its
-    comparison with each baseline. `categories`: the task's failure categories, in rule order."""
+def summarize_units(units: dict[str, list[dict]], statistics: dict, categories: tuple[str, ...], rows: dict) -> dict:
+    """Per row: the success and return statistics, the failure categories with their intervals and the simulated
+    coverage of the success interval at this run's seeds, episodes, rates and spread; per generative method's row,
+    its comparison with each baseline's row of the same varied values. `categories`: the task's failure categories,
+    in rule order; `rows`: the protocol's {row: {"method", "varied"}}."""
     confidence, seed = statistics["confidence"], statistics["bootstrap_seed"]
     summary, counts = {}, {}
     for method, records in units.items():
@@ -52,11 +52,11 @@ def summarize_units(units: dict[str, list[dict]], statistics: dict, categories: 
         result["categories"] = [c for row in named for c in row if c is not None]
         result["evidence"] = _evidence_by_category([e for r in records for e in r["episodes"]])
         summary[method] = result
-    baselines = [m for m in units if not REGISTRY[m].generative]
-    for method in (m for m in units if REGISTRY[m].generative):
-        summary[method]["improvement_over"] = {
-            base: _comparison(summary[method], summary[base], counts[method], counts[base], episodes, confidence, seed)
-            for base in baselines}
+    generative = {row: REGISTRY[rows[row]["method"]].generative for row in units}
+    for row in (r for r in units if generative[r]):
+        summary[row]["improvement_over"] = {
+            base: _comparison(summary[row], summary[base], counts[row], counts[base], episodes, confidence, seed)
+            for base in units if not generative[base] and rows[base]["varied"] == rows[row]["varied"]}
     return summary
 
 
@@ -99,9 +99,9 @@ def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[di
     return curves
 
 
-def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]) -> None:
+def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...], rows: dict) -> None:
     methods = list(summary)
-    axis_of = {m: REGISTRY[m].curve_axis for m in curves}
+    axis_of = {m: REGISTRY[rows[m]["method"]].curve_axis for m in curves}
     groups = [(label, {m: p for m, p in curves.items() if axis_of[m] == label})
               for label in dict.fromkeys(axis_of.values())]
     fig = Figure(figsize=(6 * len(groups), 4))
@@ -142,11 +142,11 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
 
 def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
     """The RSSMs' own evaluation and what each method took from the real environment (empty without world models)."""
-    path = out / "world_model" / "open_loop.json"
-    if not path.exists():
+    path = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)  # with RSSM variants: the first's
+    if path is None:
         return [""]
     result = json.loads(path.read_text())
-    hyper = experiment["hyperparameters"]
+    hyper = {spec["method"]: experiment["hyperparameters"][row] for row, spec in reversed(experiment["rows"].items())}
     lines = ["", "## World model", "",
              f"The RSSMs of `rssm-mpc` and `ppo-wm` (one per training seed, trained on the training splits of "
              f"{', '.join(f'`{d}`' for d in result['datasets'])} in {result['training_seconds']:.0f} s) predict "
@@ -156,10 +156,10 @@ def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
              "least squares:", "", "| steps ahead | RSSM | last observation | linear |", "|---|---|---|---|"]
     for k in sorted({1, 5, 10, len(result["rssm"])}):
         if k <= len(result["rssm"]):
-            lines.append(f"| {k} | {_interval(result['rssm'][k - 1], 4)} | {result['last_observation'][k - 1]:.4f} | "
-                         f"{result['linear'][k - 1]:.4f} |")
+            lines.append(f"| {k} | {interval_text(result['rssm'][k - 1], 4)} | "
+                         f"{result['last_observation'][k - 1]:.4f} | {result['linear'][k - 1]:.4f} |")
     steps = {"ppo": hyper.get("ppo", {}).get("total_steps")}
-    lines += ["", "![open loop](world_model/open_loop.png)", "",
+    lines += ["", f"![open loop]({path.parent.name}/open_loop.png)", "",
               f"Real data per seed: the offline methods learn from `{experiment['dataset']['id']}`, the world-model "
               f"methods from the {result['training_episodes']:,} training episodes of the datasets above, neither "
               "takes an environment step; "
@@ -169,8 +169,8 @@ def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
     return lines
 
 
-def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, latency: dict, videos: dict,
-            seconds: float) -> str:
+def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict, curves: dict, latency: dict,
+            videos: dict, seconds: float) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
     categories = task_categories(task)
@@ -188,10 +188,10 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
     lines += ["", "## Success", "", "| method | success | normalised return | return | coverage check |",
               "|---|---|---|---|---|"]
     for method, s in summary.items():
-        normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
         check = f"{s['coverage']:.3f}" + (", approximate" if s["coverage"] < TRUSTED_COVERAGE else "")
-        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} | {_interval(s['return'], 1)} | "
-                     f"{check} |")
+        lines.append(f"| {method} | {interval_text(s['success_mean'])} | {normalized} | "
+                     f"{interval_text(s['return'], 1)} | {check} |")
     spreads = ", ".join(f"{m} {s['spread']:.2f}" for m, s in summary.items() if s["spread"] is not None)
     lines += ["", f"Coverage check: the lowest share of {plan.RUNS:,} simulated runs with this run's seeds and "
               "episodes whose success interval held the true rate, for true rates at the interval's ends and middle "
@@ -205,9 +205,10 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
                   "Difference in success rate on the same evaluation episodes, and the probability that a seed of "
                   "the generative method beats a seed of the baseline (0.5 = no difference):", "",
                   "| method | baseline | difference | P(improvement) |", "|---|---|---|---|"]
-        lines += [f"| {m} | {b} | {_interval(v['difference'])} | {_interval(v['probability'])} |"
+        lines += [f"| {m} | {b} | {interval_text(v['difference'])} | {interval_text(v['probability'])} |"
                   for m, b, v in pairs]
-    lines += ["", "![success](success.png)", *_world_model_section(out, task, experiment), "## Latency", "",
+    lines += ["", "![success](success.png)", *ablation_section(ablation), *_world_model_section(out, task, experiment),
+              "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
               "prefetch); PPO, ppo-wm and rssm-mpc (filter and plan) compute every action in one call, so their chunk "
@@ -221,7 +222,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
               "imagined steps, final point only).", "", "| method | step: success |",
               "|---|---|"]
     for method, points in curves.items():
-        lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {_interval(p)}" for p in points) + " |")
+        lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {interval_text(p)}" for p in points) + " |")
     lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "
               "one all of them.", "", "![curves](curves.png)", "", "## Failures", "",
               "Each failed episode's primary category is the cause that set in first (docs/failures.md states "
@@ -232,7 +233,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, curves: dict, 
               "low_return. Rates are shares of all episodes with intervals over seeds as for success.", "",
               "| method | failed | " + " | ".join(categories) + " |", "|---|---|" + "---|" * len(categories)]
     for method, s in summary.items():
-        cells = [_interval(s["failures"][c]) if c in s["failures"] else "0" for c in categories]
+        cells = [interval_text(s["failures"][c]) if c in s["failures"] else "0" for c in categories]
         lines.append(f"| {method} | {len(s['categories'])} | " + " | ".join(cells) + " |")
     lines += ["", "Evidence per primary category (medians over its failures): the step the cause set in, the failure "
               "step, and the peak distance from the training states before failing in units of the "
@@ -265,7 +266,7 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
         verdict = ("told apart" if difference["low"] > 0 or difference["high"] < 0 else "not told apart")
         reach = (f"a difference of {v['detectable_difference']:.2f}" if v["detectable_difference"] is not None
                  else "no difference")
-        lines.append(f"- {method} against {base}: {verdict} (difference {_interval(difference)}); "
+        lines.append(f"- {method} against {base}: {verdict} (difference {interval_text(difference)}); "
                      f"{seeds} seeds x {episodes} episodes detect {reach} from {base}'s "
                      f"{summary[base]['success_mean']['estimate']:.2f} with {plan.POWER:.0%} power.")
     if len(lines) == 3:
@@ -279,19 +280,21 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
                              seconds: float, videos: bool = True) -> None:
     statistics = protocol["experiment"]["statistics"]
     categories = task_categories(task)
-    summary = summarize_units(units, statistics, categories)
-    curves = _curves(units, statistics)
-    world_model = out / "world_model" / "open_loop.json"
     experiment = protocol["experiment"]
+    summary = summarize_units(units, statistics, categories, experiment["rows"])
+    curves = _curves(units, statistics)
+    ablation = ablations(units, summary, experiment, statistics["confidence"])
+    world_model = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
     run = {"command": bench_command(task, experiment), "budget": experiment["budget"],
            "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "machine": protocol["environment"]["machine"], "devices": protocol["environment"]["jax_devices"]}
-    write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "curves": curves,
-                                      "latency": latency,
-                                      "world_model": json.loads(world_model.read_text()) if world_model.exists()
-                                      else None, "units": units})
-    _figures(out, summary, curves, categories)
+    write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "ablations": ablation,
+                                      "curves": curves, "latency": latency,
+                                      "world_model": json.loads(world_model.read_text()) if world_model else None,
+                                      "units": units})
+    _figures(out, summary, curves, categories, experiment["rows"])
+    ablation_figures(out, ablation)
     clips = failure_videos(out, task, units) if videos else {}
-    report = _report(out, task, protocol, summary, curves, latency, clips, seconds)
+    report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds)
     write_text(out / "report.md", report)

@@ -1,26 +1,31 @@
 """`physgen bench`: train every method over seeds, evaluate all of them on the same episodes, categorize failures.
 
-Results are stored in units of one (method, seed) (`physgen.bench.units`). The seeds of a method train together in
-one compiled program (vmap over all of them: a seed's numbers depend, in the last bits, on the group it was trained
-in), so a rerun skips every method whose units are all written and intact and trains a method with missing or
-damaged units again as the same group, writing only those. An interrupted run loses at most the method in progress,
-and a resumed run ends with the uninterrupted run's numbers. A lock file keeps a second run out of the same folder.
+A run's rows are its methods, or with `--vary` every method once per combination of the varied values
+(`flow[exec_steps=2]`). Results are stored in units of one (row, seed) (`physgen.bench.units`). The seeds of a row
+train together in one compiled program (vmap over all of them: a seed's numbers depend, in the last bits, on the
+group it was trained in), and rows that differ only in evaluation fields (T_a, sampler steps, ensembling) share one
+training. A rerun skips every row whose units are all written and intact and trains a row with missing or damaged
+units again as the same group, writing only those. An interrupted run loses at most the training in progress, and a
+resumed run ends with the uninterrupted run's numbers. A lock file keeps a second run out of the same folder.
 Every method is evaluated the same way: trained, made an agent, run with `run_episodes`, written into its units.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.progress import Progress
 
 from physgen.bench.failures import fit_support
-from physgen.bench.method import Job, Method
-from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, overridden
+from physgen.bench.method import Job, Method, Variant
+from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
-from physgen.bench.units import Evaluation, pending_units, read_unit
+from physgen.bench.units import Evaluation, pending_units, read_unit, row_folder
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
@@ -42,42 +47,57 @@ def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes:
 
 def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,
               budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True,
-              overrides: dict[str, str] | None = None) -> Path:
+              overrides: dict[str, str] | None = None, variants: dict[str, list[str]] | None = None) -> Path:
     """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos;
-    `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters."""
+    `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field: [value
+    texts]}, as `--vary`) make a row of every method for each combination of values."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
-    hyper = overridden(task, methods, budget, overrides or {})  # bad values refused before any work
+    rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
-    protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, hyper, overrides or {})
+    protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
+                             variants or {})
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)
         _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
-        units = {m.name: [read_unit(out, m.name, s) for s in seeds] for m in methods}
-        latency = {m.name: read_json(out / "units" / m.name / "latency.json") for m in methods}
+        units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
+        latency = {row: read_json(out / "units" / row_folder(row) / "latency.json") for row in rows}
         write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
     return out
 
 
+def trainings(methods: list[Method], experiment: dict) -> list[tuple[Method, list[str]]]:
+    """Each training a run needs: a method and the rows evaluated on it (those whose hyperparameters differ only in
+    the method's evaluation fields), in the order of the methods and rows."""
+    groups = {}
+    for row, spec in experiment["rows"].items():
+        method = next(m for m in methods if m.name == spec["method"])
+        trained = {k: v for k, v in experiment["hyperparameters"][row].items() if k not in method.evaluation_fields}
+        groups.setdefault((method.name, json.dumps(trained, sort_keys=True)), (method, []))[1].append(row)
+    return sorted(groups.values(), key=lambda group: methods.index(group[0]))
+
+
 def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int], budget: str, dataset,
                  protocol: dict, progress: bool) -> None:
-    """Train and evaluate every method whose units are not all written and intact."""
+    """Train every group of rows with a unit not written and intact, and evaluate those rows."""
     train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     support = fit_support(train.observations, validation.observations, seed=0)
-    evaluation = Evaluation(task, dataset, support, protocol["experiment"])
-    hyperparameters = protocol["experiment"]["hyperparameters"]
-    work = {m.name: m.work(hyperparameters[m.name]) * len(seeds) for m in methods}
+    experiment = protocol["experiment"]
+    evaluation = Evaluation(task, dataset, support, experiment)
+    hyperparameters = experiment["hyperparameters"]
+    groups = trainings(methods, experiment)
+    work = [method.work(hyperparameters[rows[0]]) * len(seeds) for method, rows in groups]
     with Progress(disable=not progress) as bar:
-        job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work.values()))
-        done = 0
-        for method in methods:
-            pending = pending_units(out, method.name, seeds)
-            if pending:
-                bar.update(job, description=f"bench {task.name} ({budget}): {method.name}, {len(seeds)} seeds")
-                values = hyperparameters[method.name]
-                method.run(Job(out, task, seeds, pending, evaluation, values, method.configure(values), train,
+        job = bar.add_task(f"bench {task.name} ({budget})", total=sum(work))
+        for (method, rows), done in zip(groups, itertools.accumulate(work)):
+            variants = [Variant(row, experiment["rows"][row]["varied"], hyperparameters[row],
+                                method.configure(hyperparameters[row]), pending)
+                        for row in rows if (pending := pending_units(out, row, seeds))]
+            if variants:
+                names = escape(", ".join(rows))  # a row's brackets are not rich markup
+                bar.update(job, description=f"bench {task.name} ({budget}): {names}, {len(seeds)} seeds")
+                method.run(Job(out, task, seeds, variants, evaluation, train,
                                lambda steps: bar.advance(job, steps * len(seeds))))
-            done += work[method.name]
             bar.update(job, completed=done)

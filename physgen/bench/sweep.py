@@ -17,7 +17,7 @@ from physgen.errors import PhysgenError
 from physgen.io import write_json, write_text
 from physgen.policies import ChunkingAgent, load_policy
 from physgen.seeds import EVALUATION
-from physgen.stats import wilson_interval
+from physgen.stats import interval_text, wilson_interval
 
 
 def knee(rows: list[dict]) -> int:
@@ -53,7 +53,7 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     lines = [f"Steps sweep of `{checkpoint}` ({config.method} on {task.name}, {episodes} episodes, Wilson 95%): "
              f"knee at {knee(rows)} steps.", "", "| steps | success | return | chunk p50 / p99 | sustainable rate |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r['steps']} | {r['success']['estimate']:.2f} [{r['success']['low']:.2f}, {r['success']['high']:.2f}] "
+    lines += [f"| {r['steps']} | {interval_text(r['success'])} "
               f"| {r['return']:.1f} | {r['chunk_p50_us']:,.0f} / {r['chunk_p99_us']:,.0f} us | "
               f"{r['sustainable_hz']:,.0f} Hz |" for r in rows]
     write_text(out / "sweep.md", "\n".join(lines) + "\n")

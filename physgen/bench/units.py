@@ -15,8 +15,14 @@ from physgen.envs.rollout import Agent, Rollouts, run_episodes
 from physgen.io import file_digest, read_json, write_json, write_npz
 
 
-def unit_path(out: Path, method: str, seed: int) -> Path:
-    return out / "units" / method / f"seed_{seed}"
+def row_folder(row: str) -> str:
+    """A row's folder name, brackets made parentheses: `flow(exec_steps=2)` for `flow[exec_steps=2]` (TensorStore,
+    under the checkpoints, takes brackets in a path for a pattern)."""
+    return row.translate(str.maketrans("[]", "()"))
+
+
+def unit_path(out: Path, row: str, seed: int) -> Path:
+    return out / "units" / row_folder(row) / f"seed_{seed}"
 
 
 def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -39,7 +45,7 @@ def read_unit(out: Path, method: str, seed: int) -> dict | None:
 def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
     """The seeds whose units must be (re)written: all of them while the method's latency is missing (it is written
     before the units), else those missing or damaged; a damaged one is named, since it is replaced."""
-    if read_json(out / "units" / method / "latency.json") is None:
+    if read_json(out / "units" / row_folder(method) / "latency.json") is None:
         return list(seeds)
     pending = [s for s in seeds if read_unit(out, method, s) is None]
     damaged = [str(path) for path in (unit_path(out, method, s) for s in pending) if path.with_suffix(".json").exists()]
@@ -51,7 +57,7 @@ def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
 def write_latency(out: Path, method: str, latency: dict) -> None:
     """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes); written
     before the method's units, so that a run killed between them resumes with it."""
-    write_json(out / "units" / method / "latency.json", latency)
+    write_json(out / "units" / row_folder(method) / "latency.json", latency)
 
 
 class Evaluation:

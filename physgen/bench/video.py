@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from physgen.bench.failures import task_categories
+from physgen.bench.units import row_folder, unit_path
 from physgen.bench.registry import load_agent
 from physgen.data import load_dataset
 from physgen.envs import Task
@@ -116,11 +117,11 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
         files = []
         for r, e, label in pick_episodes(records, task_categories(task)):
             record = records[r]
-            arrays = np.load(out / "units" / method / f"seed_{record['seed']}.npz")
+            arrays = np.load(unit_path(out, method, record["seed"]).with_suffix(".npz"))
             episode = record["episodes"][e]
             name = f"{label}_seed{record['seed']}_episode{episode['episode_seed']}.mp4"
             path = render_episode(task, episode["episode_seed"], arrays["actions"][e, : episode["length"]],
-                                  out / "videos" / method / name)
+                                  out / "videos" / row_folder(method) / name)
             files.append(str(path.relative_to(out)))
         written[method] = files
     return written

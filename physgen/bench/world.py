@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.bench.method import Job, Method
+from physgen.bench.method import Job, Method, Variant
 from physgen.bench.protocol import BUDGETS, Budget
-from physgen.bench.units import Curves
+from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task
@@ -58,13 +58,21 @@ def _splits(task: Task):
     return tuple(concat_trajectories([split[i] for split in parts]) for i in (0, 1))
 
 
-def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], callback=None):
+def rssm_tag(variant: Variant) -> str:
+    """The suffix of the folders of a variant's RSSMs: its varied RSSM fields in parentheses ("" when none vary)."""
+    rssm = variant.hyperparameters["rssm"]
+    varied = [f"{name}={value}" for name, value in variant.varied.items()
+              if name.rpartition(".")[0] in ("", "rssm") and name.rpartition(".")[2] in rssm]
+    return f"({','.join(varied)})" if varied else ""
+
+
+def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], callback=None, tag: str = ""):
     """(model, params stacked over seeds, train split, held-out split). Without `callback` the models are loaded
-    from `checkpoints/rssm/` when every seed is there; otherwise they are trained as one group (calling
+    from `checkpoints/rssm<tag>/` when every seed is there; otherwise they are trained as one group (calling
     `callback(done, model, params)` during training; training is seeded, so a retrained group is the same) and
-    saved. The open-loop evaluation is written to `world_model/` whenever it is missing."""
+    saved. The open-loop evaluation is written to `world_model<tag>/` whenever it is missing."""
     train, test = _splits(task)
-    folder = out / "checkpoints" / "rssm"
+    folder = out / "checkpoints" / f"rssm{tag}"
     if callback is None and all((folder / f"seed_{s}").exists() for s in seeds):  # protocol check: same config
         loaded = [load_world_model(folder / f"seed_{s}", task.name) for s in seeds]
         model, params = loaded[0][0], jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p, _ in loaded])
@@ -74,16 +82,16 @@ def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], ca
         for i, seed in enumerate(seeds):
             save_world_model(folder / f"seed_{seed}", task, trained, i)
         model, params, seconds = trained.model, trained.params, trained.seconds
-    if read_json(out / "world_model" / "open_loop.json") is None:  # missing, or cut short
-        _write_open_loop(out, task, model, params, train, test, seeds, seconds)
+    if read_json(out / f"world_model{tag}" / "open_loop.json") is None:  # missing, or cut short
+        _write_open_loop(out / f"world_model{tag}", task, model, params, train, test, seeds, seconds)
     return model, params, train, test
 
 
-def _write_open_loop(out: Path, task: Task, model, params, train, test, seeds: list[int], seconds: float) -> None:
+def _write_open_loop(folder: Path, task: Task, model, params, train, test, seeds: list[int], seconds: float) -> None:
     horizon = min(25, int(np.asarray(test.episode_lengths).max()) // 2)
     result = open_loop_errors(model, params, train, test, context=horizon, horizon=horizon)
-    plot_open_loop(out / "world_model" / "open_loop.png", result)
-    write_json(out / "world_model" / "open_loop.json", {
+    plot_open_loop(folder / "open_loop.png", result)
+    write_json(folder / "open_loop.json", {
         "context": result.context, "chunks": int(result.imagined.shape[1]), "seeds": list(seeds),
         "rssm_per_seed": result.rssm.tolist(), "last_observation": result.last.tolist(),
         "linear": result.linear.tolist(),
@@ -95,8 +103,8 @@ def _write_open_loop(out: Path, task: Task, model, params, train, test, seeds: l
 def _run_rssm_mpc(job: Job) -> None:
     """Evaluate MPC at every curve point while the RSSMs train (their curves are kept in `units/rssm-mpc/`, so a
     resumed run loads the models and evaluates only the final point), then write the pending units."""
-    out, task, seeds, (config, mpc_config) = job.out, job.task, job.seeds, job.config
-    saved_curves = out / "units" / "rssm-mpc" / "curves.json"
+    out, task, seeds, (config, mpc_config), (variant,) = job.out, job.task, job.seeds, job.config, job.variants
+    saved_curves, tag = out / "units" / row_folder(variant.row) / "curves.json", rssm_tag(variant)
     curves = Curves(job.evaluation, seeds)
 
     def point(done: int, model, params) -> None:
@@ -104,23 +112,23 @@ def _run_rssm_mpc(job: Job) -> None:
 
     saved = read_json(saved_curves)  # None when missing or cut short: the curves are computed again
     if saved is not None:
-        model, params, train, _ = world_models(out, task, config, seeds)
+        model, params, train, _ = world_models(out, task, config, seeds, tag=tag)
         point(config.optim.steps, model, params)
         curves.points = {int(s): c for s, c in saved.items()}
     else:
-        model, params, train, _ = world_models(out, task, config, seeds, callback=point)
+        model, params, train, _ = world_models(out, task, config, seeds, callback=point, tag=tag)
         write_json(saved_curves, curves.points)
     first = jax.tree.map(lambda x: x[0], params)
-    job.finish("rssm-mpc", curves, measure_agent_latency(MPC.for_task(model, mpc_config, task), first,
+    job.finish(curves, measure_agent_latency(MPC.for_task(model, mpc_config, task), first,
                                                          np.asarray(train.observations[:200])))
 
 
 def _run_ppo_wm(job: Job) -> None:
     """Train PPO inside every seed's RSSM (or load it, when only the evaluation was lost) and evaluate it in the
     task itself."""
-    out, task, seeds, (config, ppo, dream) = job.out, job.task, job.seeds, job.config
-    model, params, train, _ = world_models(out, task, config, seeds)
-    folder = out / "checkpoints" / "ppo-wm"
+    out, task, seeds, (config, ppo, dream), (variant,) = job.out, job.task, job.seeds, job.config, job.variants
+    model, params, train, _ = world_models(out, task, config, seeds, tag=rssm_tag(variant))
+    folder = out / "checkpoints" / row_folder(variant.row)
     if all((folder / f"seed_{s}").exists() for s in seeds):
         loaded = [load_ppo(folder / f"seed_{s}", task.name)[2:4] for s in seeds]
         policies = jax.tree.map(lambda *x: jnp.stack(x), *loaded)
@@ -134,7 +142,7 @@ def _run_ppo_wm(job: Job) -> None:
     agent, curves = GaussianAgent.for_task(task, ppo), Curves(job.evaluation, seeds)
     curves.add(ppo.num_updates * ppo.steps_per_update, agent, policies, final=True)
     first = jax.tree.map(lambda x: x[0], policies)
-    job.finish("ppo-wm", curves, measure_agent_latency(agent, first, np.asarray(train.observations[:200])))
+    job.finish(curves, measure_agent_latency(agent, first, np.asarray(train.observations[:200])))
 
 
 RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", BUDGETS[budget]), _run_rssm_mpc,

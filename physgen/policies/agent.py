@@ -28,17 +28,23 @@ class ChunkCarry(NamedTuple):
 
 
 class ChunkingAgent(NamedTuple):
-    """Acts with a `Policy` whose parameters are a `PolicyState`; `steps` overrides its sampler steps."""
+    """Acts with a `Policy` whose parameters are a `PolicyState`; `steps` and `ensemble` override its config's
+    sampler steps and temporal ensembling rate."""
 
     policy: Policy
     steps: int | None = None
     ensemble: float | None = None
 
     @property
+    def rate(self) -> float | None:
+        """The temporal ensembling rate k in use (None: the newest chunk alone acts)."""
+        return self.ensemble if self.ensemble is not None else self.policy.config.chunking.ensemble
+
+    @property
     def slots(self) -> int:
         """Chunks kept: the newest alone, or every one that can still cover a step when ensembling."""
         config = self.policy.config
-        return 1 if self.ensemble is None else math.ceil(config.chunking.action_steps / config.chunking.exec_steps)
+        return 1 if self.rate is None else math.ceil(config.chunking.action_steps / config.chunking.exec_steps)
 
     def start(self, state: PolicyState, obs: jax.Array) -> ChunkCarry:
         config, slots = self.policy.config, self.slots
@@ -71,12 +77,12 @@ class ChunkingAgent(NamedTuple):
     def emit(self, carry: ChunkCarry) -> tuple[jax.Array, ChunkCarry]:
         """The action of step t and the carry of step t + 1."""
         offsets = carry.t - carry.starts
-        if self.ensemble is None:
+        if self.rate is None:
             action = carry.chunks[-1, offsets[-1]]
         else:
             length = self.policy.config.chunking.action_steps
             live = offsets < length
-            weights = jnp.where(live, jnp.exp(-self.ensemble * (jnp.cumsum(live) - 1)), 0.0)
+            weights = jnp.where(live, jnp.exp(-self.rate * (jnp.cumsum(live) - 1)), 0.0)
             actions = carry.chunks[jnp.arange(self.slots), jnp.clip(offsets, 0, length - 1)]
             action = weights @ actions / weights.sum()
         return action, carry._replace(t=carry.t + 1)

@@ -11,6 +11,7 @@ by mean squared error: the non-generative ablation of the same model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,14 +32,19 @@ OBS_CLIP = 10.0  # normalized units: 4.5 data ranges beyond min-max's [-1, 1], a
 
 @dataclass(frozen=True)
 class Chunking:
-    """Observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon)."""
+    """Observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon); `ensemble=k` blends
+    the chunks covering a step (ACT's temporal ensembling, `physgen.policies.agent`), None acts with the newest."""
 
     obs_steps: int = 2
     action_steps: int = 16
     exec_steps: int = 8
+    ensemble: float | None = None
 
     def __post_init__(self):
         check(self, positive=("obs_steps",))
+        k = self.ensemble
+        if k is not None and (type(k) not in (int, float) or not math.isfinite(k)):
+            raise PhysgenError(f"ensemble (the temporal ensembling rate k) must be a finite number or None, got {k!r}")
         if not 1 <= self.exec_steps <= self.action_steps:
             raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
                                f"(T_p={self.action_steps})")
