@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from physgen.bench import run_bench
+from physgen.bench.experiments import read_experiment
 from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
 from physgen.configs import override, parse_overrides, parse_variants
@@ -92,11 +93,25 @@ def _train(args: argparse.Namespace) -> None:
     print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
 
+EXPERIMENT_FLAGS = ("task", "methods", "seeds", "episodes", "budget", "set", "vary")
+
+
 def _bench(args: argparse.Namespace) -> None:
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
-    out = run_bench(args.task, methods, args.seeds, args.episodes, args.budget, args.out, videos=not args.no_videos,
-                    overrides=parse_overrides(args.set) if args.set else None,
-                    variants=parse_variants(args.vary) if args.vary else None)
+    given = [f"--{flag}" for flag in EXPERIMENT_FLAGS if getattr(args, flag) is not None]
+    if args.config:
+        if given:
+            raise PhysgenError(f"{', '.join(given)} given with --config; put them in {args.config}, or leave out "
+                               "--config")
+        experiment = read_experiment(args.config)
+    elif args.task is None:
+        raise PhysgenError("physgen bench needs --task (or an experiment file: --config FILE.toml)")
+    else:
+        experiment = {"task_name": args.task, "seeds": args.seeds, "episodes": args.episodes,
+                      "budget": args.budget or "quick",
+                      "methods": [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
+                      "overrides": parse_overrides(args.set) if args.set else None,
+                      "variants": parse_variants(args.vary) if args.vary else None}
+    out = run_bench(**experiment, out=args.out, videos=not args.no_videos)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
@@ -193,12 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="train every method over seeds, evaluate on shared episodes, report "
                                 "success with confidence intervals, failure categories and videos")
-    bench.add_argument("--task", required=True)
+    bench.add_argument("--task", default=None, help="required unless --config names it")
+    bench.add_argument("--config", default=None, metavar="FILE.toml", help="an experiment file (task, methods, "
+                       "seeds, budget, [set], [vary]; experiments/ has examples); every run writes its own as "
+                       "experiment.toml")
     bench.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(REGISTRY)} (default: "
                        "the offline ones, and the online ones where the budget allows)")
     bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
     bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
-    bench.add_argument("--budget", choices=tuple(BUDGETS), default="quick")
+    bench.add_argument("--budget", choices=tuple(BUDGETS), default=None, help="default: quick")
     bench.add_argument("--out", default=None, help="default: runs/bench/<task>; rerunning resumes")
     bench.add_argument("--no-videos", action="store_true", help="skip rendering the failure videos")
     bench.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the methods' "

@@ -242,16 +242,21 @@ def test_a_resume_retrains_units_whose_files_are_damaged(smoke_run, tmp_path, ca
 
 
 VARIED = dict(methods=["bc"], seeds=2, episodes=3, budget="smoke", progress=False, videos=False)
+GRID = {"exec_steps": ["1", "4"], "hidden": ["16", "32"]}
+ROWS = ["bc[exec_steps=1,hidden=16]", "bc[exec_steps=1,hidden=32]", "bc[exec_steps=4,hidden=16]",
+        "bc[exec_steps=4,hidden=32]"]
 
 
-def test_variants_are_rows_that_share_training_where_only_evaluation_differs(datasets, tmp_path):
+@pytest.fixture(scope="module")
+def varied_run(datasets, tmp_path_factory):
+    return run_bench("fork", out=tmp_path_factory.mktemp("varied") / "fork", variants=GRID, **VARIED)
+
+
+def test_variants_are_rows_that_share_training_where_only_evaluation_differs(varied_run, tmp_path):
     from physgen.policies import load_policy
     from physgen.stats import difference_interval
 
-    out = tmp_path / "varied"
-    run_bench("fork", out=out, variants={"exec_steps": ["1", "4"], "hidden": ["16", "32"]}, **VARIED)
-    rows = ["bc[exec_steps=1,hidden=16]", "bc[exec_steps=1,hidden=32]", "bc[exec_steps=4,hidden=16]",
-            "bc[exec_steps=4,hidden=32]"]
+    out, rows = varied_run, ROWS
     results = json.loads((out / "results.json").read_text())
     assert list(results["summary"]) == rows and results["run"]["command"].endswith(
         "--vary exec_steps=1,4 --vary hidden=16,32")
@@ -271,12 +276,38 @@ def test_variants_are_rows_that_share_training_where_only_evaluation_differs(dat
     assert (first["row"], second["row"]) == (rows[1], rows[3])
     assert second["success_difference"] == difference_interval(counts(rows[3]), counts(rows[1]), 3).as_dict()
     assert (out / "ablation_exec_steps.png").exists() and "### hidden" in (out / "report.md").read_text()
-    # resuming rewrites only the damaged row's units, with the same numbers
+
+
+def test_a_variant_resumes_alone_and_a_run_reproduces_from_its_experiment_file(varied_run, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(varied_run, out)
+    results = json.loads((out / "results.json").read_text())
     (out / "units" / "bc(exec_steps=4,hidden=32)" / "seed_1.json").unlink()
-    kept = {p: p.stat().st_mtime_ns for row in rows[:3] for p in (out / "units" / row_folder(row)).iterdir()}
-    run_bench("fork", out=out, variants={"exec_steps": ["1", "4"], "hidden": ["16", "32"]}, **VARIED)
-    assert {p: p.stat().st_mtime_ns for row in rows[:3] for p in (out / "units" / row_folder(row)).iterdir()} == kept
+    kept = {p: p.stat().st_mtime_ns for row in ROWS[:3] for p in (out / "units" / row_folder(row)).iterdir()}
+    run_bench("fork", out=out, variants=GRID, **VARIED)
+    assert {p: p.stat().st_mtime_ns for row in ROWS[:3] for p in (out / "units" / row_folder(row)).iterdir()} == kept
     assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
+    again = tmp_path / "again"
+    assert main(["bench", "--config", str(varied_run / "experiment.toml"), "--out", str(again), "--no-videos"]) == 0
+    assert json.loads((again / "protocol.json").read_text())["experiment"] == json.loads(
+        (varied_run / "protocol.json").read_text())["experiment"]
+    assert json.loads((again / "results.json").read_text())["summary"] == results["summary"]
+
+
+def test_the_shipped_experiment_files_hold_valid_experiments():
+    from pathlib import Path
+
+    from physgen.bench.experiments import read_experiment
+    from physgen.bench.protocol import make_rows
+    from physgen.bench.registry import get_methods
+
+    files = sorted((Path(__file__).parents[1] / "experiments").glob("*.toml"))
+    assert [f.name for f in files] == ["fork_generative_vs_bc.toml", "hopper_chunking.toml"]
+    for path in files:
+        experiment = read_experiment(path)
+        rows = make_rows(get_task(experiment["task_name"]), get_methods(experiment["methods"]), experiment["budget"],
+                         experiment["overrides"] or {}, experiment["variants"])
+        assert len(rows) == len(experiment["methods"]) * 3 and all("[exec_steps=" in row for row in rows)
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_and_a_stale_lock_taken_over(datasets, tmp_path, capsys):

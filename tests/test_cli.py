@@ -59,11 +59,46 @@ SET = ["bench", "--task", "fork", "--budget", "smoke", "--methods"]  # then the 
     ([*SET, "bc", "--vary", "exec_steps"], "--vary takes field=value,value[,...], got 'exec_steps'"),
     ([*SET, "bc", "--set", "exec_steps=2", "--vary", "exec_steps=1,4"], "exec_steps is both set (--set) and varied"),
     ([*SET, "bc", "--vary", "method=bc,flow"], "--set and --vary cannot change a method"),
+    (["bench", "--methods", "bc"], "physgen bench needs --task (or an experiment file: --config FILE.toml)"),
+    (["bench", "--config", "experiments/hopper_chunking.toml", "--task", "fork", "--seeds", "2"],
+     "--task, --seeds given with --config; put them in experiments/hopper_chunking.toml, or leave out --config"),
+    (["bench", "--config", "no/such.toml"], "cannot read the experiment file no/such.toml (No such file or directory)"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("physgen: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ('task = "fork"\nseeds = "ten"\n', "wrong types: seeds (a int)"),
+    ('task = "fork"\nepisode = 3\n', "unknown keys episode; an experiment file has task and optionally"),
+    ('budget = "smoke"\n', ": no task;"),
+    ('task = "fork"\n[vary]\nexec_steps = []\n', "every [vary] entry takes a non-empty array of values"),
+    ('task = "fork\n', "is not valid TOML"),
+])
+def test_a_bad_experiment_file_is_one_line(tmp_path, capsys, text, message):
+    path = tmp_path / "experiment.toml"
+    path.write_text(text)
+    assert main(["bench", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_an_experiment_file_reads_as_the_flags_would(tmp_path):
+    from physgen.bench.experiments import experiment_toml, read_experiment
+
+    path = tmp_path / "experiment.toml"
+    path.write_text('task = "fork"\nmethods = ["bc"]\n[set]\nrssm.steps = 60\nunet_dims = [16, 32]\n'
+                    '[vary]\nensemble = ["null", 0.1]\nlearning_rate = [1e-3, 0.0003]\n')
+    experiment = read_experiment(path)
+    assert experiment == {"task_name": "fork", "methods": ["bc"], "seeds": None, "episodes": None, "budget": "quick",
+                          "overrides": {"rssm.steps": "60", "unet_dims": "[16,32]"},
+                          "variants": {"ensemble": ["null", "0.1"], "learning_rate": ["0.001", "0.0003"]}}
+    protocol = {"task": "fork", "budget": "quick", "methods": ["bc"], "training_seeds": [0, 1], "episodes": 4,
+                "overrides": experiment["overrides"], "variants": experiment["variants"]}
+    path.write_text(experiment_toml(protocol))
+    assert read_experiment(path) == {**experiment, "seeds": 2, "episodes": 4}
 
 
 def test_argument_errors_exit_with_code_2(capsys):

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.markup import escape
 from rich.progress import Progress
 
+from physgen.bench.experiments import experiment_toml
 from physgen.bench.failures import fit_support
 from physgen.bench.method import Job, Method, Variant
 from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
@@ -29,7 +30,7 @@ from physgen.bench.units import Evaluation, pending_units, read_unit, row_folder
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.io import check_folder, folder_lock, read_json
+from physgen.io import check_folder, folder_lock, read_json, write_text
 from physgen.policies.ppo import load_ppo_policy
 
 
@@ -61,6 +62,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
                              variants or {})
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)
+        write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
         _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
         units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
         latency = {row: read_json(out / "units" / row_folder(row) / "latency.json") for row in rows}
