@@ -174,7 +174,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
     categories = task_categories(task)
-    lines = [f"# physgen bench: {task.name}", "",
+    compared = protocol.get("compared_runs")
+    lines = [f"# physgen {'compare' if compared else 'bench'}: {task.name}", "",
              f"Budget `{experiment['budget']}`, {len(seeds)} training seeds ({seeds[0]}..{seeds[-1]}), {episodes} "
              f"evaluation episodes per seed on the same environment seeds for every method (paired), dataset "
              f"`{experiment['dataset']['id']}` ({experiment['dataset']['episodes']} episodes, 10% held out). "
@@ -183,6 +184,11 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
              f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation (dataset, "
              f"training, evaluation) took {seconds / 60:.1f} minutes; peak memory so far "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB."]
+    if compared:
+        runs = ", ".join(f"`{r['folder']}` (commit {r['git_commit'][:10]})" for r in compared)
+        lines += ["", f"Compares the finished runs {runs} on their shared evaluation episodes (a row named in several "
+                  "runs is `row@run`); nothing was trained here, each row's latency was measured on its run's machine, "
+                  "and videos and world-model evaluations are in each run's own report."]
     if experiment["ppo_left_out"]:
         lines += ["", f"**{experiment['ppo_left_out']}.**"]
     lines += ["", "## Success", "", "| method | success | normalised return | return | coverage check |",
@@ -277,7 +283,9 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
 
 
 def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
-                             seconds: float, videos: bool = True) -> None:
+                             seconds: float, videos: bool = True, command: str | None = None) -> None:
+    """results.json, report.md, figures and (`videos`) failure videos; `command`: the command line results.json
+    records (default: the bench command of the protocol's experiment)."""
     statistics = protocol["experiment"]["statistics"]
     categories = task_categories(task)
     experiment = protocol["experiment"]
@@ -285,7 +293,7 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     curves = _curves(units, statistics)
     ablation = ablations(units, summary, experiment, statistics["confidence"])
     world_model = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
-    run = {"command": bench_command(task, experiment), "budget": experiment["budget"],
+    run = {"command": command or bench_command(task, experiment), "budget": experiment["budget"],
            "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "machine": protocol["environment"]["machine"], "devices": protocol["environment"]["jax_devices"]}
