@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from physgen.bench import run_bench
+from physgen.bench.compare import compare_runs
 from physgen.bench.experiments import read_experiment
 from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
@@ -112,6 +113,11 @@ def _bench(args: argparse.Namespace) -> None:
                       "overrides": parse_overrides(args.set) if args.set else None,
                       "variants": parse_variants(args.vary) if args.vary else None}
     out = run_bench(**experiment, out=args.out, videos=not args.no_videos)
+    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    out = compare_runs(args.runs, args.out)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
@@ -226,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a row of every method for each value (rows such as flow[exec_steps=2]); several --vary "
                        "make a grid. Rows differing only in T_a, sampler steps or ensembling share one training")
     bench.set_defaults(run=_bench)
+
+    compare = commands.add_parser("compare", help="one report over finished bench runs that share their task, seeds, "
+                                  "evaluation episodes and dataset (a method run later beside earlier ones)")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="the --out folders of finished physgen bench runs")
+    compare.add_argument("--out", default=None, help="default: runs/compare/<task>")
+    compare.set_defaults(run=_compare)
 
     video = commands.add_parser("video", help="roll out a checkpoint and write one video per episode")
     video.add_argument("--task", required=True)

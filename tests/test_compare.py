@@ -7,6 +7,7 @@ import pytest
 from physgen.bench import run_bench
 from physgen.bench.compare import compare_runs
 from physgen.bench.units import unit_path
+from physgen.cli import main
 from physgen.data import generate_dataset
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds
@@ -43,7 +44,8 @@ def edited_copy(source, target, **changes):
 
 
 def test_runs_of_one_method_each_compare_as_one_run_of_both(runs, tmp_path):
-    out = compare_runs([runs["bc"], runs["diffusion"]], tmp_path / "cmp")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs["bc"]), str(runs["diffusion"]), "--out", str(out)]) == 0
     together, compared = read(runs["both"])["summary"], read(out)["summary"]
     assert list(compared) == ["bc", "diffusion"]
     for row in ("bc", "diffusion"):  # each method trains as its own group: the same numbers

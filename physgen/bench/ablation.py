@@ -108,9 +108,11 @@ def ablation_section(result: dict) -> list[str]:
                 normalized = interval_text(point["normalized_return"]) if point["normalized_return"] else "n/a"
                 difference = interval_text(point["success_difference"]) if "success_difference" in point else "(first)"
                 lines.append(f"| {point['row']} | {interval_text(point['success'])} | {normalized} | {difference} |")
-                changes += [f"{point['row']} against {first['row']}: {category} {interval_text(d)}"
-                            for category, d in point.get("failure_differences", {}).items()
-                            if d["low"] > 0 or d["high"] < 0]
+                changed = [f"{category} {d['estimate']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+                           for category, d in point.get("failure_differences", {}).items()
+                           if d["low"] > 0 or d["high"] < 0]
+                if changed:
+                    changes.append(f"{point['row']} against {first['row']}: {', '.join(changed)}")
         lines += ["", "Failure categories the choice changes: " + ("; ".join(changes) if changes else
                   "none beyond its interval") + "."]
     return lines

@@ -257,9 +257,14 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
         lines.append(f"Not rendered: {videos}")
     for method, files in ({} if isinstance(videos, str) else videos).items():
         lines.append(f"- {method}: " + (", ".join(f"[{Path(f).stem}]({f})" for f in files) or "none"))
-    lines += ["", "## Hyperparameters", ""]
-    for method, values in experiment["hyperparameters"].items():
-        lines.append(f"- {method}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    lines += ["", "## Hyperparameters", "", "Every field of a method's first row; its other rows (variants) by the "
+              "fields where they differ from it.", ""]
+    first = {}
+    for row, values in experiment["hyperparameters"].items():
+        base = first.setdefault(experiment["rows"][row]["method"], (row, values))
+        shown = values if base[0] == row else {k: v for k, v in values.items() if v != base[1][k]}
+        lines.append(f"- {row}{'' if base[0] == row else f' (as {base[0]} but)'}: "
+                     + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return "\n".join(lines + _told_apart(summary, experiment)) + "\n"
 
 
