@@ -138,6 +138,13 @@ def test_smoke_bench_writes_every_file_and_the_report_quotes_results(smoke_run):
         assert len(results["curves"][method]) == 5
         videos = list((out / "videos" / method).glob("*.mp4"))
         assert 1 <= len(videos) <= 7 and all(v.stat().st_size > 0 for v in videos)
+    phases = results["run"]["seconds_per_phase"]
+    assert list(phases) == ["dataset", "diffusion", "bc", "videos"] and phases["videos"] > 0
+    assert all(phases[m]["training"] > 0 and phases[m]["evaluation"] > 0 for m in ("diffusion", "bc"))
+    # evaluation is timed apart from training: at most the whole run less the other phases
+    assert sum(phases[m]["training"] + phases[m]["evaluation"] for m in ("diffusion", "bc")) < 60 * results["run"][
+        "minutes"]
+    assert f"bc: training {phases['bc']['training']:.0f} s, evaluation {phases['bc']['evaluation']:.0f} s" in report
 
 
 def test_categories_can_be_recomputed_from_the_recorded_trajectories(smoke_run):

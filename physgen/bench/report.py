@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import time
 from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
@@ -169,8 +170,12 @@ def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
     return lines
 
 
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict, curves: dict, latency: dict,
-            videos: dict, seconds: float) -> str:
+            videos: dict, seconds: float, timing: dict) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
     categories = task_categories(task)
@@ -184,6 +189,10 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
              f"{environment['machine']}, jax {environment['packages']['jax']}). This invocation (dataset, "
              f"training, evaluation) took {seconds / 60:.1f} minutes; peak memory so far "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB."]
+    lines.append("")
+    lines.append("Time per phase (as last run into this folder): " + "; ".join(
+        f"{phase}: training {_minutes(s['training'])}, evaluation {_minutes(s['evaluation'])}"
+        if isinstance(s, dict) else f"{phase} {_minutes(s)}" for phase, s in timing.items()) + ".")
     if compared:
         runs = ", ".join(f"`{r['folder']}` (commit {r['git_commit'][:10]})" for r in compared)
         lines += ["", f"Compares the finished runs {runs} on their shared evaluation episodes (a row named in several "
@@ -288,9 +297,11 @@ def _told_apart(summary: dict, experiment: dict) -> list[str]:
 
 
 def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[str, list[dict]], latency: dict,
-                             seconds: float, videos: bool = True, command: str | None = None) -> None:
+                             seconds: float, videos: bool = True, command: str | None = None,
+                             timing: dict | None = None) -> None:
     """results.json, report.md, figures and (`videos`) failure videos; `command`: the command line results.json
-    records (default: the bench command of the protocol's experiment)."""
+    records (default: the bench command of the protocol's experiment); `timing`: seconds per phase (the dataset,
+    and per training its rows' training and evaluation), to which the videos' are added."""
     statistics = protocol["experiment"]["statistics"]
     categories = task_categories(task)
     experiment = protocol["experiment"]
@@ -302,12 +313,14 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
            "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
            "machine": protocol["environment"]["machine"], "devices": protocol["environment"]["jax_devices"]}
+    _figures(out, summary, curves, categories, experiment["rows"])
+    ablation_figures(out, ablation)
+    started = time.perf_counter()
+    clips = failure_videos(out, task, units) if videos else {}
+    run["seconds_per_phase"] = timing = {**(timing or {}), "videos": time.perf_counter() - started}
     write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "ablations": ablation,
                                       "curves": curves, "latency": latency,
                                       "world_model": json.loads(world_model.read_text()) if world_model else None,
                                       "units": units})
-    _figures(out, summary, curves, categories, experiment["rows"])
-    ablation_figures(out, ablation)
-    clips = failure_videos(out, task, units) if videos else {}
-    report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds)
+    report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds, timing)
     write_text(out / "report.md", report)

@@ -30,7 +30,7 @@ from physgen.bench.units import Evaluation, pending_units, read_unit, row_folder
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.io import check_folder, folder_lock, read_json, write_text
+from physgen.io import check_folder, folder_lock, read_json, write_json, write_text
 from physgen.policies.ppo import load_ppo_policy
 
 
@@ -58,15 +58,18 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
+    dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
                              variants or {})
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)
         write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
+        write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": dataset_seconds})
         _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
         units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
         latency = {row: read_json(out / "units" / row_folder(row) / "latency.json") for row in rows}
-        write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos)
+        write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
+                                 timing=read_json(out / "timing.json"))
     return out
 
 
@@ -100,6 +103,13 @@ def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int],
             if variants:
                 names = escape(", ".join(rows))  # a row's brackets are not rich markup
                 bar.update(job, description=f"bench {task.name} ({budget}): {names}, {len(seeds)} seeds")
+                started, evaluating = time.perf_counter(), evaluation.seconds
                 method.run(Job(out, task, seeds, variants, evaluation, train,
                                lambda steps: bar.advance(job, steps * len(seeds))))
+                phase = {"evaluation": evaluation.seconds - evaluating}
+                phase["training"] = time.perf_counter() - started - phase["evaluation"]
+                write_json(out / "timing.json", {**read_json(out / "timing.json"), ", ".join(rows): phase})
+                if progress:
+                    bar.console.print(f"{names}: trained in {phase['training']:.0f} s, evaluated in "
+                                      f"{phase['evaluation']:.0f} s")
             bar.update(job, completed=done)

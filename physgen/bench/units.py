@@ -4,6 +4,7 @@ atomically, the JSON holding the digest of the arrays; and what every method's e
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,15 @@ class Evaluation:
         self.expert_return = dataset.metadata.get("ref_max_score")
         self.episode_seeds = np.asarray(experiment["evaluation_seeds"])
         self.curve_seeds = self.episode_seeds[: experiment["curve_episodes"]]
+        self.seconds = 0.0  # spent in `run`, so that a run's report can tell training and evaluation time apart
 
     def run(self, agent: Agent, params, final: bool) -> Rollouts:
         """Every seed's agent on the final or the curve episodes."""
+        started = time.perf_counter()
         seeds = self.episode_seeds if final else self.curve_seeds
-        return run_episodes(self.task, agent, params, seeds, self.expert_return)
+        rollouts = run_episodes(self.task, agent, params, seeds, self.expert_return)
+        self.seconds += time.perf_counter() - started
+        return rollouts
 
     def record(self, method: str, seed: int, rollouts: Rollouts, i: int, curve: list[dict]) -> tuple[dict, dict]:
         """The unit of row `i` (seed `seed`) of the final rollouts."""
