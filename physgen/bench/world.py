@@ -41,7 +41,8 @@ def world_model_datasets(task: Task) -> list[str]:
 
 
 def hyperparameters(method: str, budget: Budget) -> dict:
-    rssm = RSSMConfig.of(steps=budget.rssm_steps, steps_per_call=-(-budget.rssm_steps // budget.curve_points)).as_flat()
+    rssm = RSSMConfig.of(steps=budget.rssm_steps, steps_per_call=-(-budget.rssm_steps // budget.curve_points),
+                         learning_rate=budget.rssm_learning_rate).as_flat()
     if method == "rssm-mpc":
         return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
     ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
