@@ -24,8 +24,8 @@ def _run(job: Job) -> None:
         final["params"] = params = agent_params(learners)
         curves.add(env_steps, agent, params, env_steps == total)
 
-    train_ppo(job.task, config, job.seeds, out_dir=job.out / "checkpoints" / row_folder(job.variants[0].row), progress=False,
-              callback=at_point)
+    train_ppo(job.task, config, job.seeds, out_dir=job.out / "checkpoints" / row_folder(job.variants[0].row),
+              progress=False, callback=at_point)
     first = jax.tree.map(lambda x: x[0], final["params"])
     observations = np.asarray(job.evaluation.dataset.trajectories.observations[:200])
     job.finish(curves, measure_agent_latency(agent, first, observations))
