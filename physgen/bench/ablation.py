@@ -88,7 +88,6 @@ def ablation_figures(out: Path, result: dict) -> None:
         fig.savefig(out / f"ablation_{field}.png", dpi=120)
 
 
-
 def ablation_section(result: dict) -> list[str]:
     """The report's lines: per field, a table of its series and the failure categories each choice changes."""
     if not result:

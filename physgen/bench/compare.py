@@ -24,7 +24,7 @@ from pathlib import Path
 
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.report import write_results_and_report
-from physgen.bench.units import read_unit, row_folder
+from physgen.bench.units import latency_path, read_unit
 from physgen.envs import get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, read_json, write_json
@@ -53,7 +53,7 @@ class Run:
                                "register it (physgen.bench.register_method) before comparing")
         seeds = self.experiment["training_seeds"]
         self.units = {row: [read_unit(folder, row, s) for s in seeds] for row in self.experiment["rows"]}
-        self.latency = {row: read_json(folder / "units" / row_folder(row) / "latency.json") for row in self.units}
+        self.latency = {row: read_json(latency_path(folder, row)) for row in self.units}
         lacking = [row for row in self.units if self.latency[row] is None or None in self.units[row]]
         if lacking or read_json(folder / "results.json") is None:
             missing = f"units of {', '.join(lacking)}" if lacking else "results.json"

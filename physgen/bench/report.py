@@ -22,8 +22,8 @@ from physgen.envs import Task
 
 INTERVALS = ("Intervals: 95% over training seeds (docs/intervals.md): success and failure rates Clopper-Pearson at "
              "Korn and Graubard's effective sample size (the seeds' spread counted as a design effect), returns "
-             "the same on the returns rescaled to [0, 1] by the run's extremes, differences Newcombe's square-and-add, P(improvement) Newcombe's "
-             "score interval.")
+             "the same on the returns rescaled to [0, 1] by the run's extremes, differences Newcombe's "
+             "square-and-add, P(improvement) Newcombe's score interval.")
 TRUSTED_COVERAGE = 0.94  # the coverage every simulated cell with 5 or more seeds must reach (tests/test_stats.py)
 
 
@@ -141,9 +141,13 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
     fig.savefig(out / "failures.png", dpi=120)
 
 
-def _world_model_section(out: Path, task: Task, experiment: dict) -> list[str]:
+def _open_loop_path(out: Path) -> Path | None:
+    """The RSSMs' open-loop evaluation (with RSSM variants: the first variant's), None without world models."""
+    return next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
+
+
+def _world_model_section(path: Path | None, experiment: dict) -> list[str]:
     """The RSSMs' own evaluation and what each method took from the real environment (empty without world models)."""
-    path = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)  # with RSSM variants: the first's
     if path is None:
         return [""]
     result = json.loads(path.read_text())
@@ -175,10 +179,9 @@ def _minutes(seconds: float) -> str:
 
 
 def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict, curves: dict, latency: dict,
-            videos: dict, seconds: float, timing: dict) -> str:
+            videos: dict, seconds: float, timing: dict, categories: tuple[str, ...], open_loop: Path | None) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
-    categories = task_categories(task)
     compared = protocol.get("compared_runs")
     lines = [f"# physgen {'compare' if compared else 'bench'}: {task.name}", "",
              f"Budget `{experiment['budget']}`, {len(seeds)} training seeds ({seeds[0]}..{seeds[-1]}), {episodes} "
@@ -222,7 +225,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
                   "| method | baseline | difference | P(improvement) |", "|---|---|---|---|"]
         lines += [f"| {m} | {b} | {interval_text(v['difference'])} | {interval_text(v['probability'])} |"
                   for m, b, v in pairs]
-    lines += ["", "![success](success.png)", *ablation_section(ablation), *_world_model_section(out, task, experiment),
+    lines += ["", "![success](success.png)", *ablation_section(ablation),
+              *_world_model_section(open_loop, experiment),
               "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
@@ -233,9 +237,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
               for m, v in latency.items()]
     lines += ["", "## Success over training", "", "Success rate (mean over seeds, interval as above) at each "
-              "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO: environment steps; ppo-wm: "
-              "imagined steps, final point only).", "", "| method | step: success |",
-              "|---|---|"]
+              "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO: environment "
+              "steps; ppo-wm: imagined steps, final point only).", "", "| method | step: success |", "|---|---|"]
     for method, points in curves.items():
         lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {interval_text(p)}" for p in points) + " |")
     lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "
@@ -308,7 +311,7 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     summary = summarize_units(units, statistics, categories, experiment["rows"])
     curves = _curves(units, statistics)
     ablation = ablations(units, summary, experiment, statistics["confidence"])
-    world_model = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
+    open_loop = _open_loop_path(out)
     run = {"command": command or bench_command(task, experiment), "budget": experiment["budget"],
            "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -320,7 +323,8 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     run["seconds_per_phase"] = timing = {**(timing or {}), "videos": time.perf_counter() - started}
     write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "ablations": ablation,
                                       "curves": curves, "latency": latency,
-                                      "world_model": json.loads(world_model.read_text()) if world_model else None,
+                                      "world_model": json.loads(open_loop.read_text()) if open_loop else None,
                                       "units": units})
-    report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds, timing)
+    report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds, timing, categories,
+                     open_loop)
     write_text(out / "report.md", report)

@@ -26,7 +26,7 @@ from physgen.bench.method import Job, Method, Variant
 from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
-from physgen.bench.units import Evaluation, pending_units, read_unit, row_folder
+from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
@@ -67,7 +67,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
         write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": dataset_seconds})
         _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
         units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
-        latency = {row: read_json(out / "units" / row_folder(row) / "latency.json") for row in rows}
+        latency = {row: read_json(latency_path(out, row)) for row in rows}
         write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
                                  timing=read_json(out / "timing.json"))
     return out

@@ -26,6 +26,10 @@ def unit_path(out: Path, row: str, seed: int) -> Path:
     return out / "units" / row_folder(row) / f"seed_{seed}"
 
 
+def latency_path(out: Path, row: str) -> Path:
+    return out / "units" / row_folder(row) / "latency.json"
+
+
 def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
     """Arrays first, then the JSON with their digest: a unit counts as done once its JSON exists and matches them."""
     path = unit_path(out, method, seed)
@@ -46,7 +50,7 @@ def read_unit(out: Path, method: str, seed: int) -> dict | None:
 def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
     """The seeds whose units must be (re)written: all of them while the method's latency is missing (it is written
     before the units), else those missing or damaged; a damaged one is named, since it is replaced."""
-    if read_json(out / "units" / row_folder(method) / "latency.json") is None:
+    if read_json(latency_path(out, method)) is None:
         return list(seeds)
     pending = [s for s in seeds if read_unit(out, method, s) is None]
     damaged = [str(path) for path in (unit_path(out, method, s) for s in pending) if path.with_suffix(".json").exists()]
@@ -58,7 +62,7 @@ def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
 def write_latency(out: Path, method: str, latency: dict) -> None:
     """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes); written
     before the method's units, so that a run killed between them resumes with it."""
-    write_json(out / "units" / row_folder(method) / "latency.json", latency)
+    write_json(latency_path(out, method), latency)
 
 
 class Evaluation:
