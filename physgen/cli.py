@@ -16,7 +16,7 @@ from physgen.configs import override, parse_overrides, parse_variants
 from physgen.bench.sweep import sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
-from physgen.data import generate_dataset, load_dataset, split_episodes
+from physgen.data import generate_dataset, load_dataset, split_episodes, with_reference_scores
 from physgen.envs import get_task, list_tasks
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace) -> None:
                            "models (rssm, vae) learn from a comma-separated list")
     changes = {key: value for key, value in (("steps", args.steps), ("network", args.network)) if value is not None}
     config = PolicyConfig.from_dict(override(PolicyConfig.of(method=args.method, **changes).as_flat(), overrides))
-    dataset = load_dataset(task, args.dataset or "expert-v0")
+    dataset = with_reference_scores(task, load_dataset(task, args.dataset or "expert-v0"), load_ppo_policy)
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))
     trained = train_policies(task, config, train, seeds)
@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
 
-EXPERIMENT_FLAGS = ("task", "methods", "seeds", "episodes", "budget", "set", "vary")
+EXPERIMENT_FLAGS = ("task", "methods", "seeds", "episodes", "budget", "dataset", "set", "vary")
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -108,7 +108,7 @@ def _bench(args: argparse.Namespace) -> None:
         raise PhysgenError("physgen bench needs --task (or an experiment file: --config FILE.toml)")
     else:
         experiment = {"task_name": args.task, "seeds": args.seeds, "episodes": args.episodes,
-                      "budget": args.budget or "quick",
+                      "budget": args.budget or "quick", "dataset": args.dataset or "expert-v0",
                       "methods": [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
                       "overrides": parse_overrides(args.set) if args.set else None,
                       "variants": parse_variants(args.vary) if args.vary else None}
@@ -203,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="gradient steps, or environment steps per seed for ppo (default: the method's config)")
     train.add_argument("--network", choices=("mlp", "unet"), default=None)
     train.add_argument("--images", action="store_true", help="vae: learn rendered frames (pure-JAX tasks)")
-    train.add_argument("--dataset", default=None, help="default expert-v0; world models take a comma-separated "
-                       "list, e.g. expert-v0,noisy-v0")
+    train.add_argument("--dataset", default=None, help="default expert-v0; any local Minari dataset id (e.g. "
+                       "recorded with minari.DataCollector); world models take a comma-separated list, e.g. "
+                       "expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
     train.add_argument("--eval-seed", type=int, default=TUNING, help="seed of the evaluation episodes")
     train.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the "
@@ -223,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
     bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
     bench.add_argument("--budget", choices=tuple(BUDGETS), default=None, help="default: quick")
+    bench.add_argument("--dataset", default=None, help="the offline methods' dataset: physgen's own of the task "
+                       "(default expert-v0, generated when missing) or any local Minari dataset id, e.g. one "
+                       "recorded with minari.DataCollector; checked against the task's spaces")
     bench.add_argument("--out", default=None, help="default: runs/bench/<task>; rerunning resumes")
     bench.add_argument("--no-videos", action="store_true", help="skip rendering the failure videos")
     bench.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the methods' "

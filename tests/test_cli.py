@@ -93,12 +93,13 @@ def test_an_experiment_file_reads_as_the_flags_would(tmp_path):
                     '[vary]\nensemble = ["null", 0.1]\nlearning_rate = [1e-3, 0.0003]\n')
     experiment = read_experiment(path)
     assert experiment == {"task_name": "fork", "methods": ["bc"], "seeds": None, "episodes": None, "budget": "quick",
-                          "overrides": {"rssm.steps": "60", "unet_dims": "[16,32]"},
+                          "dataset": "expert-v0", "overrides": {"rssm.steps": "60", "unet_dims": "[16,32]"},
                           "variants": {"ensemble": ["null", "0.1"], "learning_rate": ["0.001", "0.0003"]}}
     protocol = {"task": "fork", "budget": "quick", "methods": ["bc"], "training_seeds": [0, 1], "episodes": 4,
-                "overrides": experiment["overrides"], "variants": experiment["variants"]}
+                "dataset": {"id": "physgen/fork/expert-v0"}, "overrides": experiment["overrides"],
+                "variants": experiment["variants"]}
     path.write_text(experiment_toml(protocol))
-    assert read_experiment(path) == {**experiment, "seeds": 2, "episodes": 4}
+    assert read_experiment(path) == {**experiment, "seeds": 2, "episodes": 4, "dataset": "physgen/fork/expert-v0"}
 
 
 def test_argument_errors_exit_with_code_2(capsys):

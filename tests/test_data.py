@@ -7,16 +7,21 @@ import subprocess
 import sys
 import time
 
+import gymnasium as gym
 import h5py
 import jax
 import jax.numpy as jnp
 import minari
 import numpy as np
 import pytest
+from minari.data_collector import EpisodeBuffer
 
 from physgen import PhysgenError
-from physgen.data import (Normalizer, Trajectories, generate_dataset, load_dataset, normalized_score,
-                          sample_sequences, sample_windows, sequence_starts, split_episodes, windows_at)
+from physgen.bench.experiments import read_experiment
+from physgen.cli import main
+from physgen.data import (Normalizer, Trajectories, ensure_dataset, generate_dataset, load_dataset, normalized_score,
+                          reference_scores, sample_sequences, sample_windows, sequence_starts, split_episodes,
+                          windows_at)
 from physgen.data import generate as generate_module
 from physgen.data import trajectories
 from physgen.data.trajectories import CACHE_NAME, write_array_cache
@@ -205,18 +210,15 @@ def test_missing_dataset_names_the_command_that_creates_it(tmp_path, monkeypatch
         load_dataset(get_task("fork"), "random-v0")
 
 
-def _write_raw(name, episodes, obs_dim=6, task="fork"):
+def _write_raw(name, episodes, obs_dim=6, task="fork", action_high=1.0):
     """A Minari dataset written without physgen's checks, as a corrupt or foreign file would be."""
-    import gymnasium as gym
-    from minari.data_collector import EpisodeBuffer
-
     buffers = [EpisodeBuffer(id=i, observations=obs, actions=np.zeros((len(obs) - 1, 2), np.float32),
                              rewards=np.zeros(len(obs) - 1), terminations=np.zeros(len(obs) - 1, bool),
                              truncations=np.zeros(len(obs) - 1, bool)) for i, obs in enumerate(episodes)]
     space = gym.spaces.Box(-np.inf, np.inf, (obs_dim,), np.float32)
-    dataset = minari.create_dataset_from_buffers(f"physgen/{task}/{name}", buffers, observation_space=space,
-                                                 action_space=gym.spaces.Box(-1, 1, (2,), np.float32))
-    return dataset
+    actions = gym.spaces.Box(-action_high, action_high, (2,), np.float32)
+    ident = name if "/" in name else f"physgen/{task}/{name}"
+    return minari.create_dataset_from_buffers(ident, buffers, observation_space=space, action_space=actions)
 
 
 def test_nan_in_a_dataset_names_the_episode_and_field(minari_root):
@@ -230,12 +232,77 @@ def test_nan_in_a_dataset_names_the_episode_and_field(minari_root):
 
 def test_wrong_shapes_and_foreign_datasets_are_refused(minari_root):
     _write_raw("narrow-v0", [np.zeros((4, 3), np.float32)], obs_dim=3)
-    with pytest.raises(PhysgenError, match="episode 0: observations have shape \\(4, 3\\).*expects \\(4, 6\\)"):
+    with pytest.raises(PhysgenError, match="does not fit task 'fork': its observation space is Box.*\\(3,\\).*"
+                       "the task's is Box.*\\(6,\\)"):
         load_dataset(get_task("fork"), "narrow-v0")
+    _write_raw("wide-v0", [np.zeros((4, 6), np.float32)], action_high=2.0)
+    with pytest.raises(PhysgenError, match="its actions lie in \\[\\[-2. -2.\\].*the task's in \\[\\[-1. -1.\\]"):
+        load_dataset(get_task("fork"), "wide-v0")
     generate_dataset(get_task("maze"), episodes=2, seed=0, name="other-v0")
     os.rename(minari_root / "physgen/maze/other-v0", minari_root / "physgen/fork/other-v0")
-    with pytest.raises(PhysgenError, match="generated for task 'maze', not 'fork'"):
+    with pytest.raises(PhysgenError, match="does not fit task 'fork'"):
         load_dataset(get_task("fork"), "other-v0")
+    _write_raw("owned-v0", [np.zeros((4, 6), np.float32)]).storage.update_metadata({"physgen_task": "maze"})
+    with pytest.raises(PhysgenError, match="generated for task 'maze', not 'fork'"):
+        load_dataset(get_task("fork"), "owned-v0")
+
+
+def _collect(env_id, ident, episodes, seed):
+    """A dataset recorded the way a user records one, with Minari's own DataCollector (random actions)."""
+    env = minari.DataCollector(gym.make(env_id))
+    env.action_space.seed(seed)
+    for episode in range(episodes):
+        env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            done = terminated or truncated
+    return env.create_dataset(dataset_id=ident, algorithm_name="random")
+
+
+def test_a_dataset_recorded_with_minaris_data_collector_is_loaded_and_scored(minari_root, monkeypatch, capsys):
+    fork = get_task("fork")
+    recorded = _collect(fork.gym_id, "me/fork-walks-v0", episodes=3, seed=7)
+    dataset = ensure_dataset(fork, "me/fork-walks-v0")
+    assert dataset.dataset_id == "me/fork-walks-v0"
+    assert dataset.trajectories.num_episodes == 3 and dataset.trajectories.num_steps == recorded.total_steps
+    first = next(recorded.iterate_episodes())
+    np.testing.assert_array_equal(dataset.trajectories.observations[:len(first.actions)], first.observations[:-1])
+    # its metadata has no reference scores: they are physgen's own, from the same seeded episodes
+    assert "ref_min_score" not in recorded.storage.metadata
+    assert {k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score")} == reference_scores(fork)
+    assert "computing reference scores for me/fork-walks-v0" in capsys.readouterr().out
+    # kept beside the dataset, not in its metadata; the next load reads them back
+    assert (minari_root / "me/fork-walks-v0" / generate_module.REFERENCE_CACHE).exists()
+    assert "ref_min_score" not in minari.load_dataset("me/fork-walks-v0").storage.metadata
+    monkeypatch.setattr(generate_module, "reference_scores", lambda *a, **k: pytest.fail("computed again"))
+    assert ensure_dataset(fork, "me/fork-walks-v0").metadata == dataset.metadata
+    _collect(fork.gym_id, "plain-v0", episodes=2, seed=0)  # no namespace: found when physgen has no plain-v0
+    assert load_dataset(fork, "plain-v0").dataset_id == "plain-v0"
+
+
+def test_the_bench_learns_from_a_recorded_dataset_and_records_it_for_reproduction(minari_root, tmp_path):
+    _collect(get_task("fork").gym_id, "me/fork-bench-v0", episodes=4, seed=3)
+    out = tmp_path / "run"
+    argv = ["bench", "--task", "fork", "--dataset", "me/fork-bench-v0", "--methods", "bc", "--seeds", "2",
+            "--episodes", "2", "--budget", "smoke", "--no-videos", "--out", str(out)]
+    assert main(argv) == 0
+    experiment = json.loads((out / "protocol.json").read_text())["experiment"]
+    assert experiment["dataset"]["id"] == "me/fork-bench-v0" and experiment["dataset"]["episodes"] == 4
+    assert experiment["dataset"]["ref_min_score"] == reference_scores(get_task("fork"))["ref_min_score"]
+    assert "--dataset me/fork-bench-v0" in json.loads((out / "results.json").read_text())["run"]["command"]
+    assert read_experiment(out / "experiment.toml")["dataset"] == "me/fork-bench-v0"
+
+
+def test_a_dataset_of_another_task_or_a_missing_id_is_refused_without_generating(minari_root):
+    _collect(get_task("maze").gym_id, "me/maze-walks-v0", episodes=1, seed=0)
+    with pytest.raises(PhysgenError, match="me/maze-walks-v0 does not fit task 'fork'.*gymnasium.make"):
+        ensure_dataset(get_task("fork"), "me/maze-walks-v0")
+    with pytest.raises(PhysgenError, match="me/nothing-v0 not found.*local Minari datasets: .*me/maze-walks-v0"):
+        ensure_dataset(get_task("fork"), "me/nothing-v0")
+    with pytest.raises(PhysgenError, match="dataset typo-v0 not found"):
+        ensure_dataset(get_task("fork"), "typo-v0")
+    assert not (minari_root / "physgen/fork/typo-v0").exists()
 
 
 def test_empty_dataset_is_refused(minari_root):

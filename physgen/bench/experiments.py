@@ -5,6 +5,7 @@
     methods = ["diffusion", "bc"]
     seeds = 10
     episodes = 10
+    dataset = "expert-v0"   # physgen's own (generated when missing), or any local Minari dataset id
 
     [set]
     steps = 4000
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from physgen.errors import PhysgenError
 
-KEYS = {"task": str, "budget": str, "methods": list, "seeds": int, "episodes": int, "set": dict, "vary": dict}
+KEYS = {"task": str, "budget": str, "methods": list, "seeds": int, "episodes": int, "dataset": str, "set": dict,
+        "vary": dict}
 
 
 def _text(value) -> str:
@@ -43,8 +45,8 @@ def _flat(table: dict, prefix: str = "") -> dict:
 
 
 def read_experiment(path: str | Path) -> dict:
-    """The `run_bench` arguments an experiment file holds (task, methods, seeds, episodes, budget, overrides,
-    variants), each checked for its type; a missing file, bad TOML or an unknown key is refused."""
+    """The `run_bench` arguments an experiment file holds (task, methods, seeds, episodes, budget, dataset,
+    overrides, variants), each checked for its type; a missing file, bad TOML or an unknown key is refused."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except OSError as error:
@@ -59,12 +61,13 @@ def read_experiment(path: str | Path) -> dict:
         problem = (f"unknown keys {', '.join(unknown)}" if unknown else f"wrong types: {', '.join(wrong)}" if wrong
                    else "no task")
         raise PhysgenError(f"{path}: {problem}; an experiment file has task and optionally budget, methods, seeds, "
-                           "episodes, [set] and [vary]")
+                           "episodes, dataset, [set] and [vary]")
     changes, vary = _flat(data.get("set", {})), _flat(data.get("vary", {}))
     if not all(isinstance(values, list) and values for values in vary.values()):
         raise PhysgenError(f"{path}: every [vary] entry takes a non-empty array of values, e.g. exec_steps = [1, 4]")
     return {"task_name": data["task"], "methods": data.get("methods"), "seeds": data.get("seeds"),
             "episodes": data.get("episodes"), "budget": data.get("budget", "quick"),
+            "dataset": data.get("dataset", "expert-v0"),
             "overrides": {name: _text(value) for name, value in changes.items()} or None,
             "variants": {name: [_text(v) for v in values] for name, values in vary.items()} or None}
 
@@ -84,7 +87,7 @@ def experiment_toml(experiment: dict) -> str:
     lines = ["# physgen bench --config <this file> --out <folder> reproduces the run this file was written by",
              f"task = {json.dumps(experiment['task'])}", f"budget = {json.dumps(experiment['budget'])}",
              f"methods = {json.dumps(experiment['methods'])}", f"seeds = {len(experiment['training_seeds'])}",
-             f"episodes = {experiment['episodes']}"]
+             f"episodes = {experiment['episodes']}", f"dataset = {json.dumps(experiment['dataset']['id'])}"]
     if experiment["overrides"]:
         lines += ["", "[set]", *(f"{name} = {_literal(text)}" for name, text in experiment["overrides"].items())]
     if experiment["variants"]:

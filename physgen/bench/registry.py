@@ -14,6 +14,7 @@ from physgen.bench.online import PPO
 from physgen.bench.protocol import BUDGETS, Budget
 from physgen.bench.world import PPO_WM, RSSM_MPC
 from physgen.checkpoint import load_checkpoint
+from physgen.data import dataset_id
 from physgen.envs import Task
 from physgen.errors import PhysgenError
 
@@ -64,6 +65,8 @@ def bench_command(task: Task, experiment: dict) -> str:
         parts.append(f"--seeds {len(experiment['training_seeds'])}")
     if experiment["episodes"] != budget.episodes:
         parts.append(f"--episodes {experiment['episodes']}")
+    if experiment["dataset"]["id"] != dataset_id(task.name):
+        parts.append(f"--dataset {experiment['dataset']['id']}")
     if experiment.get("overrides"):
         parts.append("--set " + ",".join(f"{k}={v}" for k, v in experiment["overrides"].items()))
     parts += [f"--vary {field}={','.join(values)}" for field, values in experiment.get("variants", {}).items()]

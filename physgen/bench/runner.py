@@ -48,16 +48,18 @@ def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes:
 
 def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,
               budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True,
-              overrides: dict[str, str] | None = None, variants: dict[str, list[str]] | None = None) -> Path:
+              overrides: dict[str, str] | None = None, variants: dict[str, list[str]] | None = None,
+              dataset: str = "expert-v0") -> Path:
     """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos;
     `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field: [value
-    texts]}, as `--vary`) make a row of every method for each combination of values."""
+    texts]}, as `--vary`) make a row of every method for each combination of values; `dataset`: the offline
+    methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
-    dataset = ensure_dataset(task, load_demonstrator=load_ppo_policy)
+    dataset = ensure_dataset(task, dataset, load_demonstrator=load_ppo_policy)
     dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
                              variants or {})

@@ -8,9 +8,11 @@ folder is named after its process: one left by a killed run (its process gone) i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,16 +23,17 @@ from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
 
 import physgen
-from physgen.data.trajectories import (DATASET_FORMAT, dataset_id, datasets_root, flatten_episodes, load_dataset,
-                                       write_array_cache)
+from physgen.data.trajectories import (DATASET_FORMAT, Dataset, dataset_id, datasets_root, flatten_episodes,
+                                       load_dataset, write_array_cache)
 from physgen.envs import Task
 from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
 from physgen.errors import DatasetMissing, PhysgenError
-from physgen.io import check_folder, pid_alive
+from physgen.io import check_folder, pid_alive, read_json, write_json
 from physgen.seeds import REFERENCE_OFFSET
 
 REFERENCE_EPISODES = 100
 STAGING_PREFIX = ".physgen-staging-"
+REFERENCE_CACHE = "physgen_reference.json"
 
 
 def has_policy(task: Task, policy: str) -> bool:
@@ -108,27 +111,62 @@ def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, pol
         check_folder(folder, "the datasets folder (MINARI_DATASETS_PATH)")
     dataset = dataset_id(task.name, name or f"{policy}-v0")
     data = rollout(task, policy, seed, episodes, load_demonstrator)
+    scores = reference_scores(task, seed, load_demonstrator,
+                              data if policy == "expert" and episodes >= REFERENCE_EPISODES else None)
+    return _write_atomically(task, dataset, data, seed, policy, scores["ref_min_score"], scores.get("ref_max_score"))
+
+
+def reference_scores(task: Task, seed: int = 0, load_demonstrator=None, expert_episodes=None) -> dict[str, float]:
+    """`ref_min_score`, the mean return of uniform random actions over 100 episodes, and for tasks with an expert
+    `ref_max_score`, the expert's over `expert_episodes` when given, else over 100 episodes. The episodes' seeds
+    start at `seed + REFERENCE_OFFSET`, disjoint from the datasets' and the evaluation's."""
     reference_seed = seed + REFERENCE_OFFSET
-    ref_min = mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))
-    ref_max = None
-    if policy == "expert" and episodes >= REFERENCE_EPISODES:
-        ref_max = mean_return(data)
+    scores = {"ref_min_score": mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))}
+    if expert_episodes is not None:
+        scores["ref_max_score"] = mean_return(expert_episodes)
     elif has_policy(task, "expert"):
-        ref_max = mean_return(rollout(task, "expert", reference_seed, REFERENCE_EPISODES, load_demonstrator))
-    return _write_atomically(task, dataset, data, seed, policy, ref_min, ref_max)
+        expert = rollout(task, "expert", reference_seed, REFERENCE_EPISODES, load_demonstrator)
+        scores["ref_max_score"] = mean_return(expert)
+    return scores
 
 
-def ensure_dataset(task: Task, name: str = "expert-v0", generate=None, load_demonstrator=None):
-    """The task's dataset `name`, generated first when missing (`generate()`, by default from the policy it is named
+def with_reference_scores(task: Task, dataset: Dataset, load_demonstrator=None) -> Dataset:
+    """`dataset` with the reference scores of normalised returns (and of success rules relative to the expert). A
+    dataset made elsewhere, such as with Minari's `DataCollector`, may lack them: they are computed as `physgen
+    data` computes its own and kept beside the dataset (never in its metadata: the dataset is the user's)."""
+    lacking = "ref_min_score" not in dataset.metadata or (
+        "ref_max_score" not in dataset.metadata and has_policy(task, "expert"))
+    if not lacking:
+        return dataset
+    path = datasets_root() / dataset.dataset_id / REFERENCE_CACHE
+    scores = read_json(path) if path.exists() else None
+    if scores is None:
+        print(f"physgen: computing reference scores for {dataset.dataset_id} (its metadata has none): random "
+              f"actions{' and the expert' if has_policy(task, 'expert') else ''} over {REFERENCE_EPISODES} episodes")
+        scores = reference_scores(task, load_demonstrator=load_demonstrator)
+        try:
+            write_json(path, scores)
+        except OSError as error:  # a read-only dataset folder: computed again next time
+            print(f"physgen: could not keep them in {path} ({error.strerror})", file=sys.stderr)
+    return dataclasses.replace(dataset, metadata={**dataset.metadata, **scores})
+
+
+def ensure_dataset(task: Task, name: str = "expert-v0", generate=None, load_demonstrator=None) -> Dataset:
+    """The dataset `name` (`load_dataset`), with reference scores (`with_reference_scores`). One of physgen's own
+    datasets of the task is generated first when missing (`generate()`, by default from the policy it is named
     after), so that a fresh machine needs nothing else. One that exists but fails its checks is refused, never
     overwritten: it may be the user's only copy."""
+    name = name.removeprefix(f"physgen/{task.name}/")  # physgen's own, named by its id (as experiment files do)
+    policy = name.removesuffix("-v0")
     try:
-        return load_dataset(task, name)
+        dataset = load_dataset(task, name)
     except DatasetMissing:
-        print(f"physgen: generating physgen/{task.name}/{name} (first run only)")
-        policy = name.removesuffix("-v0")
+        if generate is None and ("/" in name or not has_policy(task, policy)):
+            raise
+        print(f"physgen: generating {dataset_id(task.name, name)} (first run only)")
         (generate or (lambda: generate_dataset(task, policy=policy, load_demonstrator=load_demonstrator)))()
-        return load_dataset(task, name)
+        dataset = load_dataset(task, name)
+    return with_reference_scores(task, dataset, load_demonstrator)
 
 
 def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, policy: str,

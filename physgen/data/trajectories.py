@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
+import gymnasium as gym
 import jax.numpy as jnp
 import minari
 import numpy as np
@@ -67,7 +68,10 @@ DATASET_FORMAT = 2  # 2: the first observation of Gymnasium episodes recorded co
 
 
 def dataset_id(task: str, name: str = "expert-v0") -> str:
-    return f"physgen/{task}/{name}"
+    """The Minari id of a dataset name: physgen's own `physgen/<task>/<name>` for a bare name such as `expert-v0`;
+    a name with a namespace (`me/hopper-walks-v0`, one made with Minari's `DataCollector`) is an id already
+    (`load_dataset` also finds a local id without a namespace that physgen has no dataset of that name for)."""
+    return name if "/" in name else f"physgen/{task}/{name}"
 
 
 def datasets_root() -> Path:
@@ -80,6 +84,11 @@ def datasets_root() -> Path:
 
 def _missing(task: Task, name: str) -> DatasetMissing:
     policy = name.rsplit("-v", 1)[0]
+    if "/" in name or policy not in ("expert", "random", "noisy", *task.demonstrators):
+        local = sorted(minari.list_local_datasets())
+        listed = ", ".join(local[:12]) + (f" and {len(local) - 12} more" if len(local) > 12 else "") or "none"
+        return DatasetMissing(f"dataset {name} not found under {datasets_root()} (local Minari datasets: {listed}); "
+                              "check the id and MINARI_DATASETS_PATH")
     return DatasetMissing(f"dataset {dataset_id(task.name, name)} not found under {datasets_root()}; create it with "
                         f"`physgen data --task {task.name}" + ("`" if policy == "expert" else f" --policy {policy}`"))
 
@@ -142,19 +151,40 @@ def _check_finite(arrays: dict[str, np.ndarray]) -> None:
                                f"episode or regenerate the dataset with `physgen data`")
 
 
+def _check_spaces(task: Task, ident: str, observation_space, action_space) -> None:
+    """Refuse a dataset recorded in other spaces than the task's: other shapes, or actions in other bounds."""
+    problems = []
+    for what, theirs, ours in (("observation", observation_space, task.observation_space),
+                               ("action", action_space, task.action_space)):
+        if not isinstance(theirs, gym.spaces.Box) or theirs.shape != ours.shape:
+            problems.append(f"its {what} space is {theirs}, the task's is {ours}")
+    if not problems and not (np.allclose(action_space.low, task.action_space.low)
+                             and np.allclose(action_space.high, task.action_space.high)):
+        problems.append(f"its actions lie in [{action_space.low}, {action_space.high}], the task's in "
+                        f"[{task.action_space.low}, {task.action_space.high}]")
+    if problems:
+        raise PhysgenError(f"dataset {ident} does not fit task {task.name!r}: {'; '.join(problems)}. Record it in the "
+                           f"task's environment (gymnasium.make({task.gym_id!r})), flattening dictionary "
+                           "observations, or choose the task it was made for (`physgen tasks`)")
+
+
 def load_dataset(task: Task, name: str = "expert-v0") -> Dataset:
-    """Load `physgen/<task>/<name>` and check its shapes and values against the task.
+    """Load the dataset `name` (physgen's `physgen/<task>/<name>`, or any local Minari dataset id) and check its
+    spaces, shapes and values against the task.
 
     The first load of a dataset reads it episode by episode through Minari and caches the flat arrays beside it
     (`physgen data` writes that cache at once); later loads read the cache while the Minari files are unchanged.
     """
     ident = dataset_id(task.name, name)
+    if not (datasets_root() / ident).exists() and (datasets_root() / name).exists():
+        ident = name  # a Minari dataset id without a namespace, e.g. one made by DataCollector as `walks-v0`
     dataset_dir = datasets_root() / ident
     try:
         dataset = minari.load_dataset(ident)
     except FileNotFoundError:
         raise _missing(task, name) from None
     metadata = dict(dataset.storage.metadata)
+    _check_spaces(task, ident, dataset.observation_space, dataset.action_space)
     owner = metadata.get("physgen_task", task.name)
     if owner != task.name:
         raise PhysgenError(f"dataset {ident} was generated for task {owner!r}, not {task.name!r}")
