@@ -62,7 +62,7 @@ def rollout(task: Task, policy: str, seed: int, episodes: int, load_demonstrator
         make = expert_policy if policy == "expert" else random_policy
         return rollout_jax(task, make(task), seed, episodes)
     return rollout_gym(task, None if policy == "random" else demonstrator(task, policy, load_demonstrator), seed,
-                       episodes)
+                       episodes, name=policy)
 
 
 def _buffer(index: int, episode: Episode) -> EpisodeBuffer:

@@ -82,11 +82,15 @@ class Task:
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
     `failure_detectors` name the task's own failure causes (docs/failures.md), each a `FailureDetector`.
-    Demonstrations come from `functional.expert` (pure-JAX tasks) or from `demonstrators` by name such as "expert"
-    (Gymnasium tasks): factories of observation -> action callables, or paths of PPO checkpoints (hopper's shipped
-    experts), which dataset generation loads with the loader it is given (tasks sit below policies). `physgen data`
-    writes one dataset per name in `datasets` by default, each of `dataset_episodes` episodes. `recipe` holds the
-    policy settings that work on the task, which `physgen bench` trains with.
+    Demonstrations come from `functional.expert` (pure-JAX tasks: `expert(state, key)` acts in one episode and is
+    vmapped over episodes) or from `demonstrators` by name such as "expert" (Gymnasium tasks): factories of
+    observation -> action callables, or paths of PPO checkpoints (hopper's shipped experts), which dataset generation
+    loads with the loader it is given (tasks sit below policies). A demonstrator is called once per step with the
+    observations of every episode recorded in lockstep, shape (batch, obs_dim), and returns actions (batch, act_dim);
+    with `demonstrator_batched=False` it is called once per running episode with one observation (obs_dim,) and
+    returns one action (act_dim,). Another shape is refused with an error naming the demonstrator.
+    `physgen data` writes one dataset per name in `datasets` by default, each of `dataset_episodes` episodes.
+    `recipe` holds the policy settings that work on the task, which `physgen bench` trains with.
     """
 
     name: str
@@ -105,6 +109,7 @@ class Task:
     failure_detectors: Mapping[str, FailureDetector] = field(default_factory=dict)
     functional: FunctionalEnv | None = None
     demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]] | Path] = field(default_factory=dict)
+    demonstrator_batched: bool = True
     datasets: tuple[str, ...] = ("expert",)
     dataset_episodes: int = 1000
     recipe: Recipe = field(default_factory=Recipe)

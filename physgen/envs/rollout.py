@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs.base import Task
+from physgen.errors import PhysgenError
 
 
 class Episode(NamedTuple):
@@ -106,12 +107,15 @@ def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list
     ]
 
 
-def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, seed: int, episodes: int) -> list[Episode]:
+def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, seed: int, episodes: int,
+                name: str | None = None) -> list[Episode]:
     """Run a Gymnasium task's episodes in lockstep, one environment each.
 
-    `policy` maps a batch of observations (episodes, obs_dim) to a batch of actions, called once per step on every
-    episode (finished ones repeat their last observation, so the batch shape never changes); `policy=None` samples
-    uniform random actions from each environment's seeded action space.
+    `policy` is called as the task's demonstrators are (`Task.demonstrator_batched`): once per step on the batch of
+    every episode's observation (episodes, obs_dim), finished ones repeating their last observation so the batch
+    shape never changes, returning (episodes, act_dim); or once per running episode on one observation (obs_dim,),
+    returning (act_dim,). `name` names it in the error a wrong shape raises. `policy=None` samples uniform random
+    actions from each environment's seeded action space.
     """
     seeds = [int(s) for s in episode_seeds(seed, episodes)]
     envs = [task.make_env() for _ in seeds]
@@ -122,8 +126,9 @@ def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, s
     steps = [{"obs": [o.copy()], "action": [], "reward": [], "term": [], "trunc": [], **{k: [] for k in task.events}}
              for o in obs]
     live = np.ones(len(seeds), bool)
+    act = None if policy is None else Demonstrator(task, policy, name or getattr(policy, "__qualname__", repr(policy)))
     while live.any():
-        actions = None if policy is None else np.asarray(policy(obs))
+        actions = None if act is None else act(obs, live)
         for i in np.nonzero(live)[0]:
             action = envs[i].action_space.sample() if actions is None else actions[i]
             obs[i], reward, terminated, truncated, info = envs[i].step(action)
@@ -137,6 +142,44 @@ def rollout_gym(task: Task, policy: Callable[[np.ndarray], np.ndarray] | None, s
     return [Episode(np.asarray(r["obs"]), np.asarray(r["action"]), np.asarray(r["reward"]), np.asarray(r["term"]),
                     np.asarray(r["trunc"]), {k: np.asarray(r[k]) for k in task.events}, s)
             for r, s in zip(steps, seeds)]
+
+
+class Demonstrator:
+    """A demonstrator called by its task's convention (`Task.demonstrator_batched`), its actions' shapes checked.
+    Called with every episode's observation (episodes, obs_dim) and which episodes run, it returns actions indexed
+    by episode (an array, or a list holding None for finished episodes)."""
+
+    def __init__(self, task: Task, policy: Callable[[np.ndarray], np.ndarray], name: str):
+        self.task, self.policy, self.name, self.calls = task, policy, name, 0
+
+    def __call__(self, obs: np.ndarray, live: np.ndarray):
+        if self.task.demonstrator_batched:
+            return self._call(obs, (len(obs), self.task.act_dim))
+        return [self._call(o, (self.task.act_dim,)) if running else None for o, running in zip(obs, live)]
+
+    def _call(self, obs: np.ndarray, expected: tuple[int, ...]) -> np.ndarray:
+        given = (f"a batch of observations {obs.shape}" if self.task.demonstrator_batched
+                 else f"one observation {obs.shape}")
+        try:
+            actions = np.asarray(self.policy(obs))
+        except Exception as error:
+            if self.calls:
+                raise
+            # the first call is where a demonstrator written for the other convention fails: say which is in force
+            raise PhysgenError(f"task {self.task.name!r}'s demonstrator {self.name!r} failed on its first call, "
+                               f"given {given}: {type(error).__name__}: {error}; {self._convention()}") from error
+        self.calls += 1
+        if actions.shape != expected:
+            raise PhysgenError(f"task {self.task.name!r}'s demonstrator {self.name!r} returned actions of shape "
+                               f"{actions.shape} given {given}; expected {expected}. {self._convention()}")
+        return actions
+
+    def _convention(self) -> str:
+        if self.task.demonstrator_batched:
+            return ("Its task calls demonstrators on a batch (batch, obs_dim) -> (batch, act_dim); one written for "
+                    "one observation (obs_dim,) -> (act_dim,) needs demonstrator_batched=False in the Task")
+        return ("Its task sets demonstrator_batched=False: one observation (obs_dim,) -> one action (act_dim,); one "
+                "written for a batch (batch, obs_dim) -> (batch, act_dim) needs demonstrator_batched=True")
 
 
 class Agent(Protocol):
@@ -257,5 +300,6 @@ def scored(task: Task, obs, actions, rewards, ended, events, expert_return: floa
     lengths = episode_lengths(ended, task.horizon)
     returns = rewards.sum(-1)
     success = np.array([[task.success({k: v[i, j] for k, v in events.items()}, returns[i, j], lengths[i, j],
-                                      expert_return) for j in range(lengths.shape[1])] for i in range(lengths.shape[0])])
+                                      expert_return) for j in range(lengths.shape[1])]
+                        for i in range(lengths.shape[0])])
     return Rollouts(obs, actions, rewards, events, lengths, returns, success)
