@@ -1,4 +1,5 @@
-"""Tasks: environment factories, horizons, success and failure rules, expert sources."""
+"""Tasks: environment factories, horizons, success and failure rules, expert sources; `get_task` finds the built-in
+ones, those other packages install (entry point group `physgen.tasks`) and `module:NAME` ones."""
 
 from physgen.envs.base import FunctionalEnv, Task, TimeStep
 from physgen.envs.registry import get_task, list_tasks, register_task
