@@ -1,8 +1,10 @@
-"""Write the README's main-job table and `docs/train_throughput.md` from result files copied to `docs/results/`,
-so that the figures a user reads are the ones a run printed, never typed by hand.
+"""Write the measured figures a user reads from result files copied to `docs/results/`, never typed by hand:
+the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the coverage table of
+`docs/intervals.md`, and `docs/index.md` (the README as the documentation's front page, links made relative to
+`docs/`).
 
     cp runs/bench/hopper/results.json docs/results/hopper-quick.json
-    python benchmarks/train_throughput.py --baseline DIR --json docs/results/train-throughput-batch128.json
+    python benchmarks/train_throughput.py --baseline DIR --batch 128 --json docs/results/train-throughput-batch128.json
     python benchmarks/coverage.py --json docs/results/coverage.json
     python docs/generate.py            # rewrite the generated files
     python docs/generate.py --check    # exit 1 when a generated file differs from what it would write
@@ -15,32 +17,132 @@ import json
 import sys
 from pathlib import Path
 
+from physgen.io import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-MAIN_JOB = ROOT / "docs" / "results" / "hopper-quick.json"
-BEGIN = "<!-- main-job table: written by docs/generate.py from docs/results/hopper-quick.json -->"
-END = "<!-- end of main-job table -->"
+RESULTS = ROOT / "docs" / "results"
+MAIN_JOB = RESULTS / "hopper-quick.json"
+COVERAGE = RESULTS / "coverage.json"
+README = ROOT / "README.md"
+INDEX = ROOT / "docs" / "index.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"
 THROUGHPUT = ROOT / "docs" / "train_throughput.md"
 INTERVALS = ROOT / "docs" / "intervals.md"
-COVERAGE = ROOT / "docs" / "results" / "coverage.json"
+BEGIN = "<!-- main-job table: written by docs/generate.py from docs/results/hopper-quick.json -->"
+END = "<!-- end of main-job table -->"
+GENERATED = "<!-- written by docs/generate.py from docs/results/*.json: edit the generator, not this page -->"
+# the interval columns of benchmarks/coverage.py's rows, in the order intervals.md introduces them
+COVERAGE_COLUMNS = {"report": "the report's rate interval", "returns": "the report's return interval",
+                    "returns_t": "t-interval over the seeds' mean returns", "pooled_wilson": "pooled Wilson",
+                    "percentile_bootstrap": "percentile bootstrap"}
 
 
-def _interval(summary: dict) -> str:
-    return f"{summary['estimate']:.2f} [{summary['low']:.2f}, {summary['high']:.2f}]"
+def _interval(summary: dict, digits: int = 2) -> str:
+    return f"{summary['estimate']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
+
+
+def _run_line(run: dict) -> str:
+    return (f"`{run['command']}` ({run['budget']} budget: {run['seeds']} seeds x {run['episodes']} evaluation "
+            f"episodes; dataset, training and evaluation {run['minutes']:.1f} minutes, peak memory "
+            f"{run['peak_memory_gib']:.2f} GiB, on {run['machine']}, from an empty dataset folder)")
 
 
 def main_job_table(results: dict) -> str:
-    run = results["run"]
-    lines = [f"`{run['command']}` ({run['budget']} budget: {run['seeds']} seeds x {run['episodes']} evaluation "
-             f"episodes; dataset, training and evaluation {run['minutes']:.1f} minutes, peak memory "
-             f"{run['peak_memory_gib']:.2f} GiB, on {run['machine']}, from an empty dataset folder). Means over seeds with 95% "
-             "intervals over seeds ([docs/intervals.md](docs/intervals.md)):", "",
-             "| method | success | normalised return | return |", "|---|---|---|---|"]
+    """The README's short table: success and normalised return per method, with the run that measured them."""
+    lines = [_run_line(results["run"]) + ". Means over seeds with 95% intervals over seeds; more in "
+             "[the results page](docs/results.md):", "", "| method | success | normalised return |", "|---|---|---|"]
     for method, s in results["summary"].items():
         normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
-        ret = s["return"]
-        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} | "
-                     f"{ret['estimate']:.0f} [{ret['low']:.0f}, {ret['high']:.0f}] |")
+        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} |")
     return "\n".join([BEGIN, *lines, END])
+
+
+def render(readme: str, results: dict) -> str:
+    start, end = readme.index(BEGIN), readme.index(END) + len(END)
+    return readme[:start] + main_job_table(results) + readme[end:]
+
+
+def index_page(readme: str) -> str:
+    """The README as the site's front page: its links into `docs/` made relative to `docs/`."""
+    return readme.replace("](docs/", "](")
+
+
+def _main_job_section(results: dict) -> list[str]:
+    run, summary = results["run"], results["summary"]
+    lines = ["## The main job", "", f"{_run_line(run)}, devices {', '.join(run['devices'])}. Reproduce it with "
+             f"`{run['command']}`; the figures below come from its `results.json`, copied to "
+             "`docs/results/hopper-quick.json`. Means over seeds with 95% intervals over seeds "
+             "([how they are computed](intervals.md)).", "",
+             "| method | success | normalised return | return | success per seed |", "|---|---|---|---|---|"]
+    for method, s in summary.items():
+        normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} | {_interval(s['return'], 0)} | "
+                     f"{' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
+    lines += ["", "Generative methods against each baseline, on the same evaluation episodes: the difference in "
+              "success and the probability that a seed of the first beats a seed of the second.", "",
+              "| comparison | difference in success | P(improvement) |", "|---|---|---|"]
+    for method, s in summary.items():
+        for baseline, c in s.get("improvement_over", {}).items():  # generative methods only
+            lines.append(f"| {method} - {baseline} | {_interval(c['difference'])} | {_interval(c['probability'])} |")
+    lines += ["", "Failure categories, share of all episodes ([the categories](failures.md)):", "",
+              "| method | category | share |", "|---|---|---|"]
+    for method, s in summary.items():
+        lines += [f"| {method} | {category} | {_interval(rate)} |" for category, rate in s["failures"].items()]
+    lines += ["", "Time per phase:", "", "| phase | seconds |", "|---|---|"]
+    for phase, seconds in run["seconds_per_phase"].items():
+        parts = seconds.items() if isinstance(seconds, dict) else [("", seconds)]  # a method's: training, evaluation
+        lines += [f"| {f'{phase} {part}'.strip()} | {secs:.0f} |" for part, secs in parts]
+    lines += ["", "Latency: one sampled chunk (`PolicyRunner.act`), one action of the `Controller` (no prefetch), "
+              "and the highest rate at which 99% of the controller's calls finish within their period:", "",
+              "| method | compile (s) | chunk p50 / p99 (us) | action p50 / p99 (us) | sustainable rate (Hz) |",
+              "|---|---|---|---|---|"]
+    for method, lat in results["latency"].items():
+        lines.append(f"| {method} | {lat['compile_s']:.2f} | {lat['chunk_p50_us']:.0f} / {lat['chunk_p99_us']:.0f} "
+                     f"| {lat['action_p50_us']:.0f} / {lat['action_p99_us']:.0f} | {lat['sustainable_hz']:,.0f} |")
+    return lines + [""]
+
+
+def _throughput_files() -> list[tuple[Path, int]]:
+    """The throughput result files with the batch each was measured at (named in the file: `...-batch128.json`)."""
+    return [(path, int(path.stem.rsplit("batch", 1)[1]))
+            for path in sorted(RESULTS.glob("train-throughput-batch*.json"))]
+
+
+def _throughput_section() -> list[str]:
+    lines = ["## Training throughput", "", "Gradient steps per second summed over seeds, at hopper's recipe size, "
+             "beside eager PyTorch on the same MLP and loss; every column in "
+             "[training throughput](train_throughput.md).", ""]
+    for path, batch in _throughput_files():
+        lines += [f"`python benchmarks/train_throughput.py --baseline DIR --batch {batch} --json docs/results/"
+                  f"{path.name}`:", "", "| method | seeds | seed-steps/s | % of peak | physgen / PyTorch |",
+                  "|---|---|---|---|---|"]
+        for r in json.loads(path.read_text()):
+            torch = r.get("pytorch_steps_per_s")
+            lines.append(f"| {r['method']} | {r['seeds']} | {r['seed_steps_per_s']:.0f} | "
+                         f"{100 * r['gflops'] / r['peak_gflops']:.0f}% | "
+                         + (f"{r['seed_steps_per_s'] / torch:.1f}x |" if torch else "|"))
+        lines.append("")
+    return lines
+
+
+def _coverage_section(rows: list[dict]) -> list[str]:
+    lines = ["## Interval coverage", "", "`python benchmarks/coverage.py --json docs/results/coverage.json`: the "
+             f"share of simulated runs whose 95% interval held the true mean success, over {len(rows)} settings "
+             "(seeds, episodes, rate, spread of the seeds); each setting's row is in [intervals](intervals.md).", "",
+             "| interval | lowest coverage | settings below 0.94 |", "|---|---|---|"]
+    for column, name in COVERAGE_COLUMNS.items():
+        values = [r[column] for r in rows]
+        lines.append(f"| {name} | {min(values):.3f} | {sum(v < 0.94 for v in values)} |")
+    return lines + [""]
+
+
+def results_page(results: dict, coverage: list[dict]) -> str:
+    lines = [GENERATED, "# Results", "", "Every figure on this page is read from a result file in `docs/results/`, "
+             "which the command named beside it wrote; `python docs/generate.py` rewrites the page, and the test "
+             "suite fails when it is out of date. Other benchmarks (`benchmarks/*.py`: environment throughput, "
+             "sampler latency, PPO and RSSM training speed, the fork policies, world-model open-loop error) print "
+             "their figures on the machine they run on.", ""]
+    return "\n".join(lines + _main_job_section(results) + _throughput_section() + _coverage_section(coverage))
 
 
 def throughput_page() -> str:
@@ -49,7 +151,7 @@ def throughput_page() -> str:
              "checkout of the code before this version's changes). Seed-steps/s: gradient steps per second summed "
              "over seeds; peak: a 2048^3 float32 matmul measured in the same run; PyTorch: the same MLP and loss in "
              "eager mode, one model.", ""]
-    for path in sorted((ROOT / "docs" / "results").glob("train-throughput-*.json")):
+    for path, _ in _throughput_files():
         rows = json.loads(path.read_text())
         lines += [f"## {path.stem}", "", f"Peak {rows[0]['peak_gflops']:.0f} GFLOP/s.", "",
                   "| method | seeds | seed-steps/s | MFLOP/step | GFLOP/s | % of peak | earlier code | speed-up | "
@@ -103,25 +205,26 @@ def intervals_page(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(readme: str, results: dict) -> str:
-    start, end = readme.index(BEGIN), readme.index(END) + len(END)
-    return readme[:start] + main_job_table(results) + readme[end:]
+def pages() -> dict[Path, str]:
+    """Every generated file and the text it should hold."""
+    results, coverage = json.loads(MAIN_JOB.read_text()), json.loads(COVERAGE.read_text())
+    readme = render(README.read_text(), results)
+    return {README: readme, INDEX: index_page(readme), RESULTS_PAGE: results_page(results, coverage),
+            THROUGHPUT: throughput_page(), INTERVALS: intervals_page(coverage)}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    readme = ROOT / "README.md"
-    pages = {readme: render(readme.read_text(), json.loads(MAIN_JOB.read_text())), THROUGHPUT: throughput_page(),
-             INTERVALS: intervals_page(json.loads(COVERAGE.read_text()))}
-    stale = [path for path, text in pages.items() if not path.exists() or path.read_text() != text]
+    expected = pages()
+    stale = [path for path, text in expected.items() if not path.exists() or path.read_text() != text]
     if args.check:
         for path in stale:
-            print(f"{path.name} is out of date: run python docs/generate.py", file=sys.stderr)
+            print(f"{path.relative_to(ROOT)} is out of date: run python docs/generate.py", file=sys.stderr)
         return 1 if stale else 0
     for path in stale:
-        path.write_text(pages[path])
+        write_text(path, expected[path])
     return 0
 
 

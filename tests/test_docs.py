@@ -20,11 +20,28 @@ def test_generated_docs_are_up_to_date():
     assert check.returncode == 0, check.stderr
 
 
-def test_the_readme_main_job_table_is_the_one_generated_from_the_committed_results():
+def test_the_main_job_tables_are_the_ones_generated_from_the_committed_results():
     generate = _generator()
-    readme = (ROOT / "README.md").read_text()
+    readme, results_page = (ROOT / "README.md").read_text(), (ROOT / "docs" / "results.md").read_text()
     results = json.loads(generate.MAIN_JOB.read_text())
     assert generate.render(readme, results) == readme
+    assert f"`{results['run']['command']}`" in results_page
     for method, summary in results["summary"].items():
         mean = summary["success_mean"]
-        assert f"| {method} | {mean['estimate']:.2f} [{mean['low']:.2f}, {mean['high']:.2f}] |" in readme
+        row = f"| {method} | {mean['estimate']:.2f} [{mean['low']:.2f}, {mean['high']:.2f}] |"
+        assert row in readme and row in results_page
+
+
+def test_the_docs_front_page_is_the_readme_with_links_relative_to_docs():
+    generate = _generator()
+    readme = "See [results](docs/results.md) and ![figure](docs/images/a.png); keep [x](https://a.org/docs/b)."
+    assert generate.index_page(readme) == ("See [results](results.md) and ![figure](images/a.png); "
+                                           "keep [x](https://a.org/docs/b).")
+
+
+def test_the_readme_starts_with_the_two_commands_and_stays_a_front_page():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert lines[6].endswith("pip install -e . && physgen bench --task hopper")
+    assert lines[7].endswith("pip install -e '.[test]' && python -m pytest -q")
+    assert len(lines) < 200
+
