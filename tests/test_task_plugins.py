@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from physgen.bench.experiments import read_experiment
 from physgen.cli import main
 from physgen.data.generate import rollout
 from physgen.envs import Task, fork, get_task, list_tasks, register_task, registry
@@ -219,6 +220,9 @@ def test_the_plugin_task_benchmarks_end_to_end_from_the_cli(pendulum, tmp_path, 
     results, protocol = (json.loads((out / name).read_text()) for name in ("results.json", "protocol.json"))
     assert results["task"] == protocol["experiment"]["task"] == "pendulum"
     assert "# physgen bench: pendulum" in (out / "report.md").read_text()
+    # a rerun in a new process names the task the way that finds it there
+    assert results["run"]["command"].startswith("physgen bench --task physgen_pendulum:TASK ")
+    assert read_experiment(out / "experiment.toml")["task_name"] == "physgen_pendulum:TASK"
     # the dataset's reference score is the LQR expert's mean return over its 100 episodes (seed 0)
     dataset = protocol["experiment"]["dataset"]
     assert dataset["id"] == "physgen/pendulum/expert-v0" and dataset["episodes"] == pendulum.dataset_episodes

@@ -24,6 +24,7 @@ import json
 import tomllib
 from pathlib import Path
 
+from physgen.envs import task_reference
 from physgen.errors import PhysgenError
 
 KEYS = {"task": str, "budget": str, "methods": list, "seeds": int, "episodes": int, "dataset": str, "set": dict,
@@ -85,7 +86,7 @@ def _literal(text: str) -> str:
 def experiment_toml(experiment: dict) -> str:
     """The experiment file of a run's protocol experiment (`physgen.bench.protocol.make_protocol`)."""
     lines = ["# physgen bench --config <this file> --out <folder> reproduces the run this file was written by",
-             f"task = {json.dumps(experiment['task'])}", f"budget = {json.dumps(experiment['budget'])}",
+             f"task = {json.dumps(task_reference(experiment['task']))}", f"budget = {json.dumps(experiment['budget'])}",
              f"methods = {json.dumps(experiment['methods'])}", f"seeds = {len(experiment['training_seeds'])}",
              f"episodes = {experiment['episodes']}", f"dataset = {json.dumps(experiment['dataset']['id'])}"]
     if experiment["overrides"]:

@@ -15,7 +15,7 @@ from physgen.bench.protocol import BUDGETS, Budget
 from physgen.bench.world import PPO_WM, RSSM_MPC
 from physgen.checkpoint import load_checkpoint
 from physgen.data import dataset_id
-from physgen.envs import Task
+from physgen.envs import Task, task_reference
 from physgen.errors import PhysgenError
 
 _BUILT_IN = (DIFFUSION, FLOW, BC, PPO, RSSM_MPC, PPO_WM)
@@ -56,7 +56,7 @@ def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
 def bench_command(task: Task, experiment: dict) -> str:
     """The `physgen bench` command line that reproduces a run's experiment (defaults left out)."""
     budget = BUDGETS[experiment["budget"]]
-    parts = [f"physgen bench --task {task.name}"]
+    parts = [f"physgen bench --task {task_reference(task.name)}"]
     if experiment["budget"] != "quick":
         parts.append(f"--budget {experiment['budget']}")
     if experiment["methods"] != default_methods(task, budget)[0]:

@@ -2,6 +2,6 @@
 ones, those other packages install (entry point group `physgen.tasks`) and `module:NAME` ones."""
 
 from physgen.envs.base import FunctionalEnv, Task, TimeStep
-from physgen.envs.registry import get_task, list_tasks, register_task
+from physgen.envs.registry import get_task, list_tasks, register_task, task_reference
 
-__all__ = ["FunctionalEnv", "Task", "TimeStep", "get_task", "list_tasks", "register_task"]
+__all__ = ["FunctionalEnv", "Task", "TimeStep", "get_task", "list_tasks", "register_task", "task_reference"]

@@ -25,6 +25,7 @@ OWN_TASK_HINT = (f"a task of your own is found when its package is installed wit
 
 _TASKS: dict[str, Task] = {}
 _ORIGINS: dict[str, str] = {}  # where each known task came from, for the error when two share a name
+_MODULE_REFERENCES: dict[str, str] = {}  # name -> module:NAME of the tasks found that way
 
 
 def _add(task: Task, origin: str) -> Task:
@@ -60,6 +61,12 @@ def get_task(name: str) -> Task:
     known = sorted({*_TASKS, *(entry.name for entry in _entry_points())})
     raise PhysgenError(f"unknown task {name!r}; known tasks: {', '.join(known)} (see `physgen tasks`); "
                        f"{OWN_TASK_HINT}")
+
+
+def task_reference(name: str) -> str:
+    """How a command line names the task: `module:NAME` for a task found that way, so that the command finds it in
+    a new process too, else its name."""
+    return _MODULE_REFERENCES.get(name, name)
 
 
 def list_tasks() -> list[Task]:
@@ -115,7 +122,9 @@ def _from_module(reference: str) -> Task:
         raise PhysgenError(f"task {reference!r}: module {module_name} ({module.__file__}) has no attribute "
                            f"{attribute!r}; its Task objects: {', '.join(tasks) or 'none'}") from None
     _check_task(task, reference)
-    return _add(task, reference)
+    _add(task, reference)
+    _MODULE_REFERENCES.setdefault(task.name, reference)
+    return task
 
 
 def _check_task(value, where: str) -> None:
