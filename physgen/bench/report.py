@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 
 from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
@@ -12,9 +13,9 @@ import numpy as np
 
 from physgen import plan, stats
 from physgen.bench.ablation import ablation_figures, ablation_section, ablations
-from physgen.bench.failures import hidden_by_aggregates, task_categories
+from physgen.bench.failures import LEAD_FRACTION, hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
-from physgen.bench.video import failure_videos
+from physgen.bench.video import FAILURE_VIDEOS, STRIP_FRAMES, SUCCESS_VIDEOS, Clip, failure_videos
 from physgen.io import write_json, write_text
 from physgen.stats import interval_text
 from physgen.envs import Task
@@ -264,12 +265,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
                                   {m: s["categories"] for m, s in summary.items()})
     lines += ["", "What success or return alone would have hidden: " + ("; ".join(hidden) if hidden else
               "nothing: no two methods share a success interval while failing differently") + ".", "",
-              "![failures](failures.png)", "", "## Videos", ""]
-    if isinstance(videos, str):
-        lines.append(f"Not rendered: {videos}")
-    for method, files in ({} if isinstance(videos, str) else videos).items():
-        lines.append(f"- {method}: " + (", ".join(f"[{Path(f).stem}]({f})" for f in files) or "none"))
-    lines += ["", "## Hyperparameters", "", "Every field of a method's first row; its other rows (variants) by the "
+              "![failures](failures.png)", *gallery_section(videos),
+              "## Hyperparameters", "", "Every field of a method's first row; its other rows (variants) by the "
               "fields where they differ from it.", ""]
     first = {}
     for row, values in experiment["hyperparameters"].items():
@@ -278,6 +275,34 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
         lines.append(f"- {row}{'' if base[0] == row else f' (as {base[0]} but)'}: "
                      + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return "\n".join(lines + _told_apart(summary, experiment)) + "\n"
+
+
+def gallery_section(videos: dict[str, list[Clip]] | str) -> list[str]:
+    """The failure gallery: per method (collapsed, so that many rows stay readable) a filmstrip of each picked failure
+    with its caption and video, then its success videos; or why nothing was rendered."""
+    lines = ["", "## Failure gallery", ""]
+    if isinstance(videos, str):
+        return [*lines, f"Not rendered: {videos}", ""]
+    if not videos:
+        return [*lines, "None rendered (`--no-videos`, or `physgen compare`: its runs' own reports hold theirs).", ""]
+    lines += [f"Up to {FAILURE_VIDEOS} failures per method, picked by a seeded rule spread over the categories, and "
+              f"{SUCCESS_VIDEOS} successes (seed: the training seed; episode: the evaluation episode's environment "
+              f"seed). Each filmstrip shows {STRIP_FRAMES} frames of its video spread evenly over the lead-up to the "
+              f"failure step, from the cause's onset or {LEAD_FRACTION:.0%} of the horizon before the failure, "
+              "whichever is earlier (docs/failures.md); the step under each frame. Open a method to see its "
+              "failures.", ""]
+    for method, clips in videos.items():
+        failures = [c for c in clips if c.filmstrip is not None]
+        counts = ", ".join(f"{label} {n}" for label, n in Counter(c.label for c in failures).items())
+        shown = f"{len(failures)} failure{'' if len(failures) == 1 else 's'}" + (f" ({counts})" if counts else "")
+        lines += [f"<details><summary>{method}: {shown}</summary>", ""]
+        for clip in failures:  # the caption's first line names the method and category, the heading the method
+            lines += [f"![{', '.join(clip.caption)}]({clip.filmstrip})", "",
+                      f"{clip.label}: {', '.join(clip.caption[1:])} ([video]({clip.video}))", ""]
+        successes = [c.video for c in clips if c.filmstrip is None]
+        lines += [f"Successes: {', '.join(f'[{Path(v).stem}]({v})' for v in successes) or 'none'}.", "",
+                  "</details>", ""]
+    return lines
 
 
 def _told_apart(summary: dict, experiment: dict) -> list[str]:
