@@ -20,7 +20,7 @@ from physgen.stats import interval_text
 
 TODO = "> TODO:"
 FIGURES = (("success.png", "final success"), ("curves.png", "success over training"))
-VIDEO_SUFFIXES = (".mp4", ".gif", ".png")  # the rendered episodes, and any filmstrip drawn beside them
+VIDEO_SUFFIXES = (".mp4", ".gif", ".png")  # an episode's video (GIF where MP4 fails) and its filmstrip
 
 
 def write_writeup(out: Path) -> Path:
@@ -183,15 +183,21 @@ def _failures(out: Path, results: dict, protocol: dict) -> list[str]:
 
 
 def _videos(out: Path, summary: dict, protocol: dict) -> list[str]:
-    """Per row, the rendered episodes the bench picked (up to 5 failures spread over categories, 2 successes)."""
+    """Per row, the episodes the bench rendered (up to 5 failures spread over categories, 2 successes): each one's
+    video and, for a failure, its filmstrip (a PNG of the frames leading up to it) where the run drew one."""
     if "compared_runs" in protocol:
         return ["Videos: in each compared run's own folder (videos/<row>/).", ""]
-    lines = ["Picked episodes (file names: category or success, training seed, environment seed):", ""]
+    lines = ["Rendered episodes (named by category or success, training seed and environment seed):", ""]
     for row in summary:
-        files = sorted(p for p in (out / "videos" / row_folder(row)).glob("*") if p.suffix in VIDEO_SUFFIXES)
-        lines.append(f"- {row}: " + (", ".join(f"[{p.stem}]({p.relative_to(out).as_posix()})" for p in files)
+        episodes = {}
+        for path in sorted((out / "videos" / row_folder(row)).glob("*")):
+            if path.suffix in VIDEO_SUFFIXES:
+                kind = "filmstrip" if path.suffix == ".png" else "video"
+                episodes.setdefault(path.stem, []).append(f"[{kind}]({path.relative_to(out).as_posix()})")
+        lines.append(f"- {row}: " + ("; ".join(f"{stem} ({', '.join(links)})" for stem, links in episodes.items())
                                      or "none rendered"))
-    return lines + [""]
+    return lines + ["", f"{TODO} embed the filmstrips your analysis discusses (`![caption](videos/<row>/<file>.png)`) "
+                    "and say what each shows.", ""]
 
 
 def _limitations(results: dict, experiment: dict) -> list[str]:
