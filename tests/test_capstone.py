@@ -75,8 +75,6 @@ def guide_run(tmp_path_factory):
                 code = main(argv)
             report = re.search(r"^report: (.+)/report\.md$", output.getvalue(), re.MULTILINE)
             out = Path(report.group(1)) if report and code == 0 else None
-            if out is not None:
-                write_writeup(out)  # until write_results_and_report writes it itself
             steps.append((line, argv, code, output.getvalue(), out))
             print(f"{time.perf_counter() - started:5.1f} s  {' '.join(argv)}")
     finally:

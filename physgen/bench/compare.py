@@ -24,6 +24,7 @@ from pathlib import Path
 
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.report import write_results_and_report
+from physgen.bench.writeup import write_writeup
 from physgen.bench.units import latency_path, read_unit
 from physgen.envs import get_task
 from physgen.errors import PhysgenError
@@ -138,8 +139,9 @@ def _check_out(out: Path) -> Path:
 
 
 def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> Path:
-    """Write protocol.json, results.json, report.md and figures comparing the rows of finished bench `runs` into
-    `out` (default runs/compare/<task>) and return it; every argument is checked before anything is written."""
+    """Write protocol.json, results.json, report.md, writeup.md and figures comparing the rows of finished bench
+    `runs` into `out` (default runs/compare/<task>) and return it; every argument is checked before anything is
+    written."""
     started = time.perf_counter()
     folders = [Path(run).resolve() for run in runs]
     repeated = [str(folder) for i, folder in enumerate(folders) if folder in folders[:i]]
@@ -158,4 +160,5 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> Path:
     write_json(out / "protocol.json", protocol)
     write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=False,
                              command="physgen compare " + " ".join(str(run) for run in runs))
+    write_writeup(out)
     return out

@@ -36,12 +36,13 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def _flat(table: dict, prefix: str = "") -> dict:
-    """A table with its dotted keys (`rssm.steps = 60`, which TOML nests) flattened back to `rssm.steps`."""
+def flatten_table(table: dict, prefix: str = "") -> dict:
+    """A table with its nested tables' keys dotted: `{"rssm": {"steps": 60}}` (TOML's `rssm.steps = 60`, or the
+    world-model methods' nested hyperparameters) as `{"rssm.steps": 60}`."""
     flat = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        flat.update(_flat(value, f"{name}.") if isinstance(value, dict) else {name: value})
+        flat.update(flatten_table(value, f"{name}.") if isinstance(value, dict) else {name: value})
     return flat
 
 
@@ -63,7 +64,7 @@ def read_experiment(path: str | Path) -> dict:
                    else "no task")
         raise PhysgenError(f"{path}: {problem}; an experiment file has task and optionally budget, methods, seeds, "
                            "episodes, dataset, [set] and [vary]")
-    changes, vary = _flat(data.get("set", {})), _flat(data.get("vary", {}))
+    changes, vary = flatten_table(data.get("set", {})), flatten_table(data.get("vary", {}))
     if not all(isinstance(values, list) and values for values in vary.values()):
         raise PhysgenError(f"{path}: every [vary] entry takes a non-empty array of values, e.g. exec_steps = [1, 4]")
     return {"task_name": data["task"], "methods": data.get("methods"), "seeds": data.get("seeds"),

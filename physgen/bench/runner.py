@@ -26,6 +26,7 @@ from physgen.bench.method import Job, Method, Variant
 from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
+from physgen.bench.writeup import write_writeup
 from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task, get_task
@@ -50,9 +51,9 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
               budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True,
               overrides: dict[str, str] | None = None, variants: dict[str, list[str]] | None = None,
               dataset: str = "expert-v0") -> Path:
-    """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, figures and videos;
-    `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field: [value
-    texts]}, as `--vary`) make a row of every method for each combination of values; `dataset`: the offline
+    """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, writeup.md, figures and
+    videos; `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field:
+    [value texts]}, as `--vary`) make a row of every method for each combination of values; `dataset`: the offline
     methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id."""
     started = time.perf_counter()
     task = get_task(task_name)
@@ -72,6 +73,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
         latency = {row: read_json(latency_path(out, row)) for row in rows}
         write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
                                  timing=read_json(out / "timing.json"))
+        write_writeup(out)
     return out
 
 

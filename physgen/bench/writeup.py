@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from physgen.bench.ablation import ablation_section
+from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import hidden_by_aggregates
 from physgen.bench.report import TRUSTED_COVERAGE
 from physgen.bench.units import row_folder
@@ -81,19 +82,11 @@ def _setup(out: Path, results: dict, protocol: dict) -> list[str]:
               "its other rows by the fields where they differ</summary>", ""]
     first = {}
     for row, values in experiment["hyperparameters"].items():
-        name, base = first.setdefault(rows[row]["method"], (row, _flat(values)))
-        shown = {k: v for k, v in _flat(values).items() if row == name or v != base[k]}
+        name, base = first.setdefault(rows[row]["method"], (row, flatten_table(values)))
+        shown = {k: v for k, v in flatten_table(values).items() if row == name or v != base[k]}
         lines.append(f"- {row}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     return lines + ["", "</details>", "", f"{TODO} the task in two sentences: what the agent observes and does, "
                     "and when an episode succeeds (`physgen tasks` prints the success rule).", ""]
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    """A method's hyperparameters with its parts' fields as `part.field` (the world-model methods nest theirs)."""
-    flat = {}
-    for key, value in values.items():
-        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
 
 
 def _protocol(experiment: dict) -> list[str]:
