@@ -129,8 +129,9 @@ def _video(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    check_folder(Path(args.out).absolute().parent, "--out")
-    path = export_checkpoint(args.checkpoint, args.out, steps=args.sampler_steps)
+    out = Path(args.out or f"policy.{args.format}")
+    check_folder(out.absolute().parent, "--out")
+    path = export_checkpoint(args.checkpoint, out, steps=args.sampler_steps, format=args.format)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -251,9 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     video.set_defaults(run=_video)
 
     export = commands.add_parser("export", help="a checkpoint's sampler, normalizers and parameters as one "
-                                 "jax.export (StableHLO) file, loadable with physgen.control.load_exported")
+                                 "jax.export (StableHLO) file, loadable with physgen.control.load_exported, or as "
+                                 "an ONNX model (docs/howto/export.md)")
     export.add_argument("--checkpoint", required=True)
-    export.add_argument("--out", default="policy.jaxexport")
+    export.add_argument("--format", default="jaxexport",
+                        help="jaxexport (default) or onnx (needs the onnx extra: pip install 'physgen[onnx]')")
+    export.add_argument("--out", default=None, help="default: policy.jaxexport or policy.onnx, after --format")
     export.add_argument("--sampler-steps", type=int, default=None,
                         help="denoising or integration steps (default: the checkpoint's config)")
     export.set_defaults(run=_export)

@@ -1,11 +1,14 @@
 """Policies in robot loops: a real-time controller with latency statistics, and exported samplers.
 
 `load_exported` needs jax and numpy only; `Controller`, which needs the training code, is imported on first use.
+`export_onnx` needs the `onnx` extra (jax2onnx), imported only when it runs.
 """
 
-from physgen.control.export import ExportedPolicy, export_checkpoint, export_policy, load_exported
+from physgen.control.export import (EXPORT_FORMATS, ExportedPolicy, export_checkpoint, export_onnx, export_policy,
+                                    load_exported, sampler_noise)
 
-__all__ = ["Controller", "ExportedPolicy", "export_checkpoint", "export_policy", "load_exported"]
+__all__ = ["EXPORT_FORMATS", "Controller", "ExportedPolicy", "export_checkpoint", "export_onnx", "export_policy",
+           "load_exported", "sampler_noise"]
 
 
 def __getattr__(name: str):

@@ -1,13 +1,16 @@
 """A policy as one self-contained file: the sampler with its parameters, normalizers and bounds baked in,
-serialized with `jax.export` (StableHLO). Loading needs jax and numpy only: no training code, no checkpoint.
+serialized with `jax.export` (StableHLO), or as an ONNX model (jax2onnx, the `onnx` extra). Loading a jax export
+needs jax and numpy only: no training code, no checkpoint; an ONNX model needs an ONNX runtime only.
 
     export_checkpoint("runs/hopper/flow/seed_0", "policy.jaxexport")      # `physgen export`
     policy = load_exported("policy.jaxexport")
     chunk = policy.act(obs_history, seed)    # (T_p, act_dim); execute the first `policy.exec_steps`
+    export_checkpoint("runs/hopper/flow/seed_0", "policy.onnx", format="onnx")  # (obs_history, noise) -> chunk
 
 File layout: MAGIC, the header's length (8 bytes, little-endian), the JSON header, the serialized `Exported`.
 The header holds the dimensions, chunking, bounds, task, method and config, and a SHA-256 of the rest of the
-header (as sorted JSON) and the serialized bytes: a flipped bit in either is refused.
+header (as sorted JSON) and the serialized bytes: a flipped bit in either is refused. An ONNX model carries the
+same fields (less the digest, key and platforms) as JSON in its metadata entry `physgen`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +33,8 @@ MAGIC = b"physgen-jaxexport\n"
 FORMAT = 2  # 2: the digest covers the header too
 KEY_IMPL = "threefry2x32"  # jax's default PRNG; integer seeds map to keys as jax.random.key(seed) does
 PLATFORMS = ("cpu", "cuda")
+EXPORT_FORMATS = ("jaxexport", "onnx")  # each is also the file extension `physgen export` writes by default
+ONNX_INSTALL = "pip install 'physgen[onnx]'"
 
 
 def export_policy(policy, state, path: str | Path, steps: int | None = None, task: str | None = None,
@@ -41,38 +47,76 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
     from physgen.policies import act  # deferred, so that loading an export never imports the training code
 
     path = _check_request(path, steps)
-    config = policy.config
-    if config.method == "diffusion" and steps is not None and steps > config.diffusion.train_diffusion_steps:
-        raise PhysgenError(f"steps must be at most the {config.diffusion.train_diffusion_steps} diffusion steps the "
-                           f"policy was trained with, got {steps}")
+    _check_sampler_steps(policy.config, steps)
 
     def sample(obs_history, key_data):
         key = jax.random.wrap_key_data(key_data, impl=KEY_IMPL)
         return act(policy, state, obs_history[None], key, steps)[0]
 
-    specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
+    specs = (jax.ShapeDtypeStruct((policy.config.chunking.obs_steps, policy.obs_dim), jnp.float32),
              jax.ShapeDtypeStruct((2,), jnp.uint32))
     payload = bytes(jax.export.export(jax.jit(sample), platforms=platforms)(*specs).serialize())
-    low, high = (np.broadcast_to(np.asarray(b, np.float32), (policy.act_dim,)).tolist()
-                 for b in (state.action_low, state.action_high))
-    header = {"format": FORMAT, "task": task, "method": config.method, "obs_steps": config.chunking.obs_steps,
-              "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "action_steps": config.chunking.action_steps,
-              "exec_steps": config.chunking.exec_steps, "inference_steps": steps or config.inference_steps,
-              "action_low": low, "action_high": high, "key_impl": KEY_IMPL, "platforms": list(platforms),
-              "config": config.as_flat(),
-              "physgen_version": physgen.__version__}
+    header = {"format": FORMAT, **_header(policy, state, steps, task), "key_impl": KEY_IMPL,
+              "platforms": list(platforms)}
     encoded = json.dumps({**header, "sha256": _digest(header, payload)}).encode()
     return write_bytes(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
 
 
+def export_onnx(policy, state, path: str | Path, steps: int | None = None, task: str | None = None) -> Path:
+    """Write `act(policy, state, ...)` for one observation history to `path` as an ONNX model (atomically).
+
+    The model maps (obs_history float32 (T_o, obs_dim), noise float32 (N, T_p, act_dim)) to the raw, clipped chunk
+    float32 (T_p, act_dim). The sampler's N standard normal draws are an input, not a key: ONNX's random operators
+    cannot reproduce jax's generator (jax2onnx turns a key's draws into unseeded `RandomUniform`), and given noise
+    keeps the model deterministic. `sampler_noise` gives the draws the jax sampler makes from a key; N is
+    `noise_draws` in the metadata entry `physgen`.
+    """
+    jax2onnx = _import_jax2onnx()
+    path = _check_request(path, steps)
+    config = policy.config
+    _check_sampler_steps(config, steps)
+    draws = _noise_draws(config, steps)
+    specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
+             jax.ShapeDtypeStruct((draws, config.chunking.action_steps, policy.act_dim), jnp.float32))
+    model = jax2onnx.to_onnx(lambda obs_history, noise: _act_with_noise(policy, state, obs_history, noise, steps),
+                             specs, model_name="physgen_policy", input_names=["obs_history", "noise"],
+                             output_names=["chunk"])
+    model.metadata_props.add(key="physgen", value=json.dumps({**_header(policy, state, steps, task),
+                                                               "noise_draws": draws}))
+    return write_bytes(path, model.SerializeToString())
+
+
+def sampler_noise(policy, key, steps: int | None = None) -> np.ndarray:
+    """The standard normal draws (N, T_p, act_dim) that `act` makes from `key` (an int seed, a threefry key or its
+    data), in the order an ONNX export takes them: given these, it returns what the jax export returns for the
+    key. The splits mirror `Policy.sample` and `physgen.policies.diffusion.sample`."""
+    key = jax.random.wrap_key_data(_key_data(key), impl=KEY_IMPL)
+    shape = (1, policy.config.chunking.action_steps, policy.act_dim)  # act samples a batch of one history
+    draws = _noise_draws(policy.config, steps)
+    if draws == 0:
+        return np.zeros((0, *shape[1:]), np.float32)
+    if policy.config.method == "flow":
+        return np.asarray(jax.random.normal(key, shape))
+    initial, per_step = jax.random.split(key)
+    noise = [jax.random.normal(initial, shape)]
+    if draws > 1:
+        noise += list(jax.vmap(lambda k: jax.random.normal(k, shape))(jax.random.split(per_step, draws - 1)))
+    return np.concatenate(noise)
+
+
 def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None = None,
-                      task: str | None = None) -> Path:
-    """`physgen export`: the EMA policy of a `physgen train` checkpoint as an exported file at `out`."""
+                      task: str | None = None, format: str = "jaxexport") -> Path:
+    """`physgen export`: the EMA policy of a `physgen train` checkpoint as a `format` file (one of
+    `EXPORT_FORMATS`) at `out`."""
     from physgen.policies import load_policy  # deferred, as in export_policy
 
+    if format not in EXPORT_FORMATS:
+        raise PhysgenError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if format == "onnx":
+        _import_jax2onnx()  # a missing install is reported before the checkpoint is read
     _check_request(out, steps)  # before the checkpoint is read and the sampler traced
     policy, state, meta = load_policy(checkpoint, task)
-    return export_policy(policy, state, out, steps, task=meta["task"])
+    return (export_onnx if format == "onnx" else export_policy)(policy, state, out, steps, task=meta["task"])
 
 
 class ExportedPolicy:
@@ -152,6 +196,80 @@ def _digest(header: dict, payload: bytes) -> str:
     """SHA-256 of the header (less its digest) as sorted JSON, then the payload."""
     fields = json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
     return hashlib.sha256(fields + payload).hexdigest()
+
+
+def _header(policy, state, steps: int | None, task: str | None) -> dict:
+    """The fields both formats record: task, method, dimensions, chunking, steps, bounds, config, version."""
+    config = policy.config
+    low, high = (np.broadcast_to(np.asarray(b, np.float32), (policy.act_dim,)).tolist()
+                 for b in (state.action_low, state.action_high))
+    return {"task": task, "method": config.method, "obs_steps": config.chunking.obs_steps, "obs_dim": policy.obs_dim,
+            "act_dim": policy.act_dim, "action_steps": config.chunking.action_steps,
+            "exec_steps": config.chunking.exec_steps, "inference_steps": steps or config.inference_steps,
+            "action_low": low, "action_high": high, "config": config.as_flat(),
+            "physgen_version": physgen.__version__}
+
+
+def _noise_draws(config, steps: int | None) -> int:
+    """How many chunk-shaped normal draws the sampler makes: the initial chunk, and one per step for DDPM and for
+    DDIM with eta > 0 (DDIM with eta = 0 draws no step noise); none for BC."""
+    if config.method == "bc":
+        return 0
+    d = config.diffusion
+    if config.method == "diffusion" and not (d.sampler == "ddim" and d.ddim_eta == 0.0):
+        return 1 + (steps or config.inference_steps)
+    return 1
+
+
+def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
+    """`act` for one history (T_o, obs_dim) with the sampler's draws given: noise[0] the initial chunk, noise[1 + i]
+    reverse step i's, as `sampler_noise` orders them; the chunk (T_p, act_dim)."""
+    from physgen.policies import act, diffusion, flow  # deferred, as in export_policy
+
+    config = policy.config
+    steps = steps or config.inference_steps
+
+    def sample(params, obs, noise, steps):  # Policy.sample's, with `noise` where it takes a key
+        net, cond = policy.network(params), obs.reshape(1, -1)
+        if config.method == "bc":
+            return policy.sample(params, obs, None, steps)  # draws nothing
+        if config.method == "flow":
+            return flow.integrate(net, noise, cond, steps, config.flow.integrator)
+        d = config.diffusion
+        with jax.ensure_compile_time_eval():  # constants in the model: the schedule's cumprod has no ONNX operator
+            schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
+        timesteps, previous = diffusion.sampling_timesteps(d.train_diffusion_steps, steps)
+        contexts, apply = diffusion.step_contexts(net, timesteps / d.train_diffusion_steps, cond, 1)
+        step_noise = noise[1:, None] if len(noise) > 1 else jnp.zeros((steps, *noise.shape))  # eta = 0: unused
+
+        def reverse_step(x, inputs):  # diffusion.sample's
+            t, t_prev, z, context = inputs
+            x0, eps = diffusion._clean_and_noise(schedule, d.prediction, apply(x, context), x, t)
+            if d.sampler == "ddpm":
+                mean, var = diffusion.ddpm_posterior(schedule, x0, x, t, t_prev)
+                return mean + jnp.sqrt(var) * z, None
+            return diffusion.ddim_step(schedule, x0, eps, t, t_prev, d.ddim_eta, z), None
+
+        x, _ = jax.lax.scan(reverse_step, noise[:1], (timesteps, previous, step_noise, contexts),
+                            unroll=diffusion.unroll_for(steps))
+        return x
+
+    # act only calls policy.sample: a stand-in whose sample takes the draws where the policy's takes a key
+    return act(SimpleNamespace(sample=sample), state, obs_history[None], noise, steps)[0]
+
+
+def _import_jax2onnx():
+    try:
+        import jax2onnx  # deferred: a heavy optional dependency (onnx, onnx-ir, its plugins), for ONNX exports only
+    except ImportError:
+        raise PhysgenError(f"exporting to ONNX needs jax2onnx; install it with {ONNX_INSTALL}") from None
+    return jax2onnx
+
+
+def _check_sampler_steps(config, steps: int | None) -> None:
+    if config.method == "diffusion" and steps is not None and steps > config.diffusion.train_diffusion_steps:
+        raise PhysgenError(f"steps must be at most the {config.diffusion.train_diffusion_steps} diffusion steps the "
+                           f"policy was trained with, got {steps}")
 
 
 def _check_request(out: str | Path, steps) -> Path:
