@@ -6,10 +6,13 @@ physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormaliz
     physgen's default size (64/128/256), DDIM 10 steps (target p99 <= 10 ms).
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
 `DDIMScheduler` and flow by a hand-written Euler loop, under `torch.inference_mode()`. Prints p50/p95/p99 and the
-ratio of medians and p99s, measured in the same run. "net only" is the floor under physgen's row: the same
-number of network forward passes in one compiled call on device arrays; "matvecs" (MLP rows) is only the matrix-vector
-products of those passes, in numpy: a floor set by the CPU rather than by XLA. Observation 11-D and action 3-D
-(hopper's), T_o = 2, T_p = 16. Training throughput: `benchmarks/train_throughput.py`.
+ratio of medians and p99s, measured in the same run. ONNX Runtime (if the `onnx` extra is installed): the same
+policy exported by `physgen.control.export_onnx`, run by an `onnxruntime.InferenceSession` on the CPU with its
+default threading, the sampler's normal draws made in numpy at each call; its compile column is the export and the
+session's creation. "net only" is the floor under physgen's row: the same number of network forward passes in one
+compiled call on device arrays; "matvecs" (MLP rows) is only the matrix-vector products of those passes, in numpy:
+a floor set by the CPU rather than by XLA. Observation 11-D and action 3-D (hopper's), T_o = 2, T_p = 16. Training
+throughput: `benchmarks/train_throughput.py`.
 
     python benchmarks/sampler_latency.py [--calls 300] [--inline-dispatch]
 
@@ -22,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from importlib.metadata import version
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from physgen.control import export_onnx
 from physgen.data import Normalizer
 from physgen.policies.diffusion import step_contexts
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
@@ -106,6 +113,26 @@ def numpy_matvecs(runner: PolicyRunner, steps: int):
     return forward
 
 
+def onnx_act(runner: PolicyRunner, steps: int, folder: Path) -> tuple:
+    """(`act(seed)` by ONNX Runtime on the runner's policy exported to ONNX, seconds to export and load it): numpy
+    in, numpy out, the sampler's normal draws from one numpy generator, as a caller of the model makes them."""
+    import onnxruntime
+
+    start = time.perf_counter()
+    path = export_onnx(runner.policy, runner.state, folder / "policy.onnx", steps)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # it warns about every unused constant jax2onnx leaves in the graph
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    seconds = time.perf_counter() - start
+    obs = np.zeros(runner.obs_shape, np.float32)
+    shape, rng = session.get_inputs()[1].shape, np.random.default_rng(0)
+
+    def act(seed):
+        return session.run(None, {"obs_history": obs, "noise": rng.standard_normal(shape, np.float32)})[0]
+
+    return act, seconds
+
+
 def torch_act(changes: dict, steps: int):
     """An eager-PyTorch `act(seed)`: numpy in, numpy out, the same network and sampler."""
     import torch
@@ -121,8 +148,9 @@ def torch_act(changes: dict, steps: int):
     else:
         net = ref.MLPDenoiser(chunk, cond_dim, config.net.hidden, config.net.depth, config.net.time_dim)
     net.eval()
-    scheduler = DDIMScheduler(num_train_timesteps=config.diffusion.train_diffusion_steps, beta_schedule="squaredcos_cap_v2",
-                              clip_sample=True, set_alpha_to_one=True, prediction_type=config.diffusion.prediction)
+    scheduler = DDIMScheduler(num_train_timesteps=config.diffusion.train_diffusion_steps,
+                              beta_schedule="squaredcos_cap_v2", clip_sample=True, set_alpha_to_one=True,
+                              prediction_type=config.diffusion.prediction)
     scheduler.set_timesteps(steps)
     obs = np.zeros((config.chunking.obs_steps, OBS_DIM), np.float32)
 
@@ -158,9 +186,19 @@ def main() -> None:
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
+    try:
+        import jax2onnx
+        import onnxruntime
+
+        jax2onnx.to_onnx(jnp.sin, [(1,)])  # loads its plugins, once: the first row's export time leaves that out
+        onnx_versions = f"onnxruntime {onnxruntime.__version__}, jax2onnx {version('jax2onnx')}"
+    except ImportError:
+        onnx_versions = None
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch_version or 'not installed'}, "
-          f"{os.cpu_count()} CPU cores; {args.calls} calls after 10 warm-up calls; "
-          f"{'inline' if args.inline_dispatch else 'asynchronous'} dispatch; times in microseconds")
+          f"{onnx_versions or 'onnxruntime not installed'}, {os.cpu_count()} CPU cores; {args.calls} calls after 10 "
+          f"warm-up calls; {'inline' if args.inline_dispatch else 'asynchronous'} dispatch; times in microseconds")
+    scratch = tempfile.TemporaryDirectory(prefix="sampler_latency_")  # the ONNX exports; removed at exit
+    folder = Path(scratch.name)
     print(f"{'case':<26} {'':>8} {'compile s':>9} {'p50':>9} {'p95':>9} {'p99':>9}")
     for name, changes, steps in CASES:
         runner, compile_seconds = physgen_runner(changes, steps)
@@ -173,6 +211,11 @@ def main() -> None:
         if runner.policy.config.net.network == "mlp":
             floor = percentiles(time_calls(numpy_matvecs(runner, steps), calls))
             print(f"{'':<26} {'matvecs':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
+        if onnx_versions is not None:
+            act, export_seconds = onnx_act(runner, steps, folder)
+            onnx = percentiles(time_calls(act, calls))
+            print(f"{'':<26} {'onnxrt':>8} {export_seconds:9.2f} " + " ".join(f"{v:9.0f}" for v in onnx)
+                  + f"   physgen faster: x{onnx[0] / ours[0]:.1f} (p50), x{onnx[2] / ours[2]:.1f} (p99)", flush=True)
         if torch_version is None:
             continue
         theirs = percentiles(time_calls(torch_act(changes, steps), calls))
