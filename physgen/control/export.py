@@ -71,10 +71,10 @@ def export_onnx(policy, state, path: str | Path, steps: int | None = None, task:
     keeps the model deterministic. `sampler_noise` gives the draws the jax sampler makes from a key; N is
     `noise_draws` in the metadata entry `physgen`.
     """
-    jax2onnx = _import_jax2onnx()
     path = _check_request(path, steps)
     config = policy.config
     _check_sampler_steps(config, steps)
+    jax2onnx = _import_jax2onnx()
     draws = _noise_draws(config, steps)
     specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
              jax.ShapeDtypeStruct((draws, config.chunking.action_steps, policy.act_dim), jnp.float32))
@@ -112,9 +112,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None
 
     if format not in EXPORT_FORMATS:
         raise PhysgenError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if format == "onnx":
-        _import_jax2onnx()  # a missing install is reported before the checkpoint is read
     _check_request(out, steps)  # before the checkpoint is read and the sampler traced
+    if format == "onnx":
+        _import_jax2onnx()  # a missing install too
     policy, state, meta = load_policy(checkpoint, task)
     return (export_onnx if format == "onnx" else export_policy)(policy, state, out, steps, task=meta["task"])
 
