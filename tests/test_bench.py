@@ -201,7 +201,8 @@ def test_the_task_recipe_sets_the_policy_configs_and_is_recorded_with_the_comman
     results = json.loads((smoke_run / "results.json").read_text())
     assert results["run"]["command"] == "physgen bench --task fork --budget smoke --methods diffusion,bc"
     assert bench_command(hopper, {"budget": "quick", "methods": ["diffusion", "flow", "bc"],
-                                  "training_seeds": list(range(10)), "episodes": 10}) == "physgen bench --task hopper"
+                                  "training_seeds": list(range(10)), "episodes": 10,
+                                  "dataset": {"id": "physgen/hopper/expert-v0"}}) == "physgen bench --task hopper"
 
 
 def test_bad_bench_arguments_give_one_line_errors(capsys):

@@ -184,9 +184,12 @@ def test_set_changes_the_methods_configs_and_is_recorded(tmp_path, capsys):
     with pytest.raises(PhysgenError, match="rssm-mpc: rssm.hidden=x: rssm.hidden takes int values such as 64"):
         make_rows(task, methods, "smoke", {"rssm.hidden": "x"}, {})
     experiment = {"budget": "smoke", "methods": ["bc"], "training_seeds": [0, 1], "episodes": 4,
-                  "overrides": {"exec_steps": "4"}}
+                  "dataset": {"id": "physgen/fork/expert-v0"}, "overrides": {"exec_steps": "4"}}
     assert bench_command(task, experiment) == ("physgen bench --task fork --budget smoke --methods bc "
                                                 "--set exec_steps=4")
+    mine = {**experiment, "dataset": {"id": "me/fork-walks-v0"}}
+    assert bench_command(task, mine) == ("physgen bench --task fork --budget smoke --methods bc "
+                                         "--dataset me/fork-walks-v0 --set exec_steps=4")
     experiment["variants"] = {"hidden": ["16", "32"], "ensemble": ["null", "0.1"]}
     assert bench_command(task, experiment).endswith("--set exec_steps=4 --vary hidden=16,32 --vary ensemble=null,0.1")
     assert main(["data", "--task", "fork", "--episodes", "10"]) == 0
