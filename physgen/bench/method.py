@@ -66,6 +66,7 @@ class Method:
     run: Callable[[Job], None]
     work: Callable[[dict], int]
     online: bool = False  # learns by acting: joins the default methods only where the budget allows
+    default: bool = True  # joins the default methods (False: run only when named with --methods)
     generative: bool = False  # compared against the non-generative methods (P(improvement), differences)
     curve_axis: str = "gradient steps"
     curve_steps: Callable[[dict], list[int]] | None = None  # fixed in the protocol where known before training

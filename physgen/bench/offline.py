@@ -1,5 +1,6 @@
 """The offline policies in the bench: diffusion, flow matching and BC, trained on the expert dataset by the task's
-recipe and acting as chunking agents."""
+recipe and acting as chunking agents; and `flow-1step` (opt-in), the task's flow policy distilled into a one-step
+student (`physgen.policies.distill`)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,54 @@ from pathlib import Path
 import numpy as np
 
 from physgen.bench.method import Job, Method
-from physgen.bench.protocol import curve_steps, policy_config
+from physgen.bench.protocol import BUDGETS, curve_steps, policy_config
 from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_latency
 from physgen.policies import ChunkingAgent, PolicyConfig, load_policy, save_policy, train_policies
+from physgen.policies.distill import DistillConfig, distill_policies, distilled_from, student_config
 
 
-def _run(job: Job) -> None:
-    config = job.config
+def _evaluate_and_save(job: Job, train, optim, acting, note=None) -> None:
+    """`train(callback)` the job's policies (`optim`: its steps and calls); evaluate every variant's agent
+    (`acting(trained, variant)`: its policy) at each curve point; save its checkpoints (meta `distilled_from`:
+    `note(variant)`, where given) and write its latency and units."""
     curves, final = {v.row: Curves(job.evaluation, job.seeds) for v in job.variants}, {}
-    acting = lambda trained, variant: trained.policy._replace(config=variant.config)  # its evaluation fields
 
     def at_point(done: int, trained) -> None:
         for variant in job.variants:
-            curves[variant.row].add(done, ChunkingAgent(acting(trained, variant)), trained.states,
-                                    done == config.optim.steps)
+            curves[variant.row].add(done, ChunkingAgent(acting(trained, variant)), trained.states, done == optim.steps)
         final["trained"] = trained
-        job.advance(config.optim.steps_per_call)
+        job.advance(optim.steps_per_call)
 
-    train_policies(job.task, config, job.train, job.seeds, progress=False, callback=at_point)
+    train(at_point)
     trained = final["trained"]
     for variant in job.variants:
         policy = acting(trained, variant)
         for i, seed in enumerate(job.seeds):
             if seed in variant.pending:
                 save_policy(job.out / "checkpoints" / row_folder(variant.row) / f"seed_{seed}", job.task,
-                            trained._replace(policy=policy), i)
+                            trained._replace(policy=policy), i, note(variant) if note else None)
         job.finish(curves[variant.row], measure_latency(policy, trained.state_of(0), np.asarray(
             job.train.observations), job.task.control_hz), variant)
+
+
+def _run(job: Job) -> None:
+    config = job.config
+    _evaluate_and_save(job, lambda callback: train_policies(job.task, config, job.train, job.seeds, progress=False,
+                                                            callback=callback),
+                       config.optim, lambda trained, variant: trained.policy._replace(config=variant.config))
+
+
+def _run_one_step(job: Job) -> None:
+    """The flow teacher by the task's recipe, then its one-step students, both vmapped over the seeds."""
+    teacher_config, distill = job.config
+    teacher = train_policies(job.task, teacher_config, job.train, job.seeds, progress=False,
+                             callback=lambda done, trained: job.advance(teacher_config.optim.steps_per_call))
+    _evaluate_and_save(job, lambda callback: distill_policies(job.task, teacher, job.train, distill, progress=False,
+                                                              callback=callback),
+                       distill.optim, lambda trained, variant: trained.policy._replace(
+                           config=student_config(*variant.config)),
+                       note=lambda variant: distilled_from(*variant.config))
 
 
 def _load(path: Path, task: str | None):
@@ -54,4 +75,21 @@ def offline_method(name: str, generative: bool) -> Method:
                   configure=PolicyConfig.from_dict, evaluation_fields=EVALUATION_FIELDS)
 
 
+def one_step_hyperparameters(task, budget: str) -> dict:
+    """The task's flow recipe for the teacher; distillation for as many steps as the teacher trained, with its batch,
+    evaluated at the budget's curve points."""
+    teacher = policy_config(task, "flow", budget).optim
+    distill = DistillConfig().replace(steps=teacher.steps, batch_size=teacher.batch_size,
+                                      steps_per_call=-(-teacher.steps // BUDGETS[budget].curve_points))
+    return {"teacher": policy_config(task, "flow", budget).as_flat(), "distill": distill.as_flat()}
+
+
 DIFFUSION, FLOW, BC = offline_method("diffusion", True), offline_method("flow", True), offline_method("bc", False)
+# opt-in: the default runs (hopper's main job) keep their methods and time. Its checkpoints are flow checkpoints,
+# loaded by the flow method's `load`; its variants train apart (the parts nest the evaluation fields).
+FLOW_1STEP = Method("flow-1step", one_step_hyperparameters, _run_one_step,
+                    work=lambda values: values["teacher"]["steps"] + values["distill"]["steps"], generative=True,
+                    default=False, curve_axis="distillation steps",
+                    curve_steps=lambda values: curve_steps(DistillConfig.from_dict(values["distill"])),
+                    configure=lambda values: (PolicyConfig.from_dict(values["teacher"]),
+                                              DistillConfig.from_dict(values["distill"])))

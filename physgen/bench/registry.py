@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from physgen.bench.method import Method
-from physgen.bench.offline import BC, DIFFUSION, FLOW
+from physgen.bench.offline import BC, DIFFUSION, FLOW, FLOW_1STEP
 from physgen.bench.online import PPO
 from physgen.bench.protocol import BUDGETS, Budget
 from physgen.bench.world import PPO_WM, RSSM_MPC
@@ -18,7 +18,7 @@ from physgen.data import dataset_id
 from physgen.envs import Task, task_reference
 from physgen.errors import PhysgenError
 
-_BUILT_IN = (DIFFUSION, FLOW, BC, PPO, RSSM_MPC, PPO_WM)
+_BUILT_IN = (DIFFUSION, FLOW, BC, PPO, RSSM_MPC, PPO_WM, FLOW_1STEP)
 REGISTRY: dict[str, Method] = {}
 
 
@@ -44,11 +44,13 @@ def get_methods(names: list[str]) -> list[Method]:
 
 
 def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
-    """The methods a run uses when none are named, and why the online ones are left out (None when they are in)."""
+    """The methods a run uses when none are named (those with `Method.default`), and why the online ones are left
+    out (None when they are in)."""
+    defaults = [name for name, method in REGISTRY.items() if method.default]
     if budget.ppo_by_default == "always" or (budget.ppo_by_default == "pure-jax" and task.functional is not None):
-        return list(REGISTRY), None
+        return defaults, None
     online = [name for name, method in REGISTRY.items() if method.online]
-    return [name for name in REGISTRY if name not in online], (
+    return [name for name in defaults if name not in online], (
         f"{', '.join(online)} are left out on this budget: {budget.ppo_steps:,} environment steps per PPO seed on "
         f"{task.name} do not fit it; add them with --methods ...,{','.join(online)} or --budget full")
 

@@ -105,9 +105,11 @@ def unroll_for(steps: int) -> int:
 
 
 def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array, key: jax.Array,
-           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0) -> jax.Array:
+           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0,
+           initial_noise: jax.Array | None = None) -> jax.Array:
     """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler (one `lax.scan`, jittable; the network's
-    context for every step is computed before it, in one batched pass)."""
+    context for every step is computed before it, in one batched pass). `initial_noise` is x_T (default: drawn
+    from `key`); with DDIM at eta = 0 it alone decides the sample, which distillation relies on."""
     train_steps = schedule.betas.shape[0]
     timesteps, previous = sampling_timesteps(train_steps, steps)
     k_init, k_steps = jax.random.split(key)
@@ -125,6 +127,7 @@ def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: ja
             return mean + jnp.sqrt(var) * noise, None
         return ddim_step(schedule, x0, eps, t, t_prev, eta, noise), None
 
-    x, _ = jax.lax.scan(reverse_step, jax.random.normal(k_init, shape),
+    x_init = jax.random.normal(k_init, shape) if initial_noise is None else initial_noise
+    x, _ = jax.lax.scan(reverse_step, x_init,
                         (timesteps, previous, jax.random.split(k_steps, steps), contexts), unroll=unroll_for(steps))
     return x

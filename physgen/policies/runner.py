@@ -17,14 +17,18 @@ from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_samp
 from physgen.policies.train import TrainedPolicies
 
 
-def save_policy(path: str | Path, task: Task, trained: TrainedPolicies, index: int) -> Path:
-    """Checkpoint seed `index` of `trained`: raw and EMA parameters, normalizers, bounds, config."""
+def save_policy(path: str | Path, task: Task, trained: TrainedPolicies, index: int,
+                distilled_from: dict | None = None) -> Path:
+    """Checkpoint seed `index` of `trained`: raw and EMA parameters, normalizers, bounds, config; a distilled student
+    (`physgen.policies.distill`) also records its teacher and distillation in meta `distilled_from`."""
     state = trained.state_of(index)
     arrays = {"params": nnx.to_pure_dict(jax.tree.map(lambda x: x[index], trained.params)),
               "ema": nnx.to_pure_dict(state.params),
               "obs_norm": state.obs_norm._asdict(), "act_norm": state.act_norm._asdict()}
     meta = {"method": trained.policy.config.method, "task": task.name, "seed": trained.seeds[index],
             "config": trained.policy.config.as_flat(), "obs_dim": task.obs_dim, "act_dim": task.act_dim}
+    if distilled_from is not None:
+        meta["distilled_from"] = distilled_from
     return save_checkpoint(path, arrays, meta)
 
 

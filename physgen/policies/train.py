@@ -43,39 +43,43 @@ def _ema_decay(config: PolicyConfig, step):
 
 
 def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: list[int], progress: bool = True,
-                   callback=None) -> TrainedPolicies:
+                   callback=None, start: Any = None, teacher: Any = None, loss=None) -> TrainedPolicies:
     """Train one policy per seed on `data` (the training split), all seeds in one compiled program.
 
     Normalizers are fitted on `data` (min-max, as Diffusion Policy). `callback(step, trained)` runs after every call.
+    Distillation (`physgen.policies.distill`) starts from `start`, parameters per seed (seeds on the leading axis)
+    instead of fresh ones, and minimises `loss(params, teacher, batch, key)` instead of the policy's own loss,
+    where `teacher` is a pytree per seed that the loss reads (the trained teacher's weights).
     """
     obs_norm, act_norm = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     policy, _ = Policy.create(config, task.obs_dim, task.act_dim, init_keys[0])
     optimizer = config.optim.optimizer()
+    objective = (lambda params, teacher, batch, key: policy.loss(params, batch, key)) if loss is None else loss
 
-    def init(key):
-        params = policy.init(key)
+    def init(key, start):
+        params = policy.init(key) if start is None else start
         return TrainState(params, params, optimizer.init(params), jnp.int32(0))
 
-    def train_step(state: TrainState, key, data):
+    def train_step(state: TrainState, key, data, teacher):
         k_batch, k_loss = jax.random.split(key)
         chunking = config.chunking
         batch = sample_windows(data, k_batch, config.optim.batch_size, chunking.obs_steps, chunking.action_steps,
                                obs_norm, act_norm)
-        loss, grads = jax.value_and_grad(policy.loss)(state.params, batch, k_loss)
+        loss, grads = jax.value_and_grad(objective)(state.params, teacher, batch, k_loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = _ema_decay(config, state.step)
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
         return TrainState(params, ema, opt_state, state.step + 1), loss
 
-    def run_call(state, key, data, steps):
-        return jax.lax.scan(lambda s, k: train_step(s, k, data), state, jax.random.split(key, steps))
+    def run_call(state, key, data, teacher, steps):
+        return jax.lax.scan(lambda s, k: train_step(s, k, data, teacher), state, jax.random.split(key, steps))
 
-    states = jax.jit(jax.vmap(init))(init_keys)
+    states = jax.jit(jax.vmap(init))(init_keys, start)
     calls = -(-config.optim.steps // config.optim.steps_per_call)
-    run = jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, None)), static_argnums=3)
+    run = jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, 0, None)), static_argnums=4)
     losses = []
     low, high = jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
 
@@ -92,7 +96,7 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
         for call in range(calls):
             steps = min(config.optim.steps_per_call, config.optim.steps - done)
             call_keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(train_keys)
-            states, call_losses = run(states, call_keys, data, steps)
+            states, call_losses = run(states, call_keys, data, teacher, steps)
             losses.append(np.asarray(call_losses).mean(axis=1))
             done += steps
             bar.update(job, completed=done, description=f"{config.method} on {task.name}, {len(seeds)} seeds, "
