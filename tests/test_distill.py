@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from physgen import PhysgenError
-from physgen.bench import registry
+from physgen.bench import offline, registry
 from physgen.bench.protocol import BUDGETS
 from physgen.cli import main
 from physgen.data import Trajectories, load_dataset, split_episodes
@@ -151,7 +151,7 @@ def test_distill_checkpoint_distils_a_saved_teacher_on_its_training_split(fork_d
         distill_checkpoint(path, tmp_path / "never", steps=0)
 
 
-def test_flow_1step_is_an_opt_in_bench_method(fork_dataset, tmp_path):
+def test_flow_1step_is_an_opt_in_bench_method(fork_dataset, tmp_path, monkeypatch):
     for budget in BUDGETS.values():
         assert "flow-1step" not in registry.default_methods(get_task("fork"), budget)[0]
         assert "flow" in registry.default_methods(get_task("fork"), budget)[0]
@@ -164,5 +164,15 @@ def test_flow_1step_is_an_opt_in_bench_method(fork_dataset, tmp_path):
     assert protocol["curve_steps"]["flow-1step"][-1] == hyper["distill"]["steps"]
     results = json.loads((out / "results.json").read_text())
     assert [u["seed"] for u in results["units"]["flow-1step"]] == [0, 1]
-    policy, _, meta = load_policy(out / "checkpoints" / "flow-1step" / "seed_1", "fork")
+    policy, state, meta = load_policy(out / "checkpoints" / "flow-1step" / "seed_1", "fork")
     assert policy.config.inference_steps == 1 and meta["distilled_from"]["teacher"] == hyper["teacher"]
+    # beside the flow row, the method distils that row's policies instead of training them again: the same students
+    beside, trainings = tmp_path / "beside", []
+    monkeypatch.setattr(offline, "train_policies",
+                        lambda *a, **k: trainings.append(a[1].method) or train_policies(*a, **k))
+    assert main(["bench", "--task", "fork", "--methods", "flow,flow-1step", "--seeds", "2", "--episodes", "2",
+                 "--budget", "smoke", "--no-videos", "--out", str(beside)]) == 0
+    assert trainings == ["flow"]  # the flow row's; no second teacher
+    again = load_policy(beside / "checkpoints" / "flow-1step" / "seed_1", "fork")[1]
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)

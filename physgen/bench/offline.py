@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from physgen.bench.method import Job, Method
 from physgen.bench.protocol import BUDGETS, curve_steps, policy_config
 from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_latency
-from physgen.policies import ChunkingAgent, PolicyConfig, load_policy, save_policy, train_policies
+from physgen.policies import (ChunkingAgent, PolicyConfig, TrainedPolicies, load_policy, save_policy,
+                             train_policies)
 from physgen.policies.distill import DistillConfig, distill_policies, distilled_from, student_config
 
 
@@ -47,11 +50,29 @@ def _run(job: Job) -> None:
                        config.optim, lambda trained, variant: trained.policy._replace(config=variant.config))
 
 
+def _flow_row_teachers(job: Job, config: PolicyConfig) -> TrainedPolicies | None:
+    """The `flow` row's final policies of this run, where it wrote every seed's with the teacher's config: the
+    teacher this method would train (the same recipe, seeds and data), without training it again."""
+    paths = [job.out / "checkpoints" / "flow" / f"seed_{seed}" for seed in job.seeds]
+    if not all(path.is_dir() for path in paths):
+        return None
+    loaded = [load_policy(path, job.task.name) for path in paths]
+    if any(policy.config != config for policy, _, _ in loaded):
+        return None
+    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(state for _, state, _ in loaded))
+    return TrainedPolicies(loaded[0][0], states, states.params, np.zeros((len(paths), 0)), tuple(job.seeds))
+
+
 def _run_one_step(job: Job) -> None:
-    """The flow teacher by the task's recipe, then its one-step students, both vmapped over the seeds."""
+    """The flow teacher by the task's recipe (the `flow` row's, where this run has it), then its one-step students,
+    both vmapped over the seeds."""
     teacher_config, distill = job.config
-    teacher = train_policies(job.task, teacher_config, job.train, job.seeds, progress=False,
-                             callback=lambda done, trained: job.advance(teacher_config.optim.steps_per_call))
+    teacher = _flow_row_teachers(job, teacher_config)
+    if teacher is None:
+        teacher = train_policies(job.task, teacher_config, job.train, job.seeds, progress=False,
+                                 callback=lambda done, trained: job.advance(teacher_config.optim.steps_per_call))
+    else:
+        job.advance(teacher_config.optim.steps)
     _evaluate_and_save(job, lambda callback: distill_policies(job.task, teacher, job.train, distill, progress=False,
                                                               callback=callback),
                        distill.optim, lambda trained, variant: trained.policy._replace(
