@@ -99,10 +99,9 @@ def offline_method(name: str, generative: bool) -> Method:
 def one_step_hyperparameters(task, budget: str) -> dict:
     """The task's flow recipe for the teacher; distillation for as many steps as the teacher trained, with its batch,
     evaluated at the budget's curve points."""
-    teacher = policy_config(task, "flow", budget).optim
-    distill = DistillConfig().replace(steps=teacher.steps, batch_size=teacher.batch_size,
-                                      steps_per_call=-(-teacher.steps // BUDGETS[budget].curve_points))
-    return {"teacher": policy_config(task, "flow", budget).as_flat(), "distill": distill.as_flat()}
+    teacher = policy_config(task, "flow", budget)
+    distill = DistillConfig.for_teacher(teacher, BUDGETS[budget].curve_points)
+    return {"teacher": teacher.as_flat(), "distill": distill.as_flat()}
 
 
 DIFFUSION, FLOW, BC = offline_method("diffusion", True), offline_method("flow", True), offline_method("bc", False)

@@ -47,6 +47,12 @@ class DistillConfig(Parts):
     def __post_init__(self):
         check(self, {"start": STARTS})
 
+    @classmethod
+    def for_teacher(cls, teacher: PolicyConfig, calls: int = 1) -> "DistillConfig":
+        """The defaults with the teacher's gradient steps and batch, in `calls` compiled calls (curve points)."""
+        steps = teacher.optim.steps
+        return cls().replace(steps=steps, batch_size=teacher.optim.batch_size, steps_per_call=-(-steps // calls))
+
 
 def teacher_sampler(config: PolicyConfig) -> Callable:
     """`sample(net, x0, cond)`: the teacher's chunk from initial noise x0 by its own sampler and steps; refused
@@ -119,14 +125,14 @@ def distilled_from(teacher: PolicyConfig, distill: DistillConfig, checkpoint: st
 def distill_checkpoint(path: str | Path, out: str | Path, steps: int | None = None, dataset: str = "expert-v0",
                        progress: bool = True) -> tuple[Path, TrainedPolicies]:
     """Distil the policy checkpoint at `path` on its task's dataset `dataset` (its training split, as `physgen
-    train` made it) for `steps` gradient steps (default: `DistillConfig`'s); write the student's checkpoint to
-    `out` and return its path and the student."""
-    policy, state, meta = load_policy(path)
-    teacher_sampler(policy.config)  # refuses a stochastic teacher before the data is read
+    train` made it) for `steps` gradient steps (default: as many as the teacher's, `DistillConfig.for_teacher`);
+    write the student's checkpoint to `out` and return its path and the student."""
     if steps is not None and steps < 1:
         raise PhysgenError(f"--steps must be at least 1, got {steps}")
-    distill = DistillConfig() if steps is None else DistillConfig().replace(steps=steps)
-    distill = distill.replace(steps_per_call=min(distill.optim.steps_per_call, distill.optim.steps))
+    policy, state, meta = load_policy(path)
+    teacher_sampler(policy.config)  # refuses a stochastic teacher before the data is read
+    teacher = policy.config.replace(steps=steps) if steps else policy.config
+    distill = DistillConfig.for_teacher(teacher, calls=-(-teacher.optim.steps // DistillConfig().optim.steps_per_call))
     task = get_task(meta["task"])
     train, _ = split_episodes(load_dataset(task, dataset).trajectories, validation_fraction=0.1, seed=0)
     stacked = jax.tree.map(lambda x: x[None], state)
