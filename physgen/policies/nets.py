@@ -2,9 +2,10 @@
 
 `MLPDenoiser`: sinusoidal time embedding, FiLM or concatenated conditioning.
 `ConditionalUnet1D`: Diffusion Policy's layout (Chi et al.): residual 1-D conv blocks with GroupNorm and Mish, FiLM
-from the time embedding and the observations, three resolutions. Its convolutions are written as shifted slices and
-one matmul, which XLA:CPU runs several times faster than `lax.conv` (`nnx.Conv`); `Conv1d(fast=False)` is the
-reference form, and the tests check that both agree.
+from the time embedding and the observations, three resolutions. On the CPU its convolutions are written as shifted
+slices and one matmul, which XLA:CPU runs several times faster than `lax.conv` (`nnx.Conv`); on other backends they
+are `lax.conv`, which GPU and TPU compilers map onto their convolution kernels. `Conv1d(fast=False)` is that form,
+and the tests check that both agree.
 
 Every network is called as `net(x, t, cond)` with x (B, T_p, act_dim), t (B,) in [0, 1] and cond (B, T_o * obs_dim),
 which is `net.apply(x, net.context(t, cond))`: `context` computes everything that does not depend on x (time
@@ -175,7 +176,10 @@ class ResidualBlock(nnx.Module):
 
 class ConditionalUnet1D(nnx.Module):
     def __init__(self, chunk_shape: tuple[int, int], cond_dim: int, dims: tuple[int, ...] = (256, 512, 1024),
-                 time_dim: int = 256, kernel: int = 5, groups: int = 8, fast: bool = True, *, rngs: nnx.Rngs):
+                 time_dim: int = 256, kernel: int = 5, groups: int = 8, fast: bool | None = None, *,
+                 rngs: nnx.Rngs):
+        """`fast`: slice-and-matmul convolutions (default: on the CPU backend only, see the module docstring)."""
+        fast = jax.default_backend() == "cpu" if fast is None else fast
         act_dim = chunk_shape[1]
         context = time_dim + cond_dim
         self.time = TimeEncoder(time_dim, rngs)
