@@ -67,8 +67,8 @@ def teacher_sampler(config: PolicyConfig) -> Callable:
     if d.sampler != "ddim" or d.ddim_eta != 0.0:
         sampler = "ddpm" if d.sampler == "ddpm" else f"ddim at eta {d.ddim_eta:g}"
         raise PhysgenError(f"a diffusion teacher sampling by {sampler} draws fresh noise at every step, so its chunk "
-                           "is no function of its initial noise and cannot be distilled; distil it sampled by DDIM "
-                           "at eta 0 (train it with --set sampler=ddim,ddim_eta=0), or a flow checkpoint")
+                           "is no function of its initial noise and cannot be distilled; distil a diffusion policy "
+                           "sampled by DDIM at eta 0 (sampler=ddim, ddim_eta=0 in its config), or a flow one")
     schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
     return lambda net, x0, cond: diffusion.sample(net, schedule, d.prediction, cond, jax.random.key(0), x0.shape,
                                                   steps, "ddim", 0.0, initial_noise=x0)
