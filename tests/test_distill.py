@@ -106,6 +106,23 @@ def test_a_ddim_teacher_maps_its_initial_noise_as_its_sampler_does():
     np.testing.assert_array_equal(again, policy.sample(params, obs, key))  # no initial noise: drawn as before
 
 
+def test_a_ddim_teacher_is_distilled_from_its_own_weights():
+    """A diffusion network predicts the clean chunk at a noise level, not a velocity: the student starts from it
+    all the same (`start="teacher"`) and learns the DDIM map from the noise."""
+    task, data = get_task("fork"), two_modes()
+    config = PolicyConfig.of(method="diffusion", steps=50, steps_per_call=50, inference_steps=5, **TINY)
+    teacher = train_policies(task, config, data, [0], progress=False)
+    distill = DistillConfig().replace(steps=200, steps_per_call=200, batch_size=128)
+    student = distill_policies(task, teacher, data, distill, progress=False)
+    x0, cond = jax.random.normal(jax.random.key(4), (SAMPLES, 4, 2)), jnp.zeros((SAMPLES, 12))
+    target = teacher_sampler(config)(teacher.policy.network(teacher.state_of(0).params), x0, cond)
+
+    def error(params):
+        return float(jnp.mean((x0 + student.policy.network(params)(x0, jnp.zeros(SAMPLES), cond) - target) ** 2))
+
+    assert error(student.state_of(0).params) < error(teacher.state_of(0).params) / 4
+
+
 @pytest.mark.parametrize("changes, message", [
     (dict(method="diffusion", sampler="ddpm"), "a diffusion teacher sampling by ddpm draws fresh noise"),
     (dict(method="diffusion", ddim_eta=0.5), "a diffusion teacher sampling by ddim at eta 0.5 draws fresh noise"),
