@@ -2,6 +2,7 @@
 
 physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormalize, clip) for
   - MLP flow, 10 Euler steps (target p99 <= 200 us), MLP DDIM with 10 and 100 steps,
+  - the one-step student of that MLP flow (`physgen distill`: one Euler step; target p99 <= 200 us),
   - ConditionalUnet1D at Diffusion Policy's size for state inputs (dims 256/512/1024, 65 M parameters) and at
     physgen's default size (64/128/256), DDIM 10 steps (target p99 <= 10 ms).
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
@@ -44,6 +45,7 @@ OBS_DIM, ACT_DIM = 11, 3
 DP_UNET = (256, 512, 1024)
 CASES = [  # name, config changes, sampling steps
     ("MLP flow, Euler 10", dict(method="flow"), 10),
+    ("MLP flow 1-step student", dict(method="flow"), 1),  # physgen distill's student is this program
     ("MLP DDIM 10", dict(method="diffusion"), 10),
     ("MLP DDIM 100", dict(method="diffusion"), 100),
     ("UNet 64/128/256 DDIM 10", dict(method="diffusion", network="unet"), 10),

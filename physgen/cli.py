@@ -22,7 +22,7 @@ from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, read_json
 from physgen.plan import RUNS, seeds_needed, spread_from_rates
-from physgen.policies import ChunkingAgent, PolicyConfig, save_policy, train_policies
+from physgen.policies import ChunkingAgent, PolicyConfig, distill_checkpoint, save_policy, train_policies
 from physgen.policies.ppo import load_ppo_policy
 from physgen.policies.ppo import train_from_cli as train_ppo_from_cli
 from physgen.seeds import TUNING
@@ -135,6 +135,16 @@ def _export(args: argparse.Namespace) -> None:
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+def _distill(args: argparse.Namespace) -> None:
+    if args.steps is not None:
+        _check_minimums(args, steps=1)
+    out = Path(args.out or f"{Path(args.checkpoint).absolute()}-1step")
+    check_folder(out.parent, "--out")
+    path, student = distill_checkpoint(args.checkpoint, out, steps=args.steps, dataset=args.dataset)
+    print(f"seed {student.seeds[0]}: final distillation loss {student.losses[0, -1]:.4g}, one-step checkpoint "
+          f"{path}\nevaluate it with: physgen sweep-steps --checkpoint {path} --sampler-steps 1")
+
+
 def _sweep_steps(args: argparse.Namespace) -> None:
     try:
         steps = [int(k) for k in args.sampler_steps.split(",")]
@@ -221,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "seeds, budget, [set], [vary]; experiments/ has examples); every run writes its own as "
                        "experiment.toml")
     bench.add_argument("--methods", default=None, help=f"comma-separated, from {', '.join(REGISTRY)} (default: "
-                       "the offline ones, and the online ones where the budget allows)")
+                       "the offline ones, and the online ones where the budget allows; flow-1step only when named)")
     bench.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default: the budget's, 10)")
     bench.add_argument("--episodes", type=int, default=None, help="evaluation episodes per seed (default: budget's)")
     bench.add_argument("--budget", choices=tuple(BUDGETS), default=None, help="default: quick")
@@ -261,6 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sampler-steps", type=int, default=None,
                         help="denoising or integration steps (default: the checkpoint's config)")
     export.set_defaults(run=_export)
+
+    distill = commands.add_parser("distill", help="distil a flow checkpoint, or a diffusion one sampled by DDIM at "
+                                  "eta 0, into a flow policy that samples in one network call, trained on the "
+                                  "teacher's training split (docs/concepts/generative-policies.md)")
+    distill.add_argument("--checkpoint", required=True, help="the teacher's checkpoint folder")
+    distill.add_argument("--steps", type=int, default=None,
+                         help="distillation gradient steps (default: as many as the teacher trained)")
+    distill.add_argument("--dataset", default="expert-v0",
+                         help="the dataset the teacher was trained on (default expert-v0); its training split is used")
+    distill.add_argument("--out", default=None, help="default: the teacher's folder with -1step appended")
+    distill.set_defaults(run=_distill)
 
     sweep = commands.add_parser("sweep-steps", help="success (Wilson intervals) and latency for each number of "
                                 "denoising or integration steps of one checkpoint, without retraining")

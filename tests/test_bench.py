@@ -488,5 +488,5 @@ def test_a_method_is_one_module_and_one_registration(datasets, tmp_path, request
     assert all(e["return"] == units[0]["episodes"][i]["return"] for u in units for i, e in enumerate(u["episodes"]))
     assert "hold-still" in (out / "report.md").read_text()
     assert main(["bench", "--task", "fork", "--methods", "no-such", "--budget", "smoke", "--out", str(out)]) == 2
-    assert "unknown method(s) no-such; use some of diffusion, flow, bc, ppo, rssm-mpc, ppo-wm, hold-still" in (
-        capsys.readouterr().err)
+    assert ("unknown method(s) no-such; use some of diffusion, flow, bc, ppo, rssm-mpc, ppo-wm, flow-1step, "
+            "hold-still") in capsys.readouterr().err

@@ -166,6 +166,10 @@ def test_distill_checkpoint_distils_a_saved_teacher_on_its_training_split(fork_d
     assert meta["distilled_from"]["checkpoint"] == str(path) and meta["distilled_from"]["teacher"]["steps"] == 20
     with pytest.raises(PhysgenError, match="--steps must be at least 1"):
         distill_checkpoint(path, tmp_path / "never", steps=0)
+    assert main(["distill", "--checkpoint", str(path), "--steps", "10", "--out", str(tmp_path / "cli")]) == 0
+    cli_student = load_policy(tmp_path / "cli", "fork")[1]  # the same distillation from the command line
+    assert jax.tree.all(jax.tree.map(np.array_equal, cli_student.params, load_policy(out, "fork")[1].params))
+    assert main(["distill", "--checkpoint", str(path), "--steps", "0"]) == 2
 
 
 def test_flow_1step_is_an_opt_in_bench_method(fork_dataset, tmp_path, monkeypatch):
