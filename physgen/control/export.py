@@ -238,21 +238,8 @@ def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
         d = config.diffusion
         with jax.ensure_compile_time_eval():  # constants in the model: the schedule's cumprod has no ONNX operator
             schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
-        timesteps, previous = diffusion.sampling_timesteps(d.train_diffusion_steps, steps)
-        contexts, apply = diffusion.step_contexts(net, timesteps / d.train_diffusion_steps, cond, 1)
-        step_noise = noise[1:, None] if len(noise) > 1 else jnp.zeros((steps, *noise.shape))  # eta = 0: unused
-
-        def reverse_step(x, inputs):  # diffusion.sample's
-            t, t_prev, z, context = inputs
-            x0, eps = diffusion._clean_and_noise(schedule, d.prediction, apply(x, context), x, t)
-            if d.sampler == "ddpm":
-                mean, var = diffusion.ddpm_posterior(schedule, x0, x, t, t_prev)
-                return mean + jnp.sqrt(var) * z, None
-            return diffusion.ddim_step(schedule, x0, eps, t, t_prev, d.ddim_eta, z), None
-
-        x, _ = jax.lax.scan(reverse_step, noise[:1], (timesteps, previous, step_noise, contexts),
-                            unroll=diffusion.unroll_for(steps))
-        return x
+        return diffusion.sample_from_noise(net, schedule, d.prediction, cond, noise[:1],
+                                           noise[1:, None] if len(noise) > 1 else None, steps, d.sampler, d.ddim_eta)
 
     # act only calls policy.sample: a stand-in whose sample takes the draws where the policy's takes a key
     return act(SimpleNamespace(sample=sample), state, obs_history[None], noise, steps)[0]

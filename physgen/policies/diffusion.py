@@ -105,29 +105,38 @@ def unroll_for(steps: int) -> int:
 
 
 def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array, key: jax.Array,
-           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0,
-           initial_noise: jax.Array | None = None) -> jax.Array:
-    """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler (one `lax.scan`, jittable; the network's
-    context for every step is computed before it, in one batched pass). `initial_noise` is x_T (default: drawn
-    from `key`); with DDIM at eta = 0 it alone decides the sample, which distillation relies on."""
+           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0) -> jax.Array:
+    """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler from `key`: x_T and each step's noise
+    are drawn from it, then `sample_from_noise` runs the steps."""
+    k_init, k_steps = jax.random.split(key)
+    deterministic = sampler == "ddim" and eta == 0.0  # no noise to draw for sigma = 0 (eta is a Python float)
+    step_noise = None if deterministic else jax.vmap(lambda k: jax.random.normal(k, shape))(
+        jax.random.split(k_steps, steps))
+    return sample_from_noise(denoise, schedule, prediction, cond, jax.random.normal(k_init, shape), step_noise,
+                             steps, sampler, eta)
+
+
+def sample_from_noise(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array,
+                      initial_noise: jax.Array, step_noise: jax.Array | None, steps: int, sampler: str = "ddim",
+                      eta: float = 0.0) -> jax.Array:
+    """x0 by `steps` reverse steps from x_T = `initial_noise`, with `step_noise` (steps, *shape) the standard normal
+    draws the steps add (None: DDIM at eta 0, which adds none, so x_T alone decides the sample; distillation and
+    the ONNX export rely on that). One `lax.scan`, jittable; the network's context for every step is computed
+    before it, in one batched pass."""
     train_steps = schedule.betas.shape[0]
     timesteps, previous = sampling_timesteps(train_steps, steps)
-    k_init, k_steps = jax.random.split(key)
-
-    contexts, apply = step_contexts(denoise, timesteps / train_steps, cond, shape[0])
-    deterministic = sampler == "ddim" and eta == 0.0  # no noise to draw for sigma = 0 (eta is a Python float)
+    contexts, apply = step_contexts(denoise, timesteps / train_steps, cond, initial_noise.shape[0])
+    if step_noise is None:
+        step_noise = jnp.zeros((steps, *initial_noise.shape))
 
     def reverse_step(x, inputs):
-        t, t_prev, k, context = inputs
-        output = apply(x, context)
-        x0, eps = _clean_and_noise(schedule, prediction, output, x, t)
-        noise = jnp.zeros(shape) if deterministic else jax.random.normal(k, shape)
+        t, t_prev, noise, context = inputs
+        x0, eps = _clean_and_noise(schedule, prediction, apply(x, context), x, t)
         if sampler == "ddpm":
             mean, var = ddpm_posterior(schedule, x0, x, t, t_prev)
             return mean + jnp.sqrt(var) * noise, None
         return ddim_step(schedule, x0, eps, t, t_prev, eta, noise), None
 
-    x_init = jax.random.normal(k_init, shape) if initial_noise is None else initial_noise
-    x, _ = jax.lax.scan(reverse_step, x_init,
-                        (timesteps, previous, jax.random.split(k_steps, steps), contexts), unroll=unroll_for(steps))
+    x, _ = jax.lax.scan(reverse_step, initial_noise, (timesteps, previous, step_noise, contexts),
+                        unroll=unroll_for(steps))
     return x

@@ -71,8 +71,7 @@ def teacher_sampler(config: PolicyConfig) -> Callable:
                            "is no function of its initial noise and cannot be distilled; distil a diffusion policy "
                            "sampled by DDIM at eta 0 (sampler=ddim, ddim_eta=0 in its config), or a flow one")
     schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
-    return lambda net, x0, cond: diffusion.sample(net, schedule, d.prediction, cond, jax.random.key(0), x0.shape,
-                                                  steps, "ddim", 0.0, initial_noise=x0)
+    return lambda net, x0, cond: diffusion.sample_from_noise(net, schedule, d.prediction, cond, x0, None, steps)
 
 
 def student_config(teacher: PolicyConfig, distill: DistillConfig) -> PolicyConfig:
