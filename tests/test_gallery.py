@@ -111,3 +111,37 @@ def test_the_gallery_section_embeds_every_filmstrip_and_links_every_video(fork_r
     assert all((out / path).is_file() for path in images + links)
     assert "<details><summary>bc: 1 failure (collision 1)</summary>" in section
     assert gallery_section("MuJoCo could not render")[-2] == "Not rendered: MuJoCo could not render"
+
+
+def test_a_video_is_complete_or_absent_and_falls_back_to_a_gif(tmp_path, monkeypatch):
+    frames = [np.full((16, 16, 3), 40 * i, np.uint8) for i in range(5)]
+    path = video.write_video(frames, 10, tmp_path / "clip.mp4")
+    assert path == tmp_path / "clip.mp4" and len(imageio.mimread(path)) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no partial file left
+
+    class Interrupted:  # an encoder stopped midway (Ctrl-C): no video at its name, no partial file
+        def __init__(self, partial, **options):
+            self.partial = partial
+
+        def __enter__(self):
+            self.partial.write_bytes(b"half a video")
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def append_data(self, image):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(video.imageio, "get_writer", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        video.write_video(frames, 10, tmp_path / "stopped.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+    def no_encoder(partial, **options):
+        raise RuntimeError("no ffmpeg")
+
+    monkeypatch.setattr(video.imageio, "get_writer", no_encoder)
+    gif = video.write_video(frames, 10, tmp_path / "fallback.mp4")
+    assert gif == tmp_path / "fallback.gif" and len(imageio.mimread(gif)) == 5
+    assert not (tmp_path / "fallback.mp4").exists()

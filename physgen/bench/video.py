@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -184,18 +185,23 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
-    """`images` as an MP4 at `path`, or as a GIF beside it when the MP4 encoder fails; the path written."""
+    """`images` as an MP4 at `path`, or as a GIF beside it when the MP4 encoder fails; the path written. Either is
+    complete or absent: the MP4 is encoded into a partial file (ffmpeg writes only to files, named by their
+    extension) renamed into place, the GIF in memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        with imageio.get_writer(path, fps=fps, macro_block_size=8) as writer:
+        with imageio.get_writer(partial, fps=fps, macro_block_size=8) as writer:
             for image in images:
                 writer.append_data(image)
+        os.replace(partial, path)
         return path
     except (OSError, RuntimeError, ValueError):
-        path.unlink(missing_ok=True)
-        gif = path.with_suffix(".gif")
-        imageio.mimwrite(gif, images, duration=1000 / fps)
-        return gif
+        buffer = io.BytesIO()
+        imageio.mimwrite(buffer, images, format="GIF", duration=1000 / fps)
+        return write_bytes(path.with_suffix(".gif"), buffer.getvalue())
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def render_episode(task: Task, episode_seed: int, actions: np.ndarray, path: Path) -> Path:
