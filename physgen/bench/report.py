@@ -13,6 +13,7 @@ import numpy as np
 
 from physgen import plan, stats
 from physgen.bench.ablation import ablation_figures, ablation_section, ablations
+from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import LEAD_FRACTION, hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.video import FAILURE_VIDEOS, STRIP_FRAMES, SUCCESS_VIDEOS, Clip, failure_videos
@@ -267,14 +268,21 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
               "nothing: no two methods share a success interval while failing differently") + ".", "",
               "![failures](failures.png)", *gallery_section(videos),
               "## Hyperparameters", "", "Every field of a method's first row; its other rows (variants) by the "
-              "fields where they differ from it.", ""]
-    first = {}
-    for row, values in experiment["hyperparameters"].items():
-        base = first.setdefault(experiment["rows"][row]["method"], (row, values))
-        shown = values if base[0] == row else {k: v for k, v in values.items() if v != base[1][k]}
-        lines.append(f"- {row}{'' if base[0] == row else f' (as {base[0]} but)'}: "
-                     + ", ".join(f"{k}={v}" for k, v in shown.items()))
+              "fields where they differ from it.", "", *hyperparameter_lines(experiment)]
     return "\n".join(lines + _told_apart(summary, experiment)) + "\n"
+
+
+def hyperparameter_lines(experiment: dict) -> list[str]:
+    """One line per row: every field of each method's first row (a part's fields as `part.field`, as the world-model
+    methods nest theirs), and its other rows (variants) by the fields where they differ from it."""
+    first, lines = {}, []
+    for row, values in experiment["hyperparameters"].items():
+        flat = flatten_table(values)
+        name, base = first.setdefault(experiment["rows"][row]["method"], (row, flat))
+        shown = flat if name == row else {k: v for k, v in flat.items() if v != base[k]}
+        lines.append(f"- {row}{'' if name == row else f' (as {name} but)'}: "
+                     + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return lines
 
 
 def gallery_section(videos: dict[str, list[Clip]] | str) -> list[str]:

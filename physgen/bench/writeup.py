@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from physgen.bench.ablation import ablation_section
-from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import hidden_by_aggregates
-from physgen.bench.report import TRUSTED_COVERAGE
+from physgen.bench.report import TRUSTED_COVERAGE, hyperparameter_lines
 from physgen.bench.units import row_folder
 from physgen.errors import PhysgenError
 from physgen.io import read_json, write_text
@@ -79,12 +78,7 @@ def _setup(out: Path, results: dict, protocol: dict) -> list[str]:
                  "(`--vary`): " + (", ".join(f"{k} over {', '.join(map(str, v))}"
                                              for k, v in experiment["variants"].items()) or "nothing") + ".")
     lines += ["", "<details><summary>Every hyperparameter (also in protocol.json): each method's first row in full, "
-              "its other rows by the fields where they differ</summary>", ""]
-    first = {}
-    for row, values in experiment["hyperparameters"].items():
-        name, base = first.setdefault(rows[row]["method"], (row, flatten_table(values)))
-        shown = {k: v for k, v in flatten_table(values).items() if row == name or v != base[k]}
-        lines.append(f"- {row}: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+              "its other rows by the fields where they differ</summary>", "", *hyperparameter_lines(experiment)]
     return lines + ["", "</details>", "", f"{TODO} the task in two sentences: what the agent observes and does, "
                     "and when an episode succeeds (`physgen tasks` prints the success rule).", ""]
 
