@@ -162,6 +162,9 @@ def test_distill_checkpoint_distils_a_saved_teacher_on_its_training_split(fork_d
     assert meta["distilled_from"]["checkpoint"] == str(path) and meta["distilled_from"]["teacher"]["steps"] == 20
     with pytest.raises(PhysgenError, match="--steps must be at least 1"):
         distill_checkpoint(path, tmp_path / "never", steps=0)
+    with pytest.raises(PhysgenError, match="is the teacher's own checkpoint folder"):
+        distill_checkpoint(path, path, steps=10)
+    assert load_policy(path, "fork")[2]["method"] == "flow" and "distilled_from" not in load_policy(path, "fork")[2]
     assert main(["distill", "--checkpoint", str(path), "--steps", "10", "--out", str(tmp_path / "cli")]) == 0
     cli_student = load_policy(tmp_path / "cli", "fork")[1]  # the same distillation from the command line
     assert jax.tree.all(jax.tree.map(np.array_equal, cli_student.params, load_policy(out, "fork")[1].params))

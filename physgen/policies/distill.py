@@ -129,6 +129,9 @@ def distill_checkpoint(path: str | Path, out: str | Path, steps: int | None = No
     write the student's checkpoint to `out` and return its path and the student."""
     if steps is not None and steps < 1:
         raise PhysgenError(f"--steps must be at least 1, got {steps}")
+    if Path(out).absolute() == Path(path).absolute():  # the student's checkpoint would replace its teacher's
+        raise PhysgenError(f"--out {out} is the teacher's own checkpoint folder; pass another, or leave --out out "
+                           "for the teacher's folder with -1step appended")
     policy, state, meta = load_policy(path)
     teacher_sampler(policy.config)  # refuses a stochastic teacher before the data is read
     teacher = policy.config.replace(steps=steps) if steps else policy.config
