@@ -24,6 +24,7 @@ from physgen.data import Normalizer, WindowBatch
 from physgen.errors import PhysgenError
 from physgen.policies import diffusion, flow
 from physgen.policies.nets import ConditionalUnet1D, MLPDenoiser
+from physgen.policies.quantize import WEIGHTS, dequantize, quantize
 
 METHODS = ("diffusion", "flow", "bc")
 NETWORKS = ("mlp", "unet")
@@ -109,12 +110,13 @@ class PolicyConfig(Parts):
     diffusion: Diffusion = Diffusion()
     flow: Flow = Flow()
     inference_steps: int = 10  # sampling steps (denoising or integration) unless the caller asks for another number
+    weights: str = "float32"  # how the sampler stores its weight matrices: physgen.policies.quantize.WEIGHTS
     optim: Optimisation = Optimisation(steps=10_000, batch_size=256, learning_rate=1e-3, weight_decay=1e-6,
                                        warmup_steps=500, grad_clip=1.0, steps_per_call=500)
     ema_decay: float = 0.999
 
     def __post_init__(self):
-        check(self, {"method": METHODS}, ("inference_steps",))
+        check(self, {"method": METHODS, "weights": WEIGHTS}, ("inference_steps",))
         depth = len(self.net.unet_dims) - 1
         if self.net.network == "unet" and self.chunking.action_steps % 2**depth:
             raise PhysgenError(f"the U-Net halves the chunk {depth} times: action_steps "
@@ -196,9 +198,14 @@ def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Arr
 
     Normalized observations are clipped to +-`OBS_CLIP`: far outside the data, FiLM multiplies the network's
     hidden units by the observations at every layer, and a flow's Euler steps compound the resulting velocity
-    until float32 overflows to NaN (a fork goal coordinate at 300 did, where the data spans +-0.2)."""
+    until float32 overflows to NaN (a fork goal coordinate at 300 did, where the data spans +-0.2).
+
+    The weights are sampled in the config's storage form (`weights`): float32 parameters are quantized here, and
+    parameters quantized ahead (`physgen.policies.quantize`) are dequantized here, inside the compiled program; both
+    compute the same chunk."""
     obs = jnp.clip(state.obs_norm.normalize(obs_history), -OBS_CLIP, OBS_CLIP)
-    chunk = policy.sample(state.params, obs, key, steps)
+    params = dequantize(quantize(state.params, policy.config.weights))
+    chunk = policy.sample(params, obs, key, steps)
     return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)
 
 
