@@ -386,6 +386,20 @@ def test_exports_follow_the_umask_and_wide_observations_stay_finite(tiny, tmp_pa
         assert np.all(np.isfinite(chunk)) and np.all(chunk >= LOW) and np.all(chunk <= HIGH)
 
 
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_quantized_export_samples_what_the_policy_samples_with_those_weights(tiny, exported, weights, tmp_path):
+    policy, state = tiny
+    path = export_policy(policy, state, tmp_path / "policy.jaxexport", weights=weights)
+    loaded = load_exported(path)
+    assert loaded.header["weights"] == loaded.header["config"]["weights"] == weights
+    assert load_exported(exported).header["weights"] == "float32"  # None keeps the config's
+    assert path.stat().st_size < exported.stat().st_size  # the weight matrices are stored in fewer bits
+    quantized = policy._replace(config=policy.config.replace(weights=weights))
+    in_process = jax.jit(lambda history, key: act(quantized, state, history[None], key)[0])
+    for seed, history in enumerate(histories(observations(3, seed=2))):
+        np.testing.assert_array_equal(loaded.act(history, seed), in_process(history, jax.random.key(seed)))
+
+
 def test_bad_export_requests_are_refused_before_any_work(tmp_path):
     missing = tmp_path / "no_checkpoint"  # never read: the request is refused first
     with pytest.raises(PhysgenError, match=f"the output {re.escape(str(tmp_path))} is a folder; name the file"):
@@ -393,5 +407,7 @@ def test_bad_export_requests_are_refused_before_any_work(tmp_path):
     for steps in (-2, 0, 2.5, True, "3"):
         with pytest.raises(PhysgenError, match="steps must be a positive integer number of sampler steps"):
             export_checkpoint(missing, tmp_path / "policy.jaxexport", steps=steps)
+    with pytest.raises(PhysgenError, match="unknown weights 'int4'; choose one of float32, bfloat16, int8"):
+        export_checkpoint(missing, tmp_path / "policy.jaxexport", weights="int4")
     with pytest.raises(PhysgenError, match="not a physgen checkpoint"):
         export_checkpoint(missing, tmp_path / "policy.jaxexport", steps=np.int64(3))

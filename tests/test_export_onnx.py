@@ -91,6 +91,26 @@ def test_the_onnx_model_samples_what_the_policy_samples_given_the_same_draws(ort
         assert np.abs(other - chunk).max() > 100 * ATOL
 
 
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_quantized_onnx_model_samples_what_the_policy_samples_with_those_weights(ort, tmp_path, weights):
+    policy, state = tiny(method="flow")
+    full = export_onnx(policy, state, tmp_path / "float32.onnx")
+    path = export_onnx(policy, state, tmp_path / f"{weights}.onnx", weights=weights)
+    model = session(ort, path)
+    header = json.loads(model.get_modelmeta().custom_metadata_map["physgen"])
+    assert header["weights"] == header["config"]["weights"] == weights
+    assert path.stat().st_size < full.stat().st_size  # the weight matrices are stored in fewer bits
+    quantized = policy._replace(config=policy.config.replace(weights=weights))
+    in_process = jax.jit(lambda history, key: act(quantized, state, history[None], key)[0])
+    unquantized = jax.jit(lambda history, key: act(policy, state, history[None], key)[0])
+    apart = 0.0
+    for seed, history in enumerate(histories()):
+        (chunk,) = model.run(None, {"obs_history": history, "noise": sampler_noise(policy, seed)})
+        np.testing.assert_allclose(chunk, in_process(history, jax.random.key(seed)), rtol=0, atol=ATOL)
+        apart = max(apart, np.abs(chunk - unquantized(history, jax.random.key(seed))).max())
+    assert apart > ATOL  # the tolerance tells the weights apart: the float32 policy's chunks are farther away
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     policy, state = tiny(method="diffusion", sampler="ddpm")
@@ -111,6 +131,12 @@ def test_physgen_export_onnx_matches_the_jax_export_of_the_same_checkpoint(ort, 
     model = session(ort, export_checkpoint(path, tmp_path / "five.onnx", steps, format="onnx"))
     exported = load_exported(export_checkpoint(path, tmp_path / "five.jaxexport", steps))
     assert json.loads(model.get_modelmeta().custom_metadata_map["physgen"])["action_low"] == [-1.0, -1.0]
+    for seed, history in enumerate(histories()):
+        (chunk,) = model.run(None, {"obs_history": history, "noise": sampler_noise(policy, seed, steps)})
+        np.testing.assert_allclose(chunk, exported.act(history, seed), rtol=0, atol=ATOL)
+    model = session(ort, export_checkpoint(path, tmp_path / "int8.onnx", steps, format="onnx", weights="int8"))
+    exported = load_exported(export_checkpoint(path, tmp_path / "int8.jaxexport", steps, weights="int8"))
+    assert exported.header["weights"] == "int8"
     for seed, history in enumerate(histories()):
         (chunk,) = model.run(None, {"obs_history": history, "noise": sampler_noise(policy, seed, steps)})
         np.testing.assert_allclose(chunk, exported.act(history, seed), rtol=0, atol=ATOL)

@@ -7,8 +7,11 @@ needs jax and numpy only: no training code, no checkpoint; an ONNX model needs a
     chunk = policy.act(obs_history, seed)    # (T_p, act_dim); execute the first `policy.exec_steps`
     export_checkpoint("runs/hopper/flow/seed_0", "policy.onnx", format="onnx")  # (obs_history, noise) -> chunk
 
+`weights=` ("float32", "bfloat16", "int8"; `physgen.policies.quantize`) replaces the config's storage form of the
+weight matrices: the file holds them quantized, as constants the program dequantizes, and records the choice.
+
 File layout: MAGIC, the header's length (8 bytes, little-endian), the JSON header, the serialized `Exported`.
-The header holds the dimensions, chunking, bounds, task, method and config, and a SHA-256 of the rest of the
+The header holds the dimensions, chunking, bounds, task, method, weights and config, and a SHA-256 of the rest of the
 header (as sorted JSON) and the serialized bytes: a flipped bit in either is refused. An ONNX model carries the
 same fields (less the digest, key and platforms) as JSON in its metadata entry `physgen`.
 """
@@ -38,16 +41,18 @@ ONNX_INSTALL = "pip install 'physgen[onnx]'"
 
 
 def export_policy(policy, state, path: str | Path, steps: int | None = None, task: str | None = None,
-                  platforms: tuple[str, ...] = PLATFORMS) -> Path:
+                  platforms: tuple[str, ...] = PLATFORMS, weights: str | None = None) -> Path:
     """Write `act(policy, state, ...)` for one observation history to `path` (atomically); returns the path.
 
     The exported function maps (obs_history float32 (T_o, obs_dim), key data uint32 (2,)) to the raw, clipped
-    chunk float32 (T_p, act_dim), with `steps` sampler steps (default: the config's), on each of `platforms`.
+    chunk float32 (T_p, act_dim), with `steps` sampler steps (default: the config's), on each of `platforms`;
+    `weights` (default: the config's) is the form its weight matrices are stored in.
     """
     from physgen.policies import act  # deferred, so that loading an export never imports the training code
 
     path = _check_request(path, steps)
     _check_sampler_steps(policy.config, steps)
+    policy, state = _stored(policy, state, weights)
 
     def sample(obs_history, key_data):
         key = jax.random.wrap_key_data(key_data, impl=KEY_IMPL)
@@ -62,19 +67,21 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
     return write_bytes(path, MAGIC + struct.pack("<Q", len(encoded)) + encoded + payload)
 
 
-def export_onnx(policy, state, path: str | Path, steps: int | None = None, task: str | None = None) -> Path:
+def export_onnx(policy, state, path: str | Path, steps: int | None = None, task: str | None = None,
+                weights: str | None = None) -> Path:
     """Write `act(policy, state, ...)` for one observation history to `path` as an ONNX model (atomically).
 
     The model maps (obs_history float32 (T_o, obs_dim), noise float32 (N, T_p, act_dim)) to the raw, clipped chunk
     float32 (T_p, act_dim). The sampler's N standard normal draws are an input, not a key: ONNX's random operators
     cannot reproduce jax's generator (jax2onnx turns a key's draws into unseeded `RandomUniform`), and given noise
     keeps the model deterministic. `sampler_noise` gives the draws the jax sampler makes from a key; N is
-    `noise_draws` in the metadata entry `physgen`.
+    `noise_draws` in the metadata entry `physgen`. `weights` as for `export_policy`.
     """
     path = _check_request(path, steps)
-    config = policy.config
-    _check_sampler_steps(config, steps)
+    _check_sampler_steps(policy.config, steps)
     jax2onnx = _import_jax2onnx()
+    policy, state = _stored(policy, state, weights)
+    config = policy.config
     draws = _noise_draws(config, steps)
     specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
              jax.ShapeDtypeStruct((draws, config.chunking.action_steps, policy.act_dim), jnp.float32))
@@ -105,18 +112,22 @@ def sampler_noise(policy, key, steps: int | None = None) -> np.ndarray:
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None = None,
-                      task: str | None = None, format: str = "jaxexport") -> Path:
+                      task: str | None = None, format: str = "jaxexport", weights: str | None = None) -> Path:
     """`physgen export`: the EMA policy of a `physgen train` checkpoint as a `format` file (one of
-    `EXPORT_FORMATS`) at `out`."""
+    `EXPORT_FORMATS`) at `out`, its weights stored as `weights` (default: the checkpoint config's)."""
     from physgen.policies import load_policy  # deferred, as in export_policy
+    from physgen.policies.quantize import WEIGHTS  # deferred, as in export_policy
 
     if format not in EXPORT_FORMATS:
         raise PhysgenError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if weights is not None and weights not in WEIGHTS:
+        raise PhysgenError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     _check_request(out, steps)  # before the checkpoint is read and the sampler traced
     if format == "onnx":
         _import_jax2onnx()  # a missing install too
     policy, state, meta = load_policy(checkpoint, task)
-    return (export_onnx if format == "onnx" else export_policy)(policy, state, out, steps, task=meta["task"])
+    return (export_onnx if format == "onnx" else export_policy)(policy, state, out, steps, task=meta["task"],
+                                                               weights=weights)
 
 
 class ExportedPolicy:
@@ -198,13 +209,24 @@ def _digest(header: dict, payload: bytes) -> str:
     return hashlib.sha256(fields + payload).hexdigest()
 
 
+def _stored(policy, state, weights: str | None):
+    """(policy, state) with the config's `weights` replaced (None keeps it) and the state's weight matrices
+    quantized to it, so that the program holds them in that form."""
+    from physgen.policies.quantize import quantize  # deferred, as in export_policy
+
+    if weights is not None:
+        policy = policy._replace(config=policy.config.replace(weights=weights))
+    return policy, state._replace(params=quantize(state.params, policy.config.weights))
+
+
 def _header(policy, state, steps: int | None, task: str | None) -> dict:
-    """The fields both formats record: task, method, dimensions, chunking, steps, bounds, config, version."""
+    """The fields both formats record: task, method, weights, dimensions, chunking, steps, bounds, config,
+    version."""
     config = policy.config
     low, high = (np.broadcast_to(np.asarray(b, np.float32), (policy.act_dim,)).tolist()
                  for b in (state.action_low, state.action_high))
-    return {"task": task, "method": config.method, "obs_steps": config.chunking.obs_steps, "obs_dim": policy.obs_dim,
-            "act_dim": policy.act_dim, "action_steps": config.chunking.action_steps,
+    return {"task": task, "method": config.method, "weights": config.weights, "obs_steps": config.chunking.obs_steps,
+            "obs_dim": policy.obs_dim, "act_dim": policy.act_dim, "action_steps": config.chunking.action_steps,
             "exec_steps": config.chunking.exec_steps, "inference_steps": steps or config.inference_steps,
             "action_low": low, "action_high": high, "config": config.as_flat(),
             "physgen_version": physgen.__version__}
@@ -229,7 +251,8 @@ def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
     config = policy.config
     steps = steps or config.inference_steps
 
-    def sample(params, obs, noise, steps):  # Policy.sample's, with `noise` where it takes a key
+    def sample(params, obs, noise, steps, guide=None):  # Policy.sample's, with `noise` where it takes a key;
+        # act passes no guide here (None): real-time chunking is not exported
         net, cond = policy.network(params), obs.reshape(1, -1)
         if config.method == "bc":
             return policy.sample(params, obs, None, steps)  # draws nothing
@@ -241,8 +264,9 @@ def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
         return diffusion.sample_from_noise(net, schedule, d.prediction, cond, noise[:1],
                                            noise[1:, None] if len(noise) > 1 else None, steps, d.sampler, d.ddim_eta)
 
-    # act only calls policy.sample: a stand-in whose sample takes the draws where the policy's takes a key
-    return act(SimpleNamespace(sample=sample), state, obs_history[None], noise, steps)[0]
+    # act only reads the config and calls policy.sample: a stand-in whose sample takes the draws where the
+    # policy's takes a key
+    return act(SimpleNamespace(config=config, sample=sample), state, obs_history[None], noise, steps)[0]
 
 
 def _import_jax2onnx():
