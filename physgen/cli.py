@@ -13,7 +13,7 @@ from physgen.bench.experiments import read_experiment
 from physgen.bench.protocol import BUDGETS, describe_recipe
 from physgen.bench.registry import REGISTRY
 from physgen.configs import override, parse_overrides, parse_variants
-from physgen.bench.sweep import sweep_steps
+from physgen.bench.sweep import DELAY_MODES, sweep_delay, sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
 from physgen.data import generate_dataset, load_dataset, split_episodes, with_reference_scores
@@ -156,6 +156,16 @@ def _sweep_steps(args: argparse.Namespace) -> None:
     sweep_steps(args.checkpoint, steps, args.episodes, args.out)
 
 
+def _sweep_delay(args: argparse.Namespace) -> None:
+    try:
+        delays = [int(d) for d in args.delays.split(",")]
+    except ValueError:
+        raise PhysgenError(f"--delays takes comma-separated integers such as 0,1,2,4,8, got {args.delays!r}") from None
+    _check_minimums(args, episodes=1)
+    check_folder(Path(args.out), "--out")
+    sweep_delay(args.checkpoint, delays, args.episodes, args.out, tuple(m for m in args.modes.split(",") if m))
+
+
 def _plan(args: argparse.Namespace) -> None:
     try:
         episodes = [int(e) for e in args.episodes.split(",")]
@@ -291,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--episodes", type=int, default=100)
     sweep.add_argument("--out", default="sweep")
     sweep.set_defaults(run=_sweep_steps)
+    delay = commands.add_parser("sweep-delay", help="success (Wilson intervals) against the delay with which chunks "
+                                "arrive, switching chunks hard, by temporal ensembling or by real-time chunking")
+    delay.add_argument("--checkpoint", required=True)
+    delay.add_argument("--delays", default="0,1,2,4,8", help="comma-separated delays in control steps: a chunk "
+                       "sampled from step t's observation first acts at step t + delay (at most T_p - T_a)")
+    delay.add_argument("--modes", default=",".join(DELAY_MODES), help="comma-separated: hard (the newest chunk "
+                       "acts), ensemble (temporal ensembling), rtc (real-time chunking)")
+    delay.add_argument("--episodes", type=int, default=100)
+    delay.add_argument("--out", default="sweep-delay")
+    delay.set_defaults(run=_sweep_delay)
     plan = commands.add_parser("plan", help="how many seeds and episodes per method a comparison needs to detect a "
                                "difference in success rate, by simulated runs (docs/intervals.md)")
     plan.add_argument("--baseline", type=float, default=None, help="the baseline's success rate")

@@ -413,6 +413,25 @@ def test_sweep_steps_reports_success_and_latency_per_step_count(smoke_run, tmp_p
     assert knee(rates) == 5  # the fewest steps inside the best one's interval
 
 
+def test_sweep_delay_reports_success_per_mode_and_delay_on_the_same_episodes(smoke_run, tmp_path):
+    from physgen.bench.sweep import DELAY_MODES, sweep_delay
+
+    checkpoint = smoke_run / "checkpoints" / "diffusion" / "seed_0"
+    rows = sweep_delay(checkpoint, [0, 8], episodes=2, out=tmp_path)  # fork: T_p 16, T_a 8
+    assert [(r["mode"], r["delay"]) for r in rows] == [(m, d) for m in DELAY_MODES for d in (0, 8)]
+    assert all(r["success"]["low"] <= r["success"]["estimate"] <= r["success"]["high"] and r["action_change"] > 0
+               for r in rows)
+    saved = json.loads((tmp_path / "sweep-delay.json").read_text())
+    assert saved["rows"] == rows and (tmp_path / "sweep-delay.png").stat().st_size > 0
+    assert (tmp_path / "sweep-delay.md").read_text().count("\n| ") == 1 + len(rows)
+    with pytest.raises(PhysgenError, match=r"--delays must be between 0 and T_p - T_a = 16 - 8 = 8"):
+        sweep_delay(checkpoint, [0, 9], episodes=1, out=tmp_path)
+    with pytest.raises(PhysgenError, match="bc checkpoint has none"):
+        sweep_delay(smoke_run / "checkpoints" / "bc" / "seed_0", [0], episodes=1, out=tmp_path)
+    hard_only = sweep_delay(smoke_run / "checkpoints" / "bc" / "seed_0", [0], 1, tmp_path / "bc", modes=("hard",))
+    assert len(hard_only) == 1
+
+
 def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation(datasets, tmp_path, capsys):
     from physgen.world_models.data import generate_noisy_dataset
 

@@ -134,6 +134,8 @@ SMOKE_BENCH = ["--budget", "smoke", "--methods", "bc", "--seeds", "1", "--episod
     (["bench", "--task", "fork", *SMOKE_BENCH, "--out", "{file}/run"], "--out {file}/run is not a folder"),
     (["video", "--task", "fork", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
     (["sweep-steps", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
+    (["sweep-delay", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
+    (["sweep-delay", "--checkpoint", "nowhere", "--delays", "0,two"], "--delays takes comma-separated integers"),
     (["export", "--checkpoint", "nowhere", "--out", "{file}/policy.jaxexport"], "--out {file} is not a folder"),
     (["train", "--task", "fork", "--method", "bc", "--dataset", "expert-v0,noisy-v0"],
      "--dataset takes one dataset for bc, got 'expert-v0,noisy-v0'; only the world models (rssm, vae)"),

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import physgen.policies.policy as policy_module
+import physgen.policies.agent as agent_module
 from physgen import PhysgenError
 from physgen.control import Controller, export_checkpoint, export_policy, load_exported
 from physgen.data import Normalizer
@@ -74,8 +74,8 @@ def test_the_queue_executes_exactly_T_a_actions_per_chunk(tiny, reference, prefe
     seen = histories(obs)
     for t, action in enumerate(actions):
         k = t // T_A
-        start = max(k * T_A - prefetch, 0)  # chunk k is sampled from the history of call start
-        np.testing.assert_allclose(action, reference(seen[start], 7, k * T_A)[t - start], rtol=1e-6, atol=1e-6)
+        start = max(k * T_A - prefetch, 0)  # chunk k is sampled from the history of call start, with its key
+        np.testing.assert_allclose(action, reference(seen[start], 7, start)[t - start], rtol=1e-6, atol=1e-6)
     assert chunks == 4  # calls 0, 4, 8, 12 (synchronous) or 0, 2, 6, 10 (prefetch 2) started one each
 
 
@@ -144,7 +144,7 @@ def test_no_retracing_after_warm_up(tiny, monkeypatch):
         traces.append(1)
         return act(*args, **kwargs)
 
-    monkeypatch.setattr(policy_module, "act", counting_act)  # what the compiled sampler traces
+    monkeypatch.setattr(agent_module, "act", counting_act)  # what the compiled sampler traces
     with Controller(*tiny, prefetch=1, ensemble=0.2) as controller:
         assert len(traces) == 2  # compiled ahead of time: the synchronous and the prefetching sampler
         for episode in range(2):
@@ -320,16 +320,16 @@ def test_fuzzed_inputs_never_raise_and_never_stop_good_observations(tiny, option
 def test_a_non_finite_chunk_is_dropped_and_resampled_at_the_next_call(tiny, reference, monkeypatch):
     obs = observations(2 * T_A + 1, seed=6)
     with Controller(*tiny, seed=2) as controller:
-        decide, poisoned = controller._decide_now, [T_A]  # the first chunk sampled at step T_a comes out NaN
+        decide, poisoned = controller._decide, [T_A]  # the first chunk sampled at step T_a comes out NaN
 
-        def flaky(carry, observation, t):
-            chunk, action, next_carry = decide(carry, observation, t)
-            if t in poisoned:
-                poisoned.remove(t)
+        def flaky(*args):
+            chunk, action, next_carry = decide(*args)
+            if int(args[-1]) in poisoned:
+                poisoned.remove(int(args[-1]))
                 return np.full_like(chunk, np.nan), action, next_carry
             return chunk, action, next_carry
 
-        monkeypatch.setattr(controller, "_decide_now", flaky)
+        monkeypatch.setattr(controller, "_decide", flaky)
         actions = [controller.act(o) for o in obs[:T_A]]
         np.testing.assert_array_equal(controller.act(obs[T_A]), actions[-1])  # held
         assert controller.fault.startswith("the policy produced a non-finite chunk")
@@ -342,17 +342,21 @@ def test_a_non_finite_chunk_is_dropped_and_resampled_at_the_next_call(tiny, refe
         assert controller.stats()["flagged"] == 1
 
 
-@pytest.mark.parametrize("ensemble, in_config", [(None, False), (0.3, False), (0.3, True)])
-def test_the_controller_acts_as_the_rollout_engine_on_a_recorded_episode(tiny, ensemble, in_config):
+@pytest.mark.parametrize("ensemble, delay, rtc, in_config", [
+    (None, 0, False, False), (0.3, 0, False, False), (0.3, 0, False, True), (None, 2, False, False),
+    (None, T_P - T_A, True, False), (0.3, 3, True, True), (None, 0, True, False)])
+def test_the_controller_acts_as_the_rollout_engine_on_a_recorded_episode(tiny, ensemble, delay, rtc, in_config):
     """The bench's rollouts and the robot loop drive the same agent: fed an episode's observations, the Controller
-    returns the actions `run_episodes` took; an ensembling rate in the policy's config acts as one passed in."""
+    returns the actions `run_episodes` took, also when its chunks arrive `delay` steps late (prefetched) and are
+    guided by real-time chunking; settings in the policy's config act as ones passed in."""
     policy, state = tiny
     task, seeds = get_task("fork"), episode_seeds(3, 2)
-    rollouts = run_episodes(task, ChunkingAgent(policy, ensemble=ensemble), jax.tree.map(lambda x: x[None], state),
-                            seeds)
+    rollouts = run_episodes(task, ChunkingAgent(policy, ensemble=ensemble, delay=delay, rtc=rtc),
+                            jax.tree.map(lambda x: x[None], state), seeds)
+    options = dict(ensemble=ensemble, prefetch=delay, rtc=rtc)
     if in_config:
-        policy, ensemble = policy._replace(config=policy.config.replace(ensemble=ensemble)), None
-    with Controller(policy, state, ensemble=ensemble) as controller:
+        policy, options = policy._replace(config=policy.config.replace(ensemble=ensemble, delay=delay, rtc=rtc)), {}
+    with Controller(policy, state, **options) as controller:
         for e, seed in enumerate(seeds):
             controller.reset(seed=int(seed))
             steps = rollouts.lengths[0, e]

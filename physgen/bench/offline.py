@@ -86,7 +86,8 @@ def _load(path: Path, task: str | None):
 
 
 # what only sampling and acting read: a variant changing only these is evaluated on the same trained policies
-EVALUATION_FIELDS = ("exec_steps", "ensemble", "inference_steps", "sampler", "ddim_eta", "integrator")
+EVALUATION_FIELDS = ("exec_steps", "ensemble", "delay", "rtc", "inference_steps", "sampler", "ddim_eta", "integrator",
+                     "weights")
 
 
 def offline_method(name: str, generative: bool) -> Method:

@@ -1,5 +1,6 @@
-"""`physgen sweep-steps`: success and latency against the number of denoising or integration steps, one checkpoint,
-no retraining: the quality-compute curve and its knee."""
+"""Sweeps of one checkpoint, no retraining, every row on the same evaluation episodes. `physgen sweep-steps`:
+success and latency against the number of denoising or integration steps (the quality-compute curve and its knee).
+`physgen sweep-delay`: success against the delay with which chunks arrive, for each way of switching chunks."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def knee(rows: list[dict]) -> int:
     """The fewest steps whose success rate lies inside the 95% interval of the best one."""
     best = max(rows, key=lambda r: r["success"]["estimate"])
     return min(r["steps"] for r in rows if r["success"]["estimate"] >= best["success"]["low"])
+
+
+DELAY_MODES = ("hard", "ensemble", "rtc")  # switch to the newest chunk; temporal ensembling; real-time chunking
+ENSEMBLE_RATE = 0.01  # ACT's k, for a checkpoint whose config has none
+
+
+def _errorbars(ax, x, rows: list[dict], **style) -> None:
+    """Success estimates with their intervals' ends as error bars."""
+    ax.errorbar(x, [r["success"]["estimate"] for r in rows],
+                yerr=[[r["success"]["estimate"] - r["success"]["low"] for r in rows],
+                      [r["success"]["high"] - r["success"]["estimate"] for r in rows]], marker="o", capsize=4, **style)
 
 
 def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: str | Path) -> list[dict]:
@@ -59,9 +71,7 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     write_text(out / "sweep.md", "\n".join(lines) + "\n")
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    ax.errorbar(steps, [r["success"]["estimate"] for r in rows],
-                yerr=[[r["success"]["estimate"] - r["success"]["low"] for r in rows],
-                      [r["success"]["high"] - r["success"]["estimate"] for r in rows]], marker="o", capsize=4)
+    _errorbars(ax, steps, rows)
     ax.set(xscale="log", xlabel="sampling steps", ylabel="success rate (Wilson 95%)", ylim=(-0.02, 1.02))
     latency = ax.twinx()
     latency.plot(steps, [r["chunk_p99_us"] / 1e3 for r in rows], color="tab:red", marker="s")
@@ -70,3 +80,71 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     fig.savefig(out / "sweep.png", dpi=120)
     print("\n".join(lines))
     return rows
+
+
+def mode_config(config, mode: str, delay: int, rate: float):
+    """`config` acting by `mode` (`DELAY_MODES`) with chunks `delay` steps late."""
+    return config.replace(delay=delay, ensemble=rate if mode == "ensemble" else None, rtc=mode == "rtc")
+
+
+def sweep_delay(checkpoint: str | Path, delays: list[int], episodes: int, out: str | Path,
+                modes: tuple[str, ...] = DELAY_MODES) -> list[dict]:
+    """Evaluate `checkpoint` with chunks arriving each of `delays` control steps after the observation they were
+    sampled from (`physgen.policies.agent`), switching chunks by each of `modes`, on the same `episodes` evaluation
+    episodes; write sweep-delay.json, sweep-delay.md and sweep-delay.png to `out`."""
+    policy, state, meta = load_policy(checkpoint)
+    config, task = policy.config, get_task(meta["task"])
+    chunking = config.chunking
+    most = chunking.action_steps - chunking.exec_steps
+    if not delays or min(delays) < 0 or max(delays) > most:
+        raise PhysgenError(f"--delays must be between 0 and T_p - T_a = {chunking.action_steps} - "
+                           f"{chunking.exec_steps} = {most} for this checkpoint (a chunk d steps late still needs "
+                           f"T_a actions), got {delays}; train with a longer action_steps or a shorter exec_steps")
+    unknown = [mode for mode in modes if mode not in DELAY_MODES]
+    if not modes or unknown:
+        raise PhysgenError(f"--modes takes some of {', '.join(DELAY_MODES)}, got {', '.join(modes) or 'none'}")
+    if "rtc" in modes and config.method == "bc":
+        raise PhysgenError("rtc guides a sampler, and a bc checkpoint has none: leave rtc out of --modes")
+    dataset = load_dataset(task)
+    reference = dataset.metadata.get("ref_max_score")
+    stacked = jax.tree.map(lambda x: x[None], state)
+    rate = chunking.ensemble if chunking.ensemble is not None else ENSEMBLE_RATE
+    rows = []
+    for mode in modes:
+        for delay in delays:
+            acting = policy._replace(config=mode_config(config, mode, delay, rate))
+            rollouts = run_episodes(task, ChunkingAgent(acting), stacked, episode_seeds(EVALUATION, episodes),
+                                    reference)
+            success = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
+            rows.append({"mode": mode, "delay": delay, "success": success.as_dict(),
+                         "return": float(rollouts.returns.mean()), "action_change": action_change(rollouts)})
+    out = Path(out)
+    write_json(out / "sweep-delay.json", {"checkpoint": str(checkpoint), "task": task.name, "method": config.method,
+                                          "exec_steps": chunking.exec_steps, "action_steps": chunking.action_steps,
+                                          "ensemble": rate, "episodes": episodes, "rows": rows})
+    lines = [f"Delay sweep of `{checkpoint}` ({config.method} on {task.name}, T_p {chunking.action_steps}, T_a "
+             f"{chunking.exec_steps}, {episodes} episodes, Wilson 95%; ensemble rate k = {rate}; action change: mean "
+             "|a_t - a_(t-1)| per step).", "", "| mode | delay | success | return | action change |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['mode']} | {r['delay']} | {interval_text(r['success'])} | {r['return']:.1f} | "
+              f"{r['action_change']:.4f} |" for r in rows]
+    write_text(out / "sweep-delay.md", "\n".join(lines) + "\n")
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for mode in modes:
+        _errorbars(ax, delays, [r for r in rows if r["mode"] == mode], label=mode)
+    ax.set(xlabel="delay (control steps)", ylabel="success rate (Wilson 95%)", ylim=(-0.02, 1.02),
+           title=f"{config.method} on {task.name}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep-delay.png", dpi=120)
+    print("\n".join(lines))
+    return rows
+
+
+def action_change(rollouts) -> float:
+    """Mean |a_t - a_(t-1)| over the executed steps of every episode (a jerk at a chunk switch shows here)."""
+    steps = np.arange(1, rollouts.actions.shape[-2])
+    executed = steps < rollouts.lengths[..., None]
+    change = np.abs(np.diff(rollouts.actions, axis=-2)).mean(-1)
+    return float(change[executed].mean())

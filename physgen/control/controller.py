@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from physgen.errors import PhysgenError
 from physgen.envs.rollout import step_key
-from physgen.policies import ChunkingAgent, Policy, PolicyState, flat_sampler, load_policy
+from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy
 
 SAFE_ACTIONS = ("hold", "zero")
 
@@ -34,10 +35,13 @@ class Controller:
     they start at (`physgen.envs.rollout.step_key`), and ensembled when `ensemble=k` is given (ACT's temporal
     ensembling: see `physgen.policies.agent`).
 
-    With `prefetch=L` (L + T_a <= T_p), call k*T_a - L hands the history to a worker thread, which samples the
-    chunk of step k*T_a while the caller steps the robot; call k*T_a collects it (waiting only if it is
-    unfinished) and skips its first L actions, whose time passed while it was sampled. Chunk 0 of an episode is
-    always sampled synchronously by the first call.
+    With `prefetch=L` (L + T_a <= T_p; default: the config's `delay`), every call t > 0 with t + L a multiple of
+    T_a hands the history to a worker thread, which samples a chunk while the caller steps the robot; call t + L
+    collects it (waiting only if it is unfinished) and acts from its action for that step on, its first L actions
+    having passed while it was sampled: the agent with delay L (`physgen.policies.agent`), whose rollouts
+    `physgen sweep-delay` scores. Chunk 0 of an episode is always sampled synchronously by the first call. With
+    `rtc` (default: the config's) every chunk is sampled guided towards the one sampled before it (real-time
+    chunking), so that the switch between them is smooth.
 
     A bad observation (not an array of numbers, a shape other than (obs_dim,), NaN, Inf or beyond float32), or
     a chunk with a non-finite action from the policy, gives the safe action: "hold" repeats the last action
@@ -51,45 +55,56 @@ class Controller:
     """
 
     def __init__(self, policy: Policy, state: PolicyState, rate_hz: float = 50.0, steps: int | None = None,
-                 ensemble: float | None = None, prefetch: int = 0, safe_action: str = "hold", seed: int = 0):
-        config = policy.config
+                 ensemble: float | None = None, prefetch: int | None = None, rtc: bool | None = None,
+                 safe_action: str = "hold", seed: int = 0):
+        chunking = policy.config.chunking
+        prefetch = chunking.delay if prefetch is None else prefetch
         if not (math.isfinite(rate_hz) and rate_hz > 0):
             raise PhysgenError(f"rate_hz must be a positive number of calls per second, got {rate_hz}")
         if safe_action not in SAFE_ACTIONS:
             raise PhysgenError(f"safe_action must be one of {', '.join(SAFE_ACTIONS)}, got {safe_action!r}")
         if ensemble is not None and not math.isfinite(ensemble):
             raise PhysgenError(f"ensemble (the temporal ensembling rate k) must be finite or None, got {ensemble}")
-        if not 0 <= prefetch <= config.chunking.action_steps - config.chunking.exec_steps:
+        if not 0 <= prefetch <= chunking.action_steps - chunking.exec_steps:
             raise PhysgenError(f"prefetch must be between 0 and action_steps - exec_steps (T_p - T_a = "
-                               f"{config.chunking.action_steps} - {config.chunking.exec_steps}), got {prefetch}: a "
+                               f"{chunking.action_steps} - {chunking.exec_steps}), got {prefetch}: a "
                                "prefetched chunk skips its first `prefetch` actions and still needs T_a more")
-        self.agent = agent = ChunkingAgent(policy, steps, ensemble)
-        self.exec_steps, self.rate_hz, self.prefetch = config.chunking.exec_steps, float(rate_hz), int(prefetch)
+        if rtc and policy.config.method == "bc":
+            raise PhysgenError("rtc guides a sampler, and a bc policy has none: leave rtc off for bc")
+        self.agent = agent = ChunkingAgent(policy, steps, ensemble, prefetch, rtc)
+        self.exec_steps, self.rate_hz, self.prefetch = chunking.exec_steps, float(rate_hz), int(prefetch)
         self.safe_action, self.obs_shape = safe_action, (policy.obs_dim,)
         self.action_low = np.broadcast_to(np.asarray(state.action_low, np.float32), (policy.act_dim,))
         self.action_high = np.broadcast_to(np.asarray(state.action_high, np.float32), (policy.act_dim,))
         self._zero = np.clip(np.zeros(policy.act_dim, np.float32), self.action_low, self.action_high)
+        self._no_chunk = np.zeros((chunking.action_steps, policy.act_dim), np.float32), -chunking.action_steps
         self._period_ns = round(1e9 / self.rate_hz)
         self._seed = seed
-        self._leaves, sample = flat_sampler(policy, state, steps)  # the agent's sample, on the state's leaves
+        # compiled callers pass the state's leaves: flattening the nested NNX pytree at every call cost ~40 us
+        leaves, treedef = jax.tree.flatten(state)
+        self._leaves = tuple(leaves)
         obs = jax.ShapeDtypeStruct(self.obs_shape, jnp.float32)
         start = lambda obs: agent.start(state, obs)  # a chunking agent's carry needs the observation only
         carry = jax.eval_shape(start, obs)
         chunk, scalar = jax.ShapeDtypeStruct(carry.chunks.shape[1:], jnp.float32), jax.ShapeDtypeStruct((), jnp.int32)
         self._start = jax.jit(start).lower(obs).compile()
         self._emit = jax.jit(lambda carry, obs: agent.emit(agent.observe(carry, obs))).lower(carry, obs).compile()
-        draw = lambda leaves, carry, obs, seed, t: sample(leaves, agent.observe(carry, obs).history, step_key(seed, t))
-        self._sample = jax.jit(draw).lower(self._leaves, carry, obs, scalar, scalar).compile()
+
+        def draw(leaves, carry, obs, newest, newest_start, seed, t):  # the agent's sample, after `newest`
+            carry = agent.accept(agent.observe(carry, obs), newest, newest_start)
+            return agent.sample(jax.tree.unflatten(treedef, leaves), carry, step_key(seed, t))
+
+        self._sample = jax.jit(draw).lower(self._leaves, carry, obs, chunk, scalar, scalar, scalar).compile()
         take = lambda carry, obs, chunk, start: agent.emit(agent.accept(agent.observe(carry, obs), chunk, start))
         self._take = jax.jit(take).lower(carry, obs, chunk, scalar).compile()
 
-        def decide(leaves, carry, obs, seed, t):  # a synchronous sample and its first action in one call
-            chunk = draw(leaves, carry, obs, seed, t)
+        def decide(leaves, carry, obs, newest, newest_start, seed, t):  # a synchronous sample and its first action
+            chunk = draw(leaves, carry, obs, newest, newest_start, seed, t)
             return chunk, *take(carry, obs, chunk, t)
 
-        self._decide = jax.jit(decide).lower(self._leaves, carry, obs, scalar, scalar).compile()
+        self._decide = jax.jit(decide).lower(self._leaves, carry, obs, chunk, scalar, scalar, scalar).compile()
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="physgen-prefetch") if self.prefetch else None
-        self._pending: tuple[int, Future] | None = None
+        self._pending: deque[tuple[int, Future]] = deque()
         self._clear_stats()
         self._warm_up(np.broadcast_to(np.asarray(state.obs_norm.shift, np.float32), self.obs_shape))
 
@@ -107,13 +122,14 @@ class Controller:
 
     def reset(self, seed: int | None = None) -> None:
         """Start an episode: an empty carry, steps from t = 0; `seed` (the episode's seed) replaces the seed."""
-        if self._pending is not None:
-            self._pending[1].result()
-        self._pending = None
+        while self._pending:
+            self._pending.popleft()[1].result()
         if seed is not None:
             self._seed = seed
         self._carry = None  # the agent's, after the last good call
         self._t = 0
+        self._newest = self._no_chunk  # (chunk, step sampled at) of the last chunk sampled, which rtc follows
+        self._resample = False  # a collected chunk was dropped: sample the next synchronously
         self._last: np.ndarray | None = None
         self.fault: str | None = None
 
@@ -161,7 +177,7 @@ class Controller:
     def _warm_up(self, obs: np.ndarray) -> None:
         """Run every path of `act` (synchronous and prefetched samples, the queue) once, then reset."""
         self.reset()
-        for _ in range(2 * self.exec_steps + 1):
+        for _ in range(max(2 * self.exec_steps, self.exec_steps + self.prefetch) + 1):  # through a collected chunk
             self.act(obs)
         self.reset()
         self._clear_stats()
@@ -185,35 +201,41 @@ class Controller:
             return None, "the observation holds NaN or Inf (or a value beyond float32)"
         return obs, None
 
-    def _decide_now(self, carry, obs: np.ndarray, t: int):
-        """(chunk, action, carry) of a synchronous decision at step `t`."""
-        self._sampled += 1
-        chunk, action, carry = self._decide(self._leaves, carry, obs, np.int32(self._seed), np.int32(t))
-        return np.asarray(chunk), action, carry
+    def _draw_args(self, t: int) -> tuple:
+        newest, newest_start = self._newest
+        return newest, np.int32(newest_start), np.int32(self._seed), np.int32(t)
 
     def _sample_chunk(self, carry, obs: np.ndarray, t: int) -> np.ndarray:
-        """The chunk of step `t`, sampled from the history of `carry` with `obs` observed."""
+        """The chunk of step `t`, sampled from the history of `carry` with `obs` observed (in the worker thread,
+        which samples in order: the chunk before it is the newest)."""
         self._sampled += 1
-        return np.asarray(self._sample(self._leaves, carry, obs, np.int32(self._seed), np.int32(t)))
+        chunk = np.asarray(self._sample(self._leaves, carry, obs, *self._draw_args(t)))
+        self._newest = chunk, t
+        return chunk
 
     def _step(self, obs: np.ndarray) -> np.ndarray | None:
         """The action of this call, the carry advanced; None, the carry kept, for a non-finite chunk."""
-        t = self._t
+        t, lag = self._t, self.prefetch
         before = carry = self._carry if self._carry is not None else self._start(obs)
-        if t % self.exec_steps == 0:
-            if self._pending is None:
-                chunk, action, carry = self._decide_now(carry, obs, t)
-            else:
-                (start, future), self._pending = self._pending, None
-                chunk = future.result()
-                if np.all(np.isfinite(chunk)):
-                    action, carry = self._take(carry, obs, chunk, np.int32(start))
+        if t == 0 or self._resample or (lag == 0 and t % self.exec_steps == 0):
+            self._sampled += 1
+            chunk, action, carry = self._decide(self._leaves, carry, obs, *self._draw_args(t))
+            chunk = np.asarray(chunk)
             if not np.all(np.isfinite(chunk)):
+                self._resample = True
                 return None
+            self._newest, self._resample = (chunk, t), False
+        elif self._pending and self._pending[0][0] + lag == t:
+            start, future = self._pending.popleft()
+            chunk = future.result()
+            if not np.all(np.isfinite(chunk)):
+                self._resample = True
+                return None
+            action, carry = self._take(carry, obs, chunk, np.int32(start))
         else:
             action, carry = self._emit(carry, obs)
-        if self.prefetch and (t + self.prefetch) % self.exec_steps == 0:
-            self._pending = t, self._worker.submit(self._sample_chunk, before, obs, t + self.prefetch)
+        if lag and t > 0 and (t + lag) % self.exec_steps == 0:
+            self._pending.append((t, self._worker.submit(self._sample_chunk, before, obs, t)))
         self._carry, self._t = carry, t + 1
         return np.clip(np.asarray(action), self.action_low, self.action_high)  # a finite chunk, a finite action
 

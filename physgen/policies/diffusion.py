@@ -14,6 +14,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from physgen.policies.guidance import Guide, diffusion_time, guided_estimate
+
 SCHEDULES = ("linear", "cosine")
 PREDICTIONS = ("epsilon", "sample")
 
@@ -59,12 +61,16 @@ def sampling_timesteps(train_steps: int, steps: int) -> tuple[jax.Array, jax.Arr
     return t, t - train_steps // steps
 
 
-def _clean_and_noise(schedule, prediction, output, x, t):
-    """(x0, eps) consistent with x_t, x0 clipped to [-1, 1]."""
+def _clean(schedule, prediction, output, x, t):
+    """The clean chunk x0 the network's output predicts at x_t (unclipped)."""
     ab = schedule.alphas_cumprod[t]
-    x0 = (x - jnp.sqrt(1.0 - ab) * output) / jnp.sqrt(ab) if prediction == "epsilon" else output
-    x0 = jnp.clip(x0, -1.0, 1.0)
-    return x0, (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
+    return (x - jnp.sqrt(1.0 - ab) * output) / jnp.sqrt(ab) if prediction == "epsilon" else output
+
+
+def _noise(schedule, x0, x, t):
+    """The noise eps consistent with x_t and x0."""
+    ab = schedule.alphas_cumprod[t]
+    return (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
 
 
 def _alpha_bar_prev(schedule, t_prev):
@@ -105,7 +111,8 @@ def unroll_for(steps: int) -> int:
 
 
 def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array, key: jax.Array,
-           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0) -> jax.Array:
+           shape: tuple[int, ...], steps: int, sampler: str = "ddim", eta: float = 0.0,
+           guide: Guide | None = None) -> jax.Array:
     """Draw x0 of `shape` by `steps` reverse steps of the DDPM or DDIM sampler from `key`: x_T and each step's noise
     are drawn from it, then `sample_from_noise` runs the steps."""
     k_init, k_steps = jax.random.split(key)
@@ -113,16 +120,17 @@ def sample(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: ja
     step_noise = None if deterministic else jax.vmap(lambda k: jax.random.normal(k, shape))(
         jax.random.split(k_steps, steps))
     return sample_from_noise(denoise, schedule, prediction, cond, jax.random.normal(k_init, shape), step_noise,
-                             steps, sampler, eta)
+                             steps, sampler, eta, guide)
 
 
 def sample_from_noise(denoise: Callable, schedule: NoiseSchedule, prediction: str, cond: jax.Array,
                       initial_noise: jax.Array, step_noise: jax.Array | None, steps: int, sampler: str = "ddim",
-                      eta: float = 0.0) -> jax.Array:
+                      eta: float = 0.0, guide: Guide | None = None) -> jax.Array:
     """x0 by `steps` reverse steps from x_T = `initial_noise`, with `step_noise` (steps, *shape) the standard normal
     draws the steps add (None: DDIM at eta 0, which adds none, so x_T alone decides the sample; distillation and
     the ONNX export rely on that). One `lax.scan`, jittable; the network's context for every step is computed
-    before it, in one batched pass."""
+    before it, in one batched pass. `guide`: real-time chunking's guidance of every step's clean estimate
+    (`physgen.policies.guidance`), the noise re-derived from the guided estimate."""
     train_steps = schedule.betas.shape[0]
     timesteps, previous = sampling_timesteps(train_steps, steps)
     contexts, apply = step_contexts(denoise, timesteps / train_steps, cond, initial_noise.shape[0])
@@ -131,7 +139,13 @@ def sample_from_noise(denoise: Callable, schedule: NoiseSchedule, prediction: st
 
     def reverse_step(x, inputs):
         t, t_prev, noise, context = inputs
-        x0, eps = _clean_and_noise(schedule, prediction, apply(x, context), x, t)
+        if guide is None:
+            x0 = _clean(schedule, prediction, apply(x, context), x, t)
+        else:  # guided before the clip, whose gradient vanishes where the noisy early estimates lie beyond it
+            clean = lambda x: _clean(schedule, prediction, apply(x, context), x, t)
+            x0 = guided_estimate(clean, x, guide, *diffusion_time(schedule.alphas_cumprod[t]))
+        x0 = jnp.clip(x0, -1.0, 1.0)
+        eps = _noise(schedule, x0, x, t)
         if sampler == "ddpm":
             mean, var = ddpm_posterior(schedule, x0, x, t, t_prev)
             return mean + jnp.sqrt(var) * noise, None

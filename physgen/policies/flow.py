@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from physgen.policies.diffusion import step_contexts, unroll_for
+from physgen.policies.guidance import Guide, guided_estimate
 
 COUPLINGS = ("independent", "ot")
 INTEGRATORS = ("euler", "midpoint")
@@ -74,20 +75,29 @@ def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: 
     return jnp.mean((velocity(xt, t, cond) - (x1 - x0)) ** 2)
 
 
-def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, method: str = "euler") -> jax.Array:
+def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, method: str = "euler",
+              guide: Guide | None = None) -> jax.Array:
     """Integrate dx/dt = velocity(x, t, cond) from t = 0 to 1 in `steps` equal steps (one `lax.scan`; the network's
-    context for every step is computed before it, in one batched pass)."""
+    context for every step is computed before it, in one batched pass); `guide`: real-time chunking's guidance
+    (`physgen.policies.guidance`) at every evaluation of the velocity."""
     dt = 1.0 / steps
     times = jnp.arange(steps) * dt
     contexts, apply = step_contexts(velocity, times, cond, x.shape[0])
     if method == "midpoint":
         contexts = contexts, step_contexts(velocity, times + 0.5 * dt, cond, x.shape[0])[0]
 
-    def one_step(x, context):
-        if method == "midpoint":
-            half = x + 0.5 * dt * apply(x, context[0])
-            return x + dt * apply(half, context[1]), None
-        return x + dt * apply(x, context), None
+    def field(x, context, t):
+        if guide is None:
+            return apply(x, context)
+        estimate = guided_estimate(lambda x: x + (1.0 - t) * apply(x, context), x, guide, t)
+        return (estimate - x) / (1.0 - t)  # the velocity whose straight line ends at the guided estimate
 
-    x, _ = jax.lax.scan(one_step, x, contexts, unroll=unroll_for(steps))
+    def one_step(x, inputs):
+        t, context = inputs
+        if method == "midpoint":
+            half = x + 0.5 * dt * field(x, context[0], t)
+            return x + dt * field(half, context[1], t + 0.5 * dt), None
+        return x + dt * field(x, context, t), None
+
+    x, _ = jax.lax.scan(one_step, x, (times, contexts), unroll=unroll_for(steps))
     return x

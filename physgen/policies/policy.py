@@ -23,6 +23,7 @@ from physgen.configs import Optimisation, Parts, check
 from physgen.data import Normalizer, WindowBatch
 from physgen.errors import PhysgenError
 from physgen.policies import diffusion, flow
+from physgen.policies.guidance import Guide
 from physgen.policies.nets import ConditionalUnet1D, MLPDenoiser
 from physgen.policies.quantize import WEIGHTS, dequantize, quantize
 
@@ -34,12 +35,16 @@ OBS_CLIP = 10.0  # normalized units: 4.5 data ranges beyond min-max's [-1, 1], a
 @dataclass(frozen=True)
 class Chunking:
     """Observation history T_o, predicted chunk T_p, executed actions T_a (receding horizon); `ensemble=k` blends
-    the chunks covering a step (ACT's temporal ensembling, `physgen.policies.agent`), None acts with the newest."""
+    the chunks covering a step (ACT's temporal ensembling, `physgen.policies.agent`), None acts with the newest.
+    `delay`: control steps between a chunk's observation and its first executed action (a slow sampler's, as on a
+    robot); `rtc`: real-time chunking, each chunk guided towards the one before (`physgen.policies.guidance`)."""
 
     obs_steps: int = 2
     action_steps: int = 16
     exec_steps: int = 8
     ensemble: float | None = None
+    delay: int = 0
+    rtc: bool = False
 
     def __post_init__(self):
         check(self, positive=("obs_steps",))
@@ -49,6 +54,10 @@ class Chunking:
         if not 1 <= self.exec_steps <= self.action_steps:
             raise PhysgenError(f"exec_steps (T_a={self.exec_steps}) must be between 1 and action_steps "
                                f"(T_p={self.action_steps})")
+        if not 0 <= self.delay <= self.action_steps - self.exec_steps:
+            raise PhysgenError(f"delay must be between 0 and action_steps - exec_steps (T_p - T_a = "
+                               f"{self.action_steps} - {self.exec_steps}), got {self.delay}: a chunk that arrives "
+                               "`delay` steps late still needs T_a actions")
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,8 @@ class PolicyConfig(Parts):
 
     def __post_init__(self):
         check(self, {"method": METHODS, "weights": WEIGHTS}, ("inference_steps",))
+        if self.chunking.rtc and self.method == "bc":
+            raise PhysgenError("rtc guides a sampler, and a bc policy has none: leave rtc off for bc")
         depth = len(self.net.unet_dims) - 1
         if self.net.network == "unet" and self.chunking.action_steps % 2**depth:
             raise PhysgenError(f"the U-Net halves the chunk {depth} times: action_steps "
@@ -166,8 +177,10 @@ class Policy(NamedTuple):
                                            config.flow.sinkhorn_iterations, config.flow.condition_weight)
         return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
 
-    def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None) -> jax.Array:
-        """Normalized action chunks (B, T_p, act_dim) for normalized observation histories (B, T_o, obs_dim)."""
+    def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None,
+               guide: Guide | None = None) -> jax.Array:
+        """Normalized action chunks (B, T_p, act_dim) for normalized observation histories (B, T_o, obs_dim);
+        `guide` (normalized): real-time chunking's guidance (`physgen.policies.guidance`)."""
         config, net = self.config, self.network(params)
         batch = obs_history.shape[0]
         cond = obs_history.reshape(batch, -1)
@@ -176,9 +189,10 @@ class Policy(NamedTuple):
         if config.method == "diffusion":
             d = config.diffusion
             schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
-            return diffusion.sample(net, schedule, d.prediction, cond, key, shape, steps, d.sampler, d.ddim_eta)
+            return diffusion.sample(net, schedule, d.prediction, cond, key, shape, steps, d.sampler, d.ddim_eta,
+                                    guide)
         if config.method == "flow":
-            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.flow.integrator)
+            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.flow.integrator, guide)
         return net(jnp.zeros(shape), jnp.zeros(batch), cond)
 
 
@@ -193,8 +207,9 @@ class PolicyState(NamedTuple):
 
 
 def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Array,
-        steps: int | None = None) -> jax.Array:
-    """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim).
+        steps: int | None = None, guide: Guide | None = None) -> jax.Array:
+    """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim);
+    `guide` holds raw actions.
 
     Normalized observations are clipped to +-`OBS_CLIP`: far outside the data, FiLM multiplies the network's
     hidden units by the observations at every layer, and a flow's Euler steps compound the resulting velocity
@@ -205,7 +220,9 @@ def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Arr
     compute the same chunk."""
     obs = jnp.clip(state.obs_norm.normalize(obs_history), -OBS_CLIP, OBS_CLIP)
     params = dequantize(quantize(state.params, policy.config.weights))
-    chunk = policy.sample(params, obs, key, steps)
+    if guide is not None:
+        guide = guide._replace(target=state.act_norm.normalize(guide.target))
+    chunk = policy.sample(params, obs, key, steps, guide)
     return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)
 
 
