@@ -34,7 +34,7 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
         begin = time.perf_counter_ns()
         runner.act(history, call)
         chunk_ns.append(time.perf_counter_ns() - begin)
-    with Controller(policy, state, rate_hz=rate_hz, steps=steps) as controller:
+    with Controller(policy, state, rate_hz=rate_hz, steps=steps, prefetch=0) as controller:
         controller.reset()
         for call in range(calls):
             controller.act(observations[call % len(observations)])
