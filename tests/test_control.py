@@ -415,3 +415,18 @@ def test_bad_export_requests_are_refused_before_any_work(tmp_path):
         export_checkpoint(missing, tmp_path / "policy.jaxexport", weights="int4")
     with pytest.raises(PhysgenError, match="not a physgen checkpoint"):
         export_checkpoint(missing, tmp_path / "policy.jaxexport", steps=np.int64(3))
+
+
+def test_the_controller_stores_quantized_weights_and_acts_as_the_rollout_engine_with_them(tiny):
+    policy, state = tiny
+    task, seeds = get_task("fork"), episode_seeds(5, 1)
+    int8 = policy._replace(config=policy.config.replace(weights="int8"))
+    rollouts = run_episodes(task, ChunkingAgent(int8), jax.tree.map(lambda x: x[None], state), seeds)
+    with Controller(policy, state, weights="int8") as controller:
+        assert any(leaf.dtype == jnp.int8 for leaf in controller._leaves)  # int8 in the compiled program's inputs
+        controller.reset(seed=int(seeds[0]))
+        steps = rollouts.lengths[0, 0]
+        actions = [controller.act(o) for o in rollouts.observations[0, 0, :steps]]
+    np.testing.assert_allclose(actions, rollouts.actions[0, 0, :steps], rtol=1e-5, atol=1e-6)
+    with pytest.raises(PhysgenError, match="weights must be one of float32, bfloat16, int8"):
+        Controller(policy, state, weights="int4")

@@ -22,6 +22,7 @@ import numpy as np
 from physgen.errors import PhysgenError
 from physgen.envs.rollout import step_key
 from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy
+from physgen.policies.quantize import quantize
 
 SAFE_ACTIONS = ("hold", "zero")
 
@@ -41,7 +42,8 @@ class Controller:
     having passed while it was sampled: the agent with delay L (`physgen.policies.agent`), whose rollouts
     `physgen sweep-delay` scores. Chunk 0 of an episode is always sampled synchronously by the first call. With
     `rtc` (default: the config's) every chunk is sampled guided towards the one sampled before it (real-time
-    chunking), so that the switch between them is smooth.
+    chunking), so that the switch between them is smooth. `weights` (default: the config's) stores the weight
+    matrices as float32, bfloat16 or int8 (`physgen.policies.quantize`).
 
     A bad observation (not an array of numbers, a shape other than (obs_dim,), NaN, Inf or beyond float32), or
     a chunk with a non-finite action from the policy, gives the safe action: "hold" repeats the last action
@@ -56,7 +58,10 @@ class Controller:
 
     def __init__(self, policy: Policy, state: PolicyState, rate_hz: float = 50.0, steps: int | None = None,
                  ensemble: float | None = None, prefetch: int | None = None, rtc: bool | None = None,
-                 safe_action: str = "hold", seed: int = 0):
+                 weights: str | None = None, safe_action: str = "hold", seed: int = 0):
+        if weights is not None:  # checked by the config
+            policy = policy._replace(config=policy.config.replace(weights=weights))
+        state = state._replace(params=quantize(state.params, policy.config.weights))  # stored so, in the program
         chunking = policy.config.chunking
         prefetch = chunking.delay if prefetch is None else prefetch
         if not (math.isfinite(rate_hz) and rate_hz > 0):
