@@ -69,8 +69,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=50.0, help="control rate (Hz)")
     parser.add_argument("--prefetch", type=int, default=1, help="sample each chunk this many periods ahead")
+    parser.add_argument("--rtc", action="store_true", default=None,
+                        help="real-time chunking: guide each chunk towards the last (default: the policy's)")
+    parser.add_argument("--weights", default=None, choices=("float32", "bfloat16", "int8"),
+                        help="how the sampler stores its weight matrices (default: the policy's)")
     args = parser.parse_args()
-    options = {"rate_hz": args.rate, "prefetch": args.prefetch}
+    options = {"rate_hz": args.rate, "prefetch": args.prefetch, "rtc": args.rtc, "weights": args.weights}
     try:
         if args.random_policy:
             name, controller = "random MLP flow policy", Controller(*random_policy(), **options)
