@@ -3,6 +3,8 @@
 physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormalize, clip) for
   - MLP flow, 10 Euler steps (target p99 <= 200 us), MLP DDIM with 10 and 100 steps,
   - the one-step student of that MLP flow (`physgen distill`: one Euler step; target p99 <= 200 us),
+  - the two MLP flow programs again with their weight matrices stored as bfloat16 and as int8 (per-channel scales,
+    `physgen.policies.quantize`), each with its ratio to the float32 row of the same run,
   - ConditionalUnet1D at Diffusion Policy's size for state inputs (dims 256/512/1024, 65 M parameters) and at
     physgen's default size (64/128/256), DDIM 10 steps (target p99 <= 10 ms).
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
@@ -39,6 +41,7 @@ from physgen.control import export_onnx
 from physgen.data import Normalizer
 from physgen.policies.diffusion import step_contexts
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
+from physgen.policies.quantize import quantize
 from physgen.policies.runner import PolicyRunner
 
 OBS_DIM, ACT_DIM = 11, 3
@@ -51,6 +54,8 @@ CASES = [  # name, config changes, sampling steps
     ("UNet 64/128/256 DDIM 10", dict(method="diffusion", network="unet"), 10),
     ("UNet DP-size DDIM 10", dict(method="diffusion", network="unet", unet_dims=DP_UNET, time_dim=256), 10),
 ]
+QUANTIZED_CASES = ("MLP flow, Euler 10", "MLP flow 1-step student")  # timed again, stored as each of:
+QUANTIZED = ("bfloat16", "int8")
 
 
 def percentiles(seconds: list[float]) -> np.ndarray:
@@ -68,11 +73,13 @@ def time_calls(fn, calls: int) -> list[float]:
     return out
 
 
-def physgen_runner(changes: dict, steps: int) -> tuple[PolicyRunner, float]:
-    config = PolicyConfig.of(**changes)
+def physgen_runner(changes: dict, steps: int, weights: str = "float32") -> tuple[PolicyRunner, float]:
+    """The runner and its compile seconds; its weight matrices stored as `weights` (quantized ahead, as a controller
+    or an export stores them), the same float32 weights before that whatever `weights` is."""
+    config = PolicyConfig.of(**changes, weights=weights)
     policy, params = Policy.create(config, OBS_DIM, ACT_DIM, jax.random.key(0))
     identity = Normalizer(jnp.zeros(OBS_DIM), jnp.ones(OBS_DIM))
-    state = PolicyState(params, identity, Normalizer(jnp.zeros(ACT_DIM), jnp.ones(ACT_DIM)),
+    state = PolicyState(quantize(params, weights), identity, Normalizer(jnp.zeros(ACT_DIM), jnp.ones(ACT_DIM)),
                         -jnp.ones(ACT_DIM), jnp.ones(ACT_DIM))
     start = time.perf_counter()
     runner = PolicyRunner(policy, state, steps)
@@ -213,6 +220,11 @@ def main() -> None:
         if runner.policy.config.net.network == "mlp":
             floor = percentiles(time_calls(numpy_matvecs(runner, steps), calls))
             print(f"{'':<26} {'matvecs':>8} {'':>9} " + " ".join(f"{v:9.0f}" for v in floor), flush=True)
+        for weights in QUANTIZED if name in QUANTIZED_CASES else ():
+            stored, stored_compile = physgen_runner(changes, steps, weights)
+            times = percentiles(time_calls(lambda i: stored.act(obs, i), calls))
+            print(f"{'':<26} {weights:>8} {stored_compile:9.2f} " + " ".join(f"{v:9.0f}" for v in times)
+                  + f"   vs float32: x{times[0] / ours[0]:.2f} (p50), x{times[2] / ours[2]:.2f} (p99)", flush=True)
         if onnx_versions is not None:
             act, export_seconds = onnx_act(runner, steps, folder)
             onnx = percentiles(time_calls(act, calls))

@@ -5,18 +5,20 @@
 
 Weight-only: the sampler's activations, normalizers and arithmetic stay float32; only the weight matrices (Linear
 kernels, the U-Net's convolution kernels: every floating array of ndim >= 2) are stored in fewer bits. The sampler
-runs a batch of one history, so its matrix products are matrix-vector products whose cost is reading the weights:
-storing them smaller is what could make them faster, and what makes an exported file smaller. Biases and norms
-(ndim < 2) are few numbers and stay float32.
+runs a batch of one history, so its matrix products are matrix-vector products that read each weight once: storing
+the weights smaller is what could make them faster where reading them from memory is the limit, and it makes an
+exported file smaller. Biases and norms (ndim < 2) are few numbers and stay float32.
 
 int8 is symmetric with one scale per output channel (the last axis): scale = max|w| / 127 over the other axes, so
 each output unit keeps its own range (one scale for the whole matrix would round a unit with small weights to a few
 levels), and the error of each weight is at most half its channel's scale.
 
-XLA:CPU has no int8 or bfloat16 matrix-vector kernel for this: the dequantization is a convert and a multiply that
-XLA either fuses into the dot's operand or writes out as a float32 copy of the weights before the dot. Either way the
-dot reads float32 weights, so storage is smaller but the call is not faster, and when the copy is written it costs
-an extra pass over the weights; `benchmarks/sampler_latency.py` measures both variants beside float32.
+On XLA:CPU a quantized sampler is smaller, not faster. Its matrix products (library kernels such as XNNPACK's) take
+float32 operands, so the compiled program is the float32 program plus one loop fusion per weight matrix that writes a
+float32 copy of it (convert, times the scales for int8) at every call; the products then read float32 weights as
+before. The quantized program therefore adds a pass over the weights and saves the products no memory traffic; and a
+policy of physgen's default size is small enough for its float32 weights to stay in the CPU's cache between calls.
+`benchmarks/sampler_latency.py` times both forms beside float32 in one run.
 """
 
 from __future__ import annotations
@@ -77,6 +79,6 @@ def dequantize(params):
     def widen(x):
         if _is_quantized(x):
             return x.values.astype(jnp.float32) * x.scale
-        return x.astype(jnp.float32) if x.dtype == jnp.bfloat16 else x
+        return x.astype(jnp.float32) if getattr(x, "dtype", None) == jnp.bfloat16 else x
 
     return jax.tree.map(widen, params, is_leaf=_is_quantized)
