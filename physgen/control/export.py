@@ -115,17 +115,16 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, steps: int | None
                       task: str | None = None, format: str = "jaxexport", weights: str | None = None) -> Path:
     """`physgen export`: the EMA policy of a `physgen train` checkpoint as a `format` file (one of
     `EXPORT_FORMATS`) at `out`, its weights stored as `weights` (default: the checkpoint config's)."""
-    from physgen.policies import load_policy  # deferred, as in export_policy
-    from physgen.policies.quantize import WEIGHTS  # deferred, as in export_policy
+    from physgen import policies  # deferred, as in export_policy
 
     if format not in EXPORT_FORMATS:
         raise PhysgenError(f"unknown export format {format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    if weights is not None and weights not in WEIGHTS:
-        raise PhysgenError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
+    if weights is not None and weights not in policies.quantize.WEIGHTS:
+        raise PhysgenError(f"unknown weights {weights!r}; choose one of {', '.join(policies.quantize.WEIGHTS)}")
     _check_request(out, steps)  # before the checkpoint is read and the sampler traced
     if format == "onnx":
         _import_jax2onnx()  # a missing install too
-    policy, state, meta = load_policy(checkpoint, task)
+    policy, state, meta = policies.load_policy(checkpoint, task)
     return (export_onnx if format == "onnx" else export_policy)(policy, state, out, steps, task=meta["task"],
                                                                weights=weights)
 
@@ -212,11 +211,11 @@ def _digest(header: dict, payload: bytes) -> str:
 def _stored(policy, state, weights: str | None):
     """(policy, state) with the config's `weights` replaced (None keeps it) and the state's weight matrices
     quantized to it, so that the program holds them in that form."""
-    from physgen.policies.quantize import quantize  # deferred, as in export_policy
+    from physgen import policies  # deferred, as in export_policy
 
     if weights is not None:
         policy = policy._replace(config=policy.config.replace(weights=weights))
-    return policy, state._replace(params=quantize(state.params, policy.config.weights))
+    return policy, state._replace(params=policies.quantize.quantize(state.params, policy.config.weights))
 
 
 def _header(policy, state, steps: int | None, task: str | None) -> dict:
