@@ -131,7 +131,7 @@ def _video(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     out = Path(args.out or f"policy.{args.format}")
     check_folder(out.absolute().parent, "--out")
-    path = export_checkpoint(args.checkpoint, out, steps=args.sampler_steps, format=args.format)
+    path = export_checkpoint(args.checkpoint, out, steps=args.sampler_steps, format=args.format, weights=args.weights)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
@@ -280,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="default: policy.jaxexport or policy.onnx, after --format")
     export.add_argument("--sampler-steps", type=int, default=None,
                         help="denoising or integration steps (default: the checkpoint's config)")
+    export.add_argument("--weights", default=None, help="how the file stores the weight matrices: float32, bfloat16 "
+                        "or int8 (default: the checkpoint config's; docs/howto/export.md)")
     export.set_defaults(run=_export)
 
     distill = commands.add_parser("distill", help="distil a flow checkpoint, or a diffusion one sampled by DDIM at "

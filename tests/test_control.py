@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 import physgen.policies.agent as agent_module
 from physgen import PhysgenError
+from physgen.cli import main
 from physgen.control import Controller, export_checkpoint, export_policy, load_exported
 from physgen.data import Normalizer
 from physgen.envs import get_task
@@ -247,6 +248,8 @@ def test_controller_and_export_from_a_checkpoint(tiny, tmp_path):
     loaded = load_exported(export_checkpoint(path, tmp_path / "policy.jaxexport"))
     assert loaded.task == "fork" and loaded.header["config"]["hidden"] == CONFIG.net.hidden
     np.testing.assert_allclose(loaded.act(np.stack([obs] * T_O), step_key(0, 0)), expected, rtol=1e-5, atol=1e-6)
+    assert main(["export", "--checkpoint", str(path), "--weights", "int8", "--out", str(tmp_path / "q.jaxexport")]) == 0
+    assert load_exported(tmp_path / "q.jaxexport").header["weights"] == "int8"
 
 
 
