@@ -5,6 +5,8 @@ physgen: `PolicyRunner.act` (one compiled program: normalize, sample, unnormaliz
   - the one-step student of that MLP flow (`physgen distill`: one Euler step; target p99 <= 200 us),
   - the two MLP flow programs again with their weight matrices stored as bfloat16 and as int8 (per-channel scales,
     `physgen.policies.quantize`), each with its ratio to the float32 row of the same run,
+  - the MLP flow and DDIM 10-step samplers guided by real-time chunking ("rtc": a chunk guided towards a previous
+    one, delay 2, as the Controller's worker samples it; `physgen.policies.guidance`), with its ratio,
   - ConditionalUnet1D at Diffusion Policy's size for state inputs (dims 256/512/1024, 65 M parameters) and at
     physgen's default size (64/128/256), DDIM 10 steps (target p99 <= 10 ms).
 PyTorch (if the `compare` extra is installed): the same networks in eager mode, DDIM driven by diffusers'
@@ -39,6 +41,7 @@ import numpy as np
 
 from physgen.control import export_onnx
 from physgen.data import Normalizer
+from physgen.policies.agent import ChunkingAgent
 from physgen.policies.diffusion import step_contexts
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
 from physgen.policies.quantize import quantize
@@ -56,6 +59,7 @@ CASES = [  # name, config changes, sampling steps
 ]
 QUANTIZED_CASES = ("MLP flow, Euler 10", "MLP flow 1-step student")  # timed again, stored as each of:
 QUANTIZED = ("bfloat16", "int8")
+GUIDED_CASES = ("MLP flow, Euler 10", "MLP DDIM 10")
 
 
 def percentiles(seconds: list[float]) -> np.ndarray:
@@ -180,6 +184,24 @@ def torch_act(changes: dict, steps: int):
     return act
 
 
+def guided_act(runner: PolicyRunner, steps: int):
+    """A chunk sampled at step T_a with real-time chunking's guidance (delay 2) towards the chunk sampled at step 0:
+    numpy in and out, the agent's sample in one compiled call, as the Controller's worker runs it."""
+    policy, (leaves, treedef) = runner.policy, jax.tree.flatten(runner.state)
+    agent = ChunkingAgent(policy, steps, delay=2, rtc=True)
+    chunking = policy.config.chunking
+
+    def sample(leaves, history, previous, seed):
+        state = jax.tree.unflatten(treedef, leaves)
+        carry = agent.accept(agent.start(state, history[-1])._replace(history=history), previous, 0)
+        return agent.sample(state, carry._replace(t=jnp.int32(chunking.exec_steps)), jax.random.key(seed))
+
+    compiled = jax.jit(sample)
+    history = np.zeros(runner.obs_shape, np.float32)
+    previous = np.zeros((chunking.action_steps, policy.act_dim), np.float32)
+    return lambda i: np.asarray(compiled(leaves, history, previous, i))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=300)
@@ -225,6 +247,14 @@ def main() -> None:
             times = percentiles(time_calls(lambda i: stored.act(obs, i), calls))
             print(f"{'':<26} {weights:>8} {stored_compile:9.2f} " + " ".join(f"{v:9.0f}" for v in times)
                   + f"   vs float32: x{times[0] / ours[0]:.2f} (p50), x{times[2] / ours[2]:.2f} (p99)", flush=True)
+        if name in GUIDED_CASES:
+            guided = guided_act(runner, steps)
+            start = time.perf_counter()
+            guided(0)
+            guided_compile = time.perf_counter() - start
+            times = percentiles(time_calls(guided, calls))
+            print(f"{'':<26} {'rtc':>8} {guided_compile:9.2f} " + " ".join(f"{v:9.0f}" for v in times)
+                  + f"   vs unguided: x{times[0] / ours[0]:.2f} (p50), x{times[2] / ours[2]:.2f} (p99)", flush=True)
         if onnx_versions is not None:
             act, export_seconds = onnx_act(runner, steps, folder)
             onnx = percentiles(time_calls(act, calls))
