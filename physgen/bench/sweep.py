@@ -129,13 +129,16 @@ def sweep_delay(checkpoint: str | Path, delays: list[int], episodes: int, out: s
     lines += [f"| {r['mode']} | {r['delay']} | {interval_text(r['success'])} | {r['return']:.1f} | "
               f"{r['action_change']:.4f} |" for r in rows]
     write_text(out / "sweep-delay.md", "\n".join(lines) + "\n")
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for mode in modes:
-        _errorbars(ax, delays, [r for r in rows if r["mode"] == mode], label=mode)
-    ax.set(xlabel="delay (control steps)", ylabel="success rate (Wilson 95%)", ylim=(-0.02, 1.02),
-           title=f"{config.method} on {task.name}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}")
-    ax.legend()
+    fig = Figure(figsize=(10, 4))
+    rate_axis, change_axis = fig.subplots(1, 2)
+    for i, mode in enumerate(modes):
+        mine, shifted = [r for r in rows if r["mode"] == mode], np.asarray(delays) + 0.08 * (i - 1)  # bars apart
+        _errorbars(rate_axis, shifted, mine, label=mode)
+        change_axis.plot(delays, [r["action_change"] for r in mine], marker="o", label=mode)
+    rate_axis.set(xlabel="delay (control steps)", ylabel="success rate (Wilson 95%)", ylim=(-0.02, 1.02))
+    change_axis.set(xlabel="delay (control steps)", ylabel="mean |a_t - a_(t-1)|")
+    rate_axis.legend()
+    fig.suptitle(f"{config.method} on {task.name}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}")
     fig.tight_layout()
     fig.savefig(out / "sweep-delay.png", dpi=120)
     print("\n".join(lines))
