@@ -48,6 +48,11 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool = Fals
     _replace_atomically(path, lambda file: (np.savez_compressed if compressed else np.savez)(file, **arrays))
 
 
+def write_figure(path: Path, figure, dpi: int = 120) -> None:
+    """Write a matplotlib figure as a PNG, atomically."""
+    _replace_atomically(path, lambda file: figure.savefig(file, format="png", dpi=dpi))
+
+
 def read_json(path: Path):
     """The JSON value in `path`; None when the file is missing or not valid JSON (cut short by a full disk or a
     copy), so that callers redo what it recorded."""

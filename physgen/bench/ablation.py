@@ -17,6 +17,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen import stats
+from physgen.io import write_figure
 from physgen.stats import interval_text
 
 
@@ -85,7 +86,7 @@ def ablation_figures(out: Path, result: dict) -> None:
             ax.legend(fontsize=8)
         fig.suptitle(f"ablation of {field} (95% CI over seeds, same evaluation episodes)")
         fig.tight_layout()
-        fig.savefig(out / f"ablation_{field}.png", dpi=120)
+        write_figure(out / f"ablation_{field}.png", fig)
 
 
 def ablation_section(result: dict) -> list[str]:

@@ -17,7 +17,7 @@ from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import LEAD_FRACTION, hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.video import FAILURE_VIDEOS, STRIP_FRAMES, SUCCESS_VIDEOS, Clip, failure_videos
-from physgen.io import write_json, write_text
+from physgen.io import write_figure, write_json, write_text
 from physgen.stats import interval_text
 from physgen.envs import Task
 
@@ -118,7 +118,7 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
         ax.legend()
     fig.suptitle("success over training (mean over seeds, 95% CI over seeds)")
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
+    write_figure(out / "curves.png", fig)
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -127,7 +127,7 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
            yerr=[[s["estimate"] - s["low"] for s in means], [s["high"] - s["estimate"] for s in means]], capsize=6)
     ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% CI over seeds)")
     fig.tight_layout()
-    fig.savefig(out / "success.png", dpi=120)
+    write_figure(out / "success.png", fig)
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
@@ -140,7 +140,7 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
     ax.set(ylabel="share of all episodes", ylim=(0, 1.02), title="failures by category")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "failures.png", dpi=120)
+    write_figure(out / "failures.png", fig)
 
 
 def _open_loop_path(out: Path) -> Path | None:

@@ -15,7 +15,7 @@ from physgen.data import load_dataset
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
-from physgen.io import write_json, write_text
+from physgen.io import read_json, write_figure, write_json, write_text
 from physgen.policies import ChunkingAgent, load_policy
 from physgen.seeds import EVALUATION
 from physgen.stats import interval_text, wilson_interval
@@ -77,7 +77,7 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     latency.plot(steps, [r["chunk_p99_us"] / 1e3 for r in rows], color="tab:red", marker="s")
     latency.set_ylabel("chunk latency p99 (ms)", color="tab:red")
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
+    write_figure(out / "sweep.png", fig)
     print("\n".join(lines))
     return rows
 
@@ -129,20 +129,28 @@ def sweep_delay(checkpoint: str | Path, delays: list[int], episodes: int, out: s
     lines += [f"| {r['mode']} | {r['delay']} | {interval_text(r['success'])} | {r['return']:.1f} | "
               f"{r['action_change']:.4f} |" for r in rows]
     write_text(out / "sweep-delay.md", "\n".join(lines) + "\n")
+    delay_figure(read_json(out / "sweep-delay.json"), out / "sweep-delay.png")
+    print("\n".join(lines))
+    return rows
+
+
+def delay_figure(sweep: dict, path: Path) -> None:
+    """sweep-delay.png from sweep-delay.json's contents: success (Wilson 95%) and the mean action change against
+    delay, a line per mode."""
     fig = Figure(figsize=(10, 4))
     rate_axis, change_axis = fig.subplots(1, 2)
+    modes = list(dict.fromkeys(r["mode"] for r in sweep["rows"]))
     for i, mode in enumerate(modes):
-        mine, shifted = [r for r in rows if r["mode"] == mode], np.asarray(delays) + 0.08 * (i - 1)  # bars apart
-        _errorbars(rate_axis, shifted, mine, label=mode)
+        mine = [r for r in sweep["rows"] if r["mode"] == mode]
+        delays = np.asarray([r["delay"] for r in mine])
+        _errorbars(rate_axis, delays + 0.08 * (i - (len(modes) - 1) / 2), mine, label=mode)  # bars set apart
         change_axis.plot(delays, [r["action_change"] for r in mine], marker="o", label=mode)
     rate_axis.set(xlabel="delay (control steps)", ylabel="success rate (Wilson 95%)", ylim=(-0.02, 1.02))
     change_axis.set(xlabel="delay (control steps)", ylabel="mean |a_t - a_(t-1)|")
     rate_axis.legend()
-    fig.suptitle(f"{config.method} on {task.name}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}")
+    fig.suptitle(f"{sweep['method']} on {sweep['task']}, T_p {sweep['action_steps']}, T_a {sweep['exec_steps']}")
     fig.tight_layout()
-    fig.savefig(out / "sweep-delay.png", dpi=120)
-    print("\n".join(lines))
-    return rows
+    write_figure(path, fig)
 
 
 def action_change(rollouts) -> float:

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # drawn without pyplot: no backend is chos
 import numpy as np
 
 from physgen.data import SequenceBatch, Trajectories, sequence_starts
+from physgen.io import write_figure
 from physgen.stats import seed_t_interval
 from physgen.world_models.rssm import RSSM
 
@@ -138,5 +139,5 @@ def plot_open_loop(path: str | Path, result: OpenLoop, dims: tuple[int, int] = (
     err.set(title="open-loop error", xlabel="steps ahead", ylabel="RMSE (raw units)", yscale="log")
     err.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_figure(path, fig)
     return path
