@@ -6,6 +6,9 @@ the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the 
     cp runs/bench/hopper/results.json docs/results/hopper-quick.json
     python benchmarks/train_throughput.py --baseline DIR --batch 128 --json docs/results/train-throughput-batch128.json
     python benchmarks/coverage.py --json docs/results/coverage.json
+    cp RUN/results.json docs/results/deployment-NAME.json            # a bench run of deployment settings
+    cp SWEEP/sweep-delay.json docs/results/sweep-delay-TASK.json     # a physgen sweep-delay,
+    cp SWEEP/sweep-delay.png docs/images/sweep-delay-TASK.png        # and its figure
     python docs/generate.py            # rewrite the generated files
     python docs/generate.py --check    # exit 1 when a generated file differs from what it would write
 """
@@ -18,6 +21,7 @@ import sys
 from pathlib import Path
 
 from physgen.io import write_text
+from physgen.stats import interval_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -37,10 +41,6 @@ COVERAGE_COLUMNS = {"report": "the report's rate interval", "returns": "the repo
                     "percentile_bootstrap": "percentile bootstrap"}
 
 
-def _interval(summary: dict, digits: int = 2) -> str:
-    return f"{summary['estimate']:.{digits}f} [{summary['low']:.{digits}f}, {summary['high']:.{digits}f}]"
-
-
 def _run_line(run: dict) -> str:
     return (f"`{run['command']}` ({run['budget']} budget: {run['seeds']} seeds x {run['episodes']} evaluation "
             f"episodes; dataset, training and evaluation {run['minutes']:.1f} minutes, peak memory "
@@ -52,8 +52,8 @@ def main_job_table(results: dict) -> str:
     lines = [_run_line(results["run"]) + ". Means over seeds with 95% intervals over seeds; more in "
              "[the results page](docs/results.md):", "", "| method | success | normalised return |", "|---|---|---|"]
     for method, s in results["summary"].items():
-        normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
-        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} |")
+        normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        lines.append(f"| {method} | {interval_text(s['success_mean'])} | {normalized} |")
     return "\n".join([BEGIN, *lines, END])
 
 
@@ -75,19 +75,20 @@ def _main_job_section(results: dict) -> list[str]:
              "([how they are computed](intervals.md)).", "",
              "| method | success | normalised return | return | success per seed |", "|---|---|---|---|---|"]
     for method, s in summary.items():
-        normalized = _interval(s["normalized_return"]) if s["normalized_return"] else "n/a"
-        lines.append(f"| {method} | {_interval(s['success_mean'])} | {normalized} | {_interval(s['return'], 0)} | "
-                     f"{' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
+        normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        lines.append(f"| {method} | {interval_text(s['success_mean'])} | {normalized} | "
+                     f"{interval_text(s['return'], 0)} | {' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
     lines += ["", "Generative methods against each baseline, on the same evaluation episodes: the difference in "
               "success and the probability that a seed of the first beats a seed of the second.", "",
               "| comparison | difference in success | P(improvement) |", "|---|---|---|"]
     for method, s in summary.items():
         for baseline, c in s.get("improvement_over", {}).items():  # generative methods only
-            lines.append(f"| {method} - {baseline} | {_interval(c['difference'])} | {_interval(c['probability'])} |")
+            lines.append(f"| {method} - {baseline} | {interval_text(c['difference'])} | "
+                         f"{interval_text(c['probability'])} |")
     lines += ["", "Failure categories, share of all episodes ([the categories](failures.md)):", "",
               "| method | category | share |", "|---|---|---|"]
     for method, s in summary.items():
-        lines += [f"| {method} | {category} | {_interval(rate)} |" for category, rate in s["failures"].items()]
+        lines += [f"| {method} | {category} | {interval_text(rate)} |" for category, rate in s["failures"].items()]
     lines += ["", "Time per phase:", "", "| phase | seconds |", "|---|---|"]
     for phase, seconds in run["seconds_per_phase"].items():
         parts = seconds.items() if isinstance(seconds, dict) else [("", seconds)]  # a method's: training, evaluation
@@ -125,6 +126,38 @@ def _throughput_section() -> list[str]:
     return lines
 
 
+def _deployment_section() -> list[str]:
+    """Bench runs of deployment settings (quantized weights, delays, real-time chunking) and delay sweeps."""
+    lines = ["## Deployment: quantized weights, late chunks, real-time chunking", ""]
+    for path in sorted(RESULTS.glob("deployment-*.json")):
+        results = json.loads(path.read_text())
+        run = results["run"]
+        lines += [f"`{run['command']}` ({run['budget']} budget, {run['seeds']} seeds x {run['episodes']} evaluation "
+                  f"episodes, {run['minutes']:.1f} minutes on {run['machine']}; `docs/results/{path.name}`). Means "
+                  "over seeds with 95% intervals over seeds; rows that differ only in how they act share training.",
+                  "", "| row | success | normalised return | success per seed |", "|---|---|---|---|"]
+        for row, s in results["summary"].items():
+            normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
+            lines.append(f"| {row} | {interval_text(s['success_mean'])} | {normalized} | "
+                         f"{' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
+        lines.append("")
+    for path in sorted(RESULTS.glob("sweep-delay-*.json")):
+        sweep = json.loads(path.read_text())
+        delays = ",".join(str(d) for d in dict.fromkeys(r["delay"] for r in sweep["rows"]))
+        lines += [f"`physgen sweep-delay --checkpoint {sweep['checkpoint']} --delays {delays} --episodes "
+                  f"{sweep['episodes']}` ({sweep['method']} on {sweep['task']}, T_p {sweep['action_steps']}, T_a "
+                  f"{sweep['exec_steps']}, one training seed; `docs/results/{path.name}`). Success with Wilson 95% "
+                  f"intervals over episodes; ensembling at k = {sweep['ensemble']}; action change: the mean "
+                  "|a_t - a_(t-1)| per step.", "", "| mode | delay | success | return | action change |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['mode']} | {r['delay']} | {interval_text(r['success'])} | {r['return']:.1f} | "
+                  f"{r['action_change']:.4f} |" for r in sweep["rows"]]
+        figure = ROOT / "docs" / "images" / f"{path.stem}.png"
+        lines += ["", f"![success against delay on {sweep['task']}](images/{figure.name})"] if figure.exists() else []
+        lines.append("")
+    return lines
+
+
 def _coverage_section(rows: list[dict]) -> list[str]:
     lines = ["## Interval coverage", "", "`python benchmarks/coverage.py --json docs/results/coverage.json`: the "
              f"share of simulated runs whose 95% interval held the true mean success, over {len(rows)} settings "
@@ -142,7 +175,8 @@ def results_page(results: dict, coverage: list[dict]) -> str:
              "suite fails when it is out of date. Other benchmarks (`benchmarks/*.py`: environment throughput, "
              "sampler latency, PPO and RSSM training speed, the fork policies, world-model open-loop error) print "
              "their figures on the machine they run on.", ""]
-    return "\n".join(lines + _main_job_section(results) + _throughput_section() + _coverage_section(coverage))
+    return "\n".join(lines + _main_job_section(results) + _throughput_section() + _deployment_section()
+                     + _coverage_section(coverage))
 
 
 def throughput_page() -> str:
