@@ -1,6 +1,6 @@
 """physgen's rooms import one way, down the layers, without loops and without imports hidden inside functions.
 
-    shared helpers (errors, io, seeds, stats, checkpoint, plan)  <  envs, data  <  policies, world_models
+    shared helpers (errors, io, seeds, stats, checkpoint, plan, devices)  <  envs, data  <  policies, world_models
     <  bench, control  <  cli
 """
 

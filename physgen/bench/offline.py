@@ -46,7 +46,7 @@ def _evaluate_and_save(job: Job, train, optim, acting, note=None) -> None:
 def _run(job: Job) -> None:
     config = job.config
     _evaluate_and_save(job, lambda callback: train_policies(job.task, config, job.train, job.seeds, progress=False,
-                                                            callback=callback),
+                                                            callback=callback, devices=job.evaluation.devices),
                        config.optim, lambda trained, variant: trained.policy._replace(config=variant.config))
 
 
@@ -70,7 +70,8 @@ def _run_one_step(job: Job) -> None:
     teacher = _flow_row_teachers(job, teacher_config)
     if teacher is None:
         teacher = train_policies(job.task, teacher_config, job.train, job.seeds, progress=False,
-                                 callback=lambda done, trained: job.advance(teacher_config.optim.steps_per_call))
+                                 callback=lambda done, trained: job.advance(teacher_config.optim.steps_per_call),
+                                 devices=job.evaluation.devices)
     else:
         job.advance(teacher_config.optim.steps)
     _evaluate_and_save(job, lambda callback: distill_policies(job.task, teacher, job.train, distill, progress=False,

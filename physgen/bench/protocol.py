@@ -153,9 +153,11 @@ def _versions() -> dict[str, str]:
 
 
 def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str, episodes: int, dataset,
-                  note: str | None, rows: dict, overrides: dict[str, str], variants: dict[str, list[str]]) -> dict:
+                  note: str | None, rows: dict, overrides: dict[str, str], variants: dict[str, list[str]],
+                  devices: int = 1) -> dict:
     """The protocol of a run of `methods` (`physgen.bench.method.Method`s) as `rows` (`make_rows`: the methods
-    with the `--set` changes and `--vary` values, which it records too)."""
+    with the `--set` changes and `--vary` values, which it records too); `devices`: how many devices the seeds may
+    be spread over, recorded with the machine (a seed's training does not depend on it, so a rerun may change it)."""
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),
@@ -168,7 +170,8 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
         "experiment": {
             "task": task.name, "methods": [m.name for m in methods], "training_seeds": seeds, "budget": budget_name,
             "budget_settings": dataclasses.asdict(budget), "episodes": episodes,
-            "evaluation_seeds": evaluation.tolist(), "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
+            "evaluation_seeds": evaluation.tolist(),
+            "curve_episodes": episodes if task.functional is not None else min(budget.curve_episodes, episodes),
             "curve_steps": {row: by_name[r["method"]].curve_steps(r["hyperparameters"]) for row, r in rows.items()
                             if by_name[r["method"]].curve_steps},
             "recipe": task.recipe.as_dict(),
@@ -177,14 +180,15 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
             "hyperparameters": {row: r["hyperparameters"] for row, r in rows.items()},
             "dataset": {"id": dataset.dataset_id, "episodes": dataset.trajectories.num_episodes,
                         "validation_fraction": 0.1, "split_seed": 0,
-                        **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score") if k in dataset.metadata}},
+                        **{k: dataset.metadata[k] for k in ("ref_min_score", "ref_max_score")
+                           if k in dataset.metadata}},
             "statistics": STATS, "failure_rules": "physgen.bench.failures (rules in its docstring)",
             "ppo_left_out": note,
             "world_model_datasets": list(dict.fromkeys(datasets)) or None,
         },
         "environment": {"packages": _versions(), "git_commit": _git_commit(), "python": platform.python_version(),
                         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-                        "jax_devices": [str(d) for d in jax.devices()]},
+                        "jax_devices": [str(d) for d in jax.devices()], "seed_devices": devices},
     }
 
 

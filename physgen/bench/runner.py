@@ -29,6 +29,7 @@ from physgen.bench.report import write_results_and_report
 from physgen.bench.writeup import write_writeup
 from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
+from physgen.devices import mesh_size, seed_mesh
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, folder_lock, read_json, write_json, write_text
@@ -50,25 +51,28 @@ def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes:
 def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,
               budget: str = "quick", out: str | Path | None = None, progress: bool = True, videos: bool = True,
               overrides: dict[str, str] | None = None, variants: dict[str, list[str]] | None = None,
-              dataset: str = "expert-v0") -> Path:
+              dataset: str = "expert-v0", devices: int | str | None = None) -> Path:
     """Run (or resume) a benchmark and write protocol.json, units/, results.json, report.md, writeup.md, figures and
     videos; `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field:
     [value texts]}, as `--vary`) make a row of every method for each combination of values; `dataset`: the offline
-    methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id."""
+    methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id; `devices`
+    (a count or "all", as `--devices`) spreads every row's seeds over up to that many devices in training (the same
+    numbers as on one) and evaluation (its rollouts may differ in the last bits: `physgen.devices`)."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
+    devices = mesh_size(seed_mesh(devices))  # a count JAX cannot provide is refused before any work
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = ensure_dataset(task, dataset, load_demonstrator=load_ppo_policy)
     dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
-                             variants or {})
+                             variants or {}, devices)
     with folder_lock(out, "physgen bench"):
         fix_protocol(out, protocol)
         write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
         write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": dataset_seconds})
-        _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress)
+        _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress, devices)
         units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
         latency = {row: read_json(latency_path(out, row)) for row in rows}
         write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
@@ -89,12 +93,12 @@ def trainings(methods: list[Method], experiment: dict) -> list[tuple[Method, lis
 
 
 def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int], budget: str, dataset,
-                 protocol: dict, progress: bool) -> None:
+                 protocol: dict, progress: bool, devices: int) -> None:
     """Train every group of rows with a unit not written and intact, and evaluate those rows."""
     train, validation = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     support = fit_support(train.observations, validation.observations, seed=0)
     experiment = protocol["experiment"]
-    evaluation = Evaluation(task, dataset, support, experiment)
+    evaluation = Evaluation(task, dataset, support, experiment, devices)
     hyperparameters = experiment["hyperparameters"]
     groups = trainings(methods, experiment)
     work = [method.work(hyperparameters[rows[0]]) * len(seeds) for method, rows in groups]

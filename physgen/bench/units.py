@@ -66,11 +66,12 @@ def write_latency(out: Path, method: str, latency: dict) -> None:
 
 
 class Evaluation:
-    """What every unit needs to score its episodes: the task, the dataset's support and reference returns, and the
-    protocol's evaluation episodes (all of them at the final point, the first `curve_episodes` before it)."""
+    """What every unit needs to score its episodes: the task, the dataset's support and reference returns, the
+    protocol's evaluation episodes (all of them at the final point, the first `curve_episodes` before it), and the
+    devices the run's seeds are spread over (`physgen.devices.seed_mesh`), in training as in evaluation."""
 
-    def __init__(self, task: Task, dataset, support, experiment: dict):
-        self.task, self.dataset, self.support = task, dataset, support
+    def __init__(self, task: Task, dataset, support, experiment: dict, devices: int = 1):
+        self.task, self.dataset, self.support, self.devices = task, dataset, support, devices
         self.expert_return = dataset.metadata.get("ref_max_score")
         self.episode_seeds = np.asarray(experiment["evaluation_seeds"])
         self.curve_seeds = self.episode_seeds[: experiment["curve_episodes"]]
@@ -80,7 +81,7 @@ class Evaluation:
         """Every seed's agent on the final or the curve episodes."""
         started = time.perf_counter()
         seeds = self.episode_seeds if final else self.curve_seeds
-        rollouts = run_episodes(self.task, agent, params, seeds, self.expert_return)
+        rollouts = run_episodes(self.task, agent, params, seeds, self.expert_return, self.devices)
         self.seconds += time.perf_counter() - started
         return rollouts
 

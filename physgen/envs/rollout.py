@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from physgen.devices import first_seeds, fit_mesh, on_each_device, placed_seeds, replicated, seed_mesh
 from physgen.envs.base import Task
 from physgen.errors import PhysgenError
 
@@ -210,20 +211,29 @@ def step_key(episode_seed, t) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(reset_key(episode_seed), 2), t)
 
 
-def run_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
-                 expert_return: float | None = None) -> Rollouts:
+def run_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray, expert_return: float | None = None,
+                 devices: int | str | None = None) -> Rollouts:
     """Every seed's agent (`params` stacked on axis 0) on the same episodes (a paired comparison), scored by the
-    task's success rule (`expert_return`: the reference return that rules such as hopper's need)."""
-    return scored(task, *record_episodes(task, agent, params, episode_seeds), expert_return)
+    task's success rule (`expert_return`: the reference return that rules such as hopper's need); `devices` as
+    `record_episodes` takes it."""
+    return scored(task, *record_episodes(task, agent, params, episode_seeds, devices), expert_return)
 
 
-def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray) -> tuple:
+def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
+                    devices: int | str | None = None) -> tuple:
     """(observations, actions, rewards, ended, events) of `run_episodes`, unscored: a pure-JAX task in one compiled
     program (vmap over seeds and episodes, scan over steps), a Gymnasium task stepped in lockstep with one compiled
-    call per step for every (seed, episode)."""
+    call per step for every (seed, episode). `devices` (`physgen.devices.seed_mesh`) spreads a pure-JAX task's seeds
+    over up to that many devices, each running whole episodes of its seeds: a seed's rollouts are those of its
+    device's group of seeds on one device, which may differ from all seeds' on one device in the last bits (XLA
+    picks kernels by the batch's size); a Gymnasium task steps on the CPU and acts on one device."""
     if task.functional is None:
         return _lockstep(task, agent, params, np.asarray(episode_seeds))
-    return jax.device_get(_scan(task, agent, params, jnp.asarray(episode_seeds)))
+    seeds = len(jax.tree.leaves(params)[0])
+    mesh = fit_mesh(seed_mesh(devices), seeds)
+    recorded = on_each_device(partial(_scan, task, agent), mesh, placed_seeds(params, mesh),
+                              replicated(jnp.asarray(episode_seeds), mesh))
+    return first_seeds(jax.device_get(recorded), seeds)
 
 
 @partial(jax.jit, static_argnums=(0, 1))

@@ -12,6 +12,7 @@ import optax
 from rich.progress import Progress
 
 from physgen.data import Normalizer, Trajectories, sample_windows
+from physgen.devices import first_seeds, fit_mesh, on_each_device, placed_seeds, replicated, seed_mesh
 from physgen.envs import Task
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
 
@@ -43,17 +44,26 @@ def _ema_decay(config: PolicyConfig, step):
 
 
 def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: list[int], progress: bool = True,
-                   callback=None, start: Any = None, teacher: Any = None, loss=None) -> TrainedPolicies:
+                   callback=None, start: Any = None, teacher: Any = None, loss=None,
+                   devices: int | str | None = None) -> TrainedPolicies:
     """Train one policy per seed on `data` (the training split), all seeds in one compiled program.
 
     Normalizers are fitted on `data` (min-max, as Diffusion Policy). `callback(step, trained)` runs after every call.
     Distillation (`physgen.policies.distill`) starts from `start`, parameters per seed (seeds on the leading axis)
     instead of fresh ones, and minimises `loss(params, teacher, batch, key)` instead of the policy's own loss,
     where `teacher` is a pytree per seed that the loss reads (the trained teacher's weights).
+    `devices` (`physgen.devices.seed_mesh`: a count or "all") spreads the seeds over up to that many devices, two or
+    more on each, padded with copies of the last seed that every output leaves out; a seed's numbers do not depend on
+    the device count (tests/test_devices.py).
     """
+    n = len(seeds)
+    mesh = fit_mesh(seed_mesh(devices), n)
     obs_norm, act_norm = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
+    # each device trains its seeds (placed after the split, which does not keep the placement) on its copy of the data
+    init_keys, train_keys, start, teacher = placed_seeds((init_keys, train_keys, start, teacher), mesh)
+    data = replicated(data, mesh)
     policy, _ = Policy.create(config, task.obs_dim, task.act_dim, init_keys[0])
     optimizer = config.optim.optimizer()
     objective = (lambda params, teacher, batch, key: policy.loss(params, batch, key)) if loss is None else loss
@@ -77,17 +87,17 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     def run_call(state, key, data, teacher, steps):
         return jax.lax.scan(lambda s, k: train_step(s, k, data, teacher), state, jax.random.split(key, steps))
 
-    states = jax.jit(jax.vmap(init))(init_keys, start)
+    states = on_each_device(jax.jit(jax.vmap(init)), mesh, init_keys, start)
     calls = -(-config.optim.steps // config.optim.steps_per_call)
     run = jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, 0, None)), static_argnums=4)
     losses = []
     low, high = jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
 
     def trained(states):
-        n = len(seeds)
-        stacked = PolicyState(states.ema, *(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), v)
-                                            for v in (obs_norm, act_norm, low, high)))
-        return TrainedPolicies(policy, stacked, states.params,
+        broadcast = (jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), v)
+                     for v in (obs_norm, act_norm, low, high))
+        stacked = PolicyState(first_seeds(states.ema, n, mesh), *broadcast)
+        return TrainedPolicies(policy, stacked, first_seeds(states.params, n, mesh),
                                np.stack(losses, axis=1) if losses else np.zeros((n, 0)), tuple(seeds))
 
     with Progress(disable=not progress, transient=True) as bar:
@@ -96,8 +106,9 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
         for call in range(calls):
             steps = min(config.optim.steps_per_call, config.optim.steps - done)
             call_keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(train_keys)
-            states, call_losses = run(states, call_keys, data, teacher, steps)
-            losses.append(np.asarray(call_losses).mean(axis=1))
+            states, call_losses = on_each_device(lambda *args: run(*args, steps), mesh, states, call_keys, data,
+                                                 teacher)
+            losses.append(np.asarray(call_losses)[:n].mean(axis=1))
             done += steps
             bar.update(job, completed=done, description=f"{config.method} on {task.name}, {len(seeds)} seeds, "
                        f"loss {losses[-1].mean():.4f}")
