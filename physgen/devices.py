@@ -5,14 +5,17 @@ are dropped afterwards) and placed with `NamedSharding(mesh, P("seeds"))`; what 
 evaluation episodes) is replicated. `on_each_device` then runs the single-device program on each device's seeds and
 assembles the outputs sharded the same way, with no transfer through the host.
 
-Why not one program partitioned over the mesh (jit propagating the sharding): XLA compiles a partitioned program
-through another pipeline, which rewrites some arithmetic differently (optax's gradient clipping divides by the
-norm there and multiplies by its reciprocal in the single-device program), so a seed's last bits would depend on the
-device count. The single-device training program computes a seed alike in any group of two or more seeds; a vmap
-over one seed compiles differently (the size-1 axis is dropped), hence `fit_mesh`'s two seeds per device.
-Rollouts are not so: where every seed reads the same operand (a sampler's time embedding) XLA merges the seeds into
-one matrix product whose kernel depends on their number, so a seed's rollouts equal those of its device's group run
-on one device, and differ from a one-device run of all the seeds in the last bits.
+What a seed computes on a device is what one device computes for that device's group of seeds, bit for bit. It is
+not one program partitioned over the mesh (jit propagating the sharding): XLA compiles that through another
+pipeline, which rewrites some arithmetic differently (optax's gradient clipping divides by the norm there and
+multiplies by its reciprocal in the single-device program). Whether a group's numbers equal those of all the seeds on
+one device depends on XLA's kernels, which pick their blocking by the problem's size, the number of seeds included:
+  - a vmap over one seed is another program (the size-1 axis is dropped), so a device holds two seeds or more
+    (`fit_mesh`);
+  - training: equal on fork's smoke flow recipe (tests/test_devices.py); at other sizes a group can differ from all the
+    seeds in the last bits (`benchmarks/scaling.py` prints whether each device count's losses match one device's);
+  - rollouts: where every seed reads the same operand (a sampler's time embedding) XLA merges the seeds into one
+    matrix product whose kernel depends on their number, so a group's rollouts can differ in the last bits.
 `None` (one device) places nothing: a run keeps the plain single-device program and its numbers.
 """
 

@@ -156,8 +156,9 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
                   note: str | None, rows: dict, overrides: dict[str, str], variants: dict[str, list[str]],
                   devices: int = 1) -> dict:
     """The protocol of a run of `methods` (`physgen.bench.method.Method`s) as `rows` (`make_rows`: the methods
-    with the `--set` changes and `--vary` values, which it records too); `devices`: how many devices the seeds may
-    be spread over, recorded with the machine (a seed's training does not depend on it, so a rerun may change it)."""
+    with the `--set` changes and `--vary` values, which it records too); `devices`: how many devices the seeds are
+    spread over, recorded with the machine (like the machine, it may change a seed's last bits, not the
+    experiment: a rerun may change it)."""
     budget = BUDGETS[budget_name]
     evaluation = episode_seeds(EVALUATION, episodes)
     dataset_seeds = set(episode_seeds(int(dataset.metadata.get("physgen_seed", 0)),

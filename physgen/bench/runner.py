@@ -29,7 +29,7 @@ from physgen.bench.report import write_results_and_report
 from physgen.bench.writeup import write_writeup
 from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
-from physgen.devices import mesh_size, seed_mesh
+from physgen.devices import fit_mesh, mesh_size, seed_mesh
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, folder_lock, read_json, write_json, write_text
@@ -56,12 +56,14 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     videos; `overrides` ({field: value text}, as `--set`) change the methods' hyperparameters, `variants` ({field:
     [value texts]}, as `--vary`) make a row of every method for each combination of values; `dataset`: the offline
     methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id; `devices`
-    (a count or "all", as `--devices`) spreads every row's seeds over up to that many devices in training (the same
-    numbers as on one) and evaluation (its rollouts may differ in the last bits: `physgen.devices`)."""
+    (a count or "all", as `--devices`) spreads every row's seeds over up to that many devices in training and
+    evaluation (`physgen.devices`: the numbers of one device, or of each device's group of seeds on one device,
+    which may differ from them in the last bits)."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
-    devices = mesh_size(seed_mesh(devices))  # a count JAX cannot provide is refused before any work
+    # a count JAX cannot provide is refused before any work; the run records the devices its seeds fill
+    devices = mesh_size(fit_mesh(seed_mesh(devices), len(seeds)))
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
     dataset = ensure_dataset(task, dataset, load_demonstrator=load_ppo_policy)

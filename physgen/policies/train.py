@@ -53,8 +53,9 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     instead of fresh ones, and minimises `loss(params, teacher, batch, key)` instead of the policy's own loss,
     where `teacher` is a pytree per seed that the loss reads (the trained teacher's weights).
     `devices` (`physgen.devices.seed_mesh`: a count or "all") spreads the seeds over up to that many devices, two or
-    more on each, padded with copies of the last seed that every output leaves out; a seed's numbers do not depend on
-    the device count (tests/test_devices.py).
+    more on each, padded with copies of the last seed that every output leaves out; each device trains its seeds
+    bit for bit as one device trains that group (which may differ from all the seeds together in the last bits:
+    `physgen.devices`).
     """
     n = len(seeds)
     mesh = fit_mesh(seed_mesh(devices), n)
