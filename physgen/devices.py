@@ -60,9 +60,10 @@ def fit_mesh(mesh: Mesh | None, seeds: int) -> Mesh | None:
     """The first devices of `mesh` that `seeds` keep busy with at least two seeds each (a device holding one would
     compute it differently: module docstring); None when that is one device. The others would add no speed: a call
     takes as long as its busiest device."""
-    per_device = max(2, -(-seeds // mesh_size(mesh)))
-    used = -(-seeds // per_device)
-    return None if used == 1 else Mesh(mesh.devices[:used], (SEEDS,))
+    if mesh is None:
+        return None
+    used = -(-seeds // max(2, -(-seeds // mesh.size)))
+    return None if used <= 1 else Mesh(mesh.devices[:used], (SEEDS,))
 
 
 def padded_count(seeds: int, mesh: Mesh | None) -> int:
