@@ -16,6 +16,7 @@ from physgen.configs import override, parse_overrides, parse_variants
 from physgen.bench.sweep import DELAY_MODES, sweep_delay, sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
+from physgen.devices import seed_mesh
 from physgen.data import generate_dataset, load_dataset, split_episodes, with_reference_scores
 from physgen.envs import get_task, list_tasks
 from physgen.envs.rollout import episode_seeds, run_episodes
@@ -68,6 +69,9 @@ def _train(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set) if args.set else {}
     if "method" in overrides:
         raise PhysgenError("--set cannot change the method; pass it as --method")
+    if args.devices is not None and args.method in ("ppo", "rssm", "vae"):
+        raise PhysgenError(f"--devices spreads the offline policies' seeds; {args.method} trains on one device")
+    seed_mesh(args.devices)  # a count JAX cannot provide is refused before any work
     if args.method == "ppo":
         print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides))
         return
@@ -84,12 +88,13 @@ def _train(args: argparse.Namespace) -> None:
     dataset = with_reference_scores(task, load_dataset(task, args.dataset or "expert-v0"), load_ppo_policy)
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))
-    trained = train_policies(task, config, train, seeds)
+    trained = train_policies(task, config, train, seeds, devices=args.devices)
     for index, seed in enumerate(seeds):
         path = save_policy(out / f"seed_{seed}", task, trained, index)
         print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint {path}")
     rollouts = run_episodes(task, ChunkingAgent(trained.policy), trained.states,
-                            episode_seeds(args.eval_seed, args.episodes), dataset.metadata.get("ref_max_score"))
+                            episode_seeds(args.eval_seed, args.episodes), dataset.metadata.get("ref_max_score"),
+                            devices=args.devices)
     rates = ", ".join(f"{rate:.2f}" for rate in rollouts.success.mean(axis=1))
     print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
@@ -112,7 +117,7 @@ def _bench(args: argparse.Namespace) -> None:
                       "methods": [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
                       "overrides": parse_overrides(args.set) if args.set else None,
                       "variants": parse_variants(args.vary) if args.vary else None}
-    out = run_bench(**experiment, out=args.out, videos=not args.no_videos)
+    out = run_bench(**experiment, out=args.out, videos=not args.no_videos, devices=args.devices)
     print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
@@ -229,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
     train.add_argument("--eval-seed", type=int, default=TUNING, help="seed of the evaluation episodes")
+    train.add_argument("--devices", default=None, help="spread the seeds over N devices, or 'all' (offline policies "
+                       "and their pure-JAX evaluation; default one): docs/howto/gpu.md")
     train.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the "
                        "method's config, e.g. exec_steps=1,prediction=epsilon")
     train.add_argument("--out", default="runs")
@@ -256,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vary", action="append", default=None, metavar="FIELD=V1,V2,...",
                        help="a row of every method for each value (rows such as flow[exec_steps=2]); several --vary "
                        "make a grid. Rows differing only in T_a, sampler steps or ensembling share one training")
+    bench.add_argument("--devices", default=None, help="spread every row's seeds over N devices, or 'all' "
+                       "(default one; not part of the experiment): docs/howto/gpu.md")
     bench.set_defaults(run=_bench)
 
     compare = commands.add_parser("compare", help="one report over finished bench runs that share their task, seeds, "

@@ -136,6 +136,8 @@ SMOKE_BENCH = ["--budget", "smoke", "--methods", "bc", "--seeds", "1", "--episod
     (["sweep-steps", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
     (["sweep-delay", "--checkpoint", "nowhere", "--out", "{file}"], "--out {file} is not a folder"),
     (["sweep-delay", "--checkpoint", "nowhere", "--delays", "0,two"], "--delays takes comma-separated integers"),
+    (["train", "--task", "fork", "--method", "ppo", "--devices", "2"], "--devices spreads the offline policies' seeds"),
+    (["train", "--task", "fork", "--method", "bc", "--devices", "x"], "--devices takes a number or 'all', got 'x'"),
     (["export", "--checkpoint", "nowhere", "--out", "{file}/policy.jaxexport"], "--out {file} is not a folder"),
     (["train", "--task", "fork", "--method", "bc", "--dataset", "expert-v0,noisy-v0"],
      "--dataset takes one dataset for bc, got 'expert-v0,noisy-v0'; only the world models (rssm, vae)"),
