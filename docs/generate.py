@@ -127,8 +127,9 @@ def _throughput_section() -> list[str]:
 
 
 def _deployment_section() -> list[str]:
-    """Bench runs of deployment settings (quantized weights, delays, real-time chunking) and delay sweeps."""
-    lines = ["## Deployment: quantized weights, late chunks, real-time chunking", ""]
+    """Bench runs of deployment settings (one-step students, quantized weights, delays, real-time chunking) and
+    delay sweeps."""
+    lines = ["## Deployment: one-step students, quantized weights, late chunks, real-time chunking", ""]
     for path in sorted(RESULTS.glob("deployment-*.json")):
         results = json.loads(path.read_text())
         run = results["run"]
