@@ -17,6 +17,12 @@ one device depends on XLA's kernels, which pick their blocking by the problem's 
   - rollouts: where every seed reads the same operand (a sampler's time embedding) XLA merges the seeds into one
     matrix product whose kernel depends on their number, so a group's rollouts can differ in the last bits.
 `None` (one device) places nothing: a run keeps the plain single-device program and its numbers.
+
+Several processes (`initialize`, `jax.distributed`; one per host, each running the same command) make one mesh of
+every process's devices, taken in turns from each process so that every process holds a share of the seeds. A process
+runs only its own devices' groups; what every process needs whole (losses, trained weights, rollouts) is gathered
+from all of them (`gathered`, a collective every process calls), so each group still runs the single-device program.
+Where the seeds fill fewer devices than there are processes, every process computes all of them as one device.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from physgen.errors import PhysgenError
@@ -31,9 +38,55 @@ from physgen.errors import PhysgenError
 SEEDS = "seeds"
 
 
+def initialize(coordinator: str | None = None, processes: int | None = None, process_id: int | None = None) -> None:
+    """Join a run of several processes (`jax.distributed.initialize`) before any JAX computation; nothing when no
+    argument is given (one process). `coordinator` is process 0's "HOST:PORT", or "auto" for what JAX detects
+    (SLURM, Open MPI and the other clusters it knows), which also fills a count or id left out."""
+    if coordinator is None and processes is None and process_id is None:
+        return
+    if coordinator is None:
+        raise PhysgenError("--processes and --process-id need --coordinator HOST:PORT (process 0's address), or "
+                           "--coordinator auto under SLURM or Open MPI")
+    if coordinator != "auto" and not coordinator.rpartition(":")[2].isdigit():
+        raise PhysgenError(f"--coordinator takes HOST:PORT (process 0's address) or 'auto', got {coordinator!r}")
+    if processes is not None and processes < 1:
+        raise PhysgenError(f"--processes must be at least 1, got {processes}")
+    if process_id is not None and not 0 <= process_id < (processes or process_id + 1):
+        raise PhysgenError(f"--process-id must be from 0 to --processes - 1, got {process_id}")
+    try:
+        jax.distributed.initialize(None if coordinator == "auto" else coordinator, processes, process_id)
+    except (RuntimeError, ValueError) as error:  # JAX's for a cluster it cannot detect or a coordinator it cannot reach
+        raise PhysgenError(f"jax.distributed could not start: {error}; pass --coordinator HOST:PORT, --processes "
+                           "and --process-id, the same coordinator and count in every process") from error
+
+
+def is_writer() -> bool:
+    """Whether this process writes a run's files: process 0 of several, or the only one."""
+    return jax.process_index() == 0
+
+
+def writer_first(make):
+    """`make()` in process 0, then in the others (each waiting for process 0's to end): what process 0 writes to a
+    shared folder (a generated dataset) the others then find instead of writing it at the same time."""
+    if not is_writer():
+        multihost_utils.sync_global_devices("physgen: process 0 done")
+    made = make()
+    if is_writer() and jax.process_count() > 1:
+        multihost_utils.sync_global_devices("physgen: process 0 done")
+    return made
+
+
+def agreed(values: np.ndarray) -> np.ndarray:
+    """Process 0's `values` (an array of the same shape in every process) in every process: what processes decide from
+    files they may not share (the units a resumed run still needs), decided once for all of them."""
+    return values if jax.process_count() == 1 else np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
 def seed_mesh(devices: int | str | None) -> Mesh | None:
-    """The mesh of the first `devices` JAX devices ("all": every one), or None for one device (no sharding)."""
-    available = jax.devices()
+    """The mesh of the first `devices` JAX devices ("all": every one, of every process), or None for one device (no
+    sharding). Several processes' devices are taken in turns, one of each process's, so that the first ones include
+    every process."""
+    available = _in_turns(jax.devices())
     if devices == "all":
         count = len(available)
     else:
@@ -51,6 +104,14 @@ def seed_mesh(devices: int | str | None) -> Mesh | None:
     return None if count == 1 else Mesh(np.array(available[:count]), (SEEDS,))
 
 
+def _in_turns(devices: list) -> list:
+    """`devices` ordered by their position within their process, then by process."""
+    position = {}
+    for device in devices:
+        position[device] = sum(d.process_index == device.process_index for d in position)
+    return sorted(devices, key=lambda d: (position[d], d.process_index))
+
+
 def mesh_size(mesh: Mesh | None) -> int:
     """Devices the seeds are spread over (1 without a mesh)."""
     return 1 if mesh is None else mesh.size
@@ -58,12 +119,13 @@ def mesh_size(mesh: Mesh | None) -> int:
 
 def fit_mesh(mesh: Mesh | None, seeds: int) -> Mesh | None:
     """The first devices of `mesh` that `seeds` keep busy with at least two seeds each (a device holding one would
-    compute it differently: module docstring); None when that is one device. The others would add no speed: a call
-    takes as long as its busiest device."""
+    compute it differently: module docstring); None when that is one device, or fewer devices than there are
+    processes (then each process computes every seed as one device). The others would add no speed: a call takes as
+    long as its busiest device."""
     if mesh is None:
         return None
     used = -(-seeds // max(2, -(-seeds // mesh.size)))
-    return None if used <= 1 else Mesh(mesh.devices[:used], (SEEDS,))
+    return None if used <= 1 or used < jax.process_count() else Mesh(mesh.devices[:used], (SEEDS,))
 
 
 def padded_count(seeds: int, mesh: Mesh | None) -> int:
@@ -81,12 +143,17 @@ def placed_seeds(tree, mesh: Mesh | None):
         extra = padded_count(len(x), mesh) - len(x)
         return jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]) if extra else x
 
-    return jax.device_put(jax.tree.map(pad, tree), NamedSharding(mesh, PartitionSpec(SEEDS)))
+    return _placed(jax.tree.map(pad, tree), NamedSharding(mesh, PartitionSpec(SEEDS)))
 
 
 def replicated(tree, mesh: Mesh | None):
     """A copy of `tree` on every device of the mesh (what every seed reads)."""
-    return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    return tree if mesh is None else _placed(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def _placed(tree, sharding: NamedSharding):
+    """`tree` (the same in every process) placed with `sharding`, each process filling its own devices' parts."""
+    return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), tree)
 
 
 def on_each_device(program, mesh: Mesh | None, *trees):
@@ -95,20 +162,34 @@ def on_each_device(program, mesh: Mesh | None, *trees):
     JAX dispatches each call asynchronously, so the devices compute at once; they share one compiled program."""
     if mesh is None:
         return program(*trees)
-    devices = list(mesh.devices.flat)
-    parts = [program(*(jax.tree.map(lambda x: _shard_on(x, device), tree) for tree in trees)) for device in devices]
+    parts = [program(*(jax.tree.map(lambda x: _shard_on(x, device), tree) for tree in trees))
+             for device in _own(mesh)]
     sharding = NamedSharding(mesh, PartitionSpec(SEEDS))
     return jax.tree.map(lambda *shards: jax.make_array_from_single_device_arrays(
-        (sum(len(s) for s in shards), *shards[0].shape[1:]), sharding, list(shards)), *parts)
+        (len(shards[0]) * mesh.size, *shards[0].shape[1:]), sharding, list(shards)), *parts)
+
+
+def _own(mesh: Mesh) -> list:
+    """The mesh's devices this process drives (all of them in a single process), in the mesh's order."""
+    return [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
 
 
 def _shard_on(x: jax.Array, device) -> jax.Array:
     return next(shard.data for shard in x.addressable_shards if shard.device == device)
 
 
+def gathered(tree):
+    """Every leaf whole, as numpy: one spread over several processes' devices is gathered from all of them (a
+    collective, which every process calls in the same order)."""
+    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True) if isinstance(x, jax.Array)
+                        and not x.is_fully_addressable else np.asarray(x), tree)
+
+
 def first_seeds(tree, seeds: int, mesh: Mesh | None = None):
     """The first `seeds` entries of every leaf's leading axis (the padding dropped), gathered onto the mesh's first
-    device: what single-device code finds there (a program given arrays spread over the mesh would be partitioned)."""
+    device, or with several processes into this process's memory (numpy: a checkpoint of arrays on one device of one
+    process is refused by orbax there); what single-device code takes (a program given arrays spread over the mesh
+    would be partitioned)."""
     if mesh is not None:
-        tree = jax.device_put(tree, mesh.devices.flat[0])
+        tree = gathered(tree) if jax.process_count() > 1 else jax.device_put(tree, mesh.devices.flat[0])
     return jax.tree.map(lambda x: x if len(x) == seeds else x[:seeds], tree)

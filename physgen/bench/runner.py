@@ -14,22 +14,27 @@ from __future__ import annotations
 
 import itertools
 import json
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
+import jax
+import numpy as np
 from rich.markup import escape
 from rich.progress import Progress
 
 from physgen.bench.experiments import experiment_toml
 from physgen.bench.failures import fit_support
 from physgen.bench.method import Job, Method, Variant
+from physgen.bench.offline import BC, DIFFUSION, FLOW
 from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
 from physgen.bench.writeup import write_writeup
 from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
-from physgen.devices import fit_mesh, mesh_size, seed_mesh
+from physgen.devices import agreed, fit_mesh, is_writer, mesh_size, seed_mesh, writer_first
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, folder_lock, read_json, write_json, write_text
@@ -58,29 +63,53 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     methods' dataset, physgen's own of the task (generated when missing) or any local Minari dataset id; `devices`
     (a count or "all", as `--devices`) spreads every row's seeds over up to that many devices in training and
     evaluation (`physgen.devices`: the numbers of one device, or of each device's group of seeds on one device,
-    which may differ from them in the last bits)."""
+    which may differ from them in the last bits). With several processes (`physgen.devices.initialize`) every
+    process runs this call, and only process 0 writes `out`: the others write to a temporary folder, removed after."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
+    _check_processes(methods)
     # a count JAX cannot provide is refused before any work; the run records the devices its seeds fill
     devices = mesh_size(fit_mesh(seed_mesh(devices), len(seeds)))
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
     out = check_folder(Path(out if out is not None else Path("runs") / "bench" / task.name).absolute(), "--out")
-    dataset = ensure_dataset(task, dataset, load_demonstrator=load_ppo_policy)
+    dataset = writer_first(lambda: ensure_dataset(task, dataset, load_demonstrator=load_ppo_policy))
     dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
                              variants or {}, devices)
-    with folder_lock(out, "physgen bench"):
-        fix_protocol(out, protocol)
-        write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
-        write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": dataset_seconds})
-        _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress, devices)
-        units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
-        latency = {row: read_json(latency_path(out, row)) for row in rows}
-        write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
-                                 timing=read_json(out / "timing.json"))
-        write_writeup(out)
+    write = partial(_write_run, task, methods, seeds, budget, dataset, protocol, rows, devices,
+                    {"started": started, "dataset": dataset_seconds})
+    if is_writer():
+        with folder_lock(out, "physgen bench"):
+            write(out, progress, videos)
+    else:  # computes with process 0; what it writes is thrown away
+        with tempfile.TemporaryDirectory(prefix="physgen-bench-") as scratch:
+            write(Path(scratch), False, False)
     return out
+
+
+def _write_run(task: Task, methods: list[Method], seeds: list[int], budget: str, dataset, protocol: dict,
+               rows: list[str], devices: int, clock: dict, out: Path, progress: bool, videos: bool) -> None:
+    """The run's files in `out`; `clock`: when the run started and the seconds its dataset took."""
+    started = clock["started"]
+    fix_protocol(out, protocol)
+    write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
+    write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": clock["dataset"]})
+    _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress, devices)
+    units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
+    latency = {row: read_json(latency_path(out, row)) for row in rows}
+    write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
+                             timing=read_json(out / "timing.json"))
+    write_writeup(out)
+
+
+def _check_processes(methods: list[Method]) -> None:
+    """With several processes, only the offline policies trained by `train_policies`: orbax refuses to checkpoint the
+    arrays the other methods leave on one device of one process."""
+    others = [method.name for method in methods if method not in (DIFFUSION, FLOW, BC)]
+    if jax.process_count() > 1 and others:
+        raise PhysgenError(f"{', '.join(others)} cannot run in several processes yet (only diffusion, flow and bc "
+                           "can); pass --methods with those, or run in one process")
 
 
 def trainings(methods: list[Method], experiment: dict) -> list[tuple[Method, list[str]]]:
@@ -109,7 +138,7 @@ def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int],
         for (method, rows), done in zip(groups, itertools.accumulate(work)):
             variants = [Variant(row, experiment["rows"][row]["varied"], hyperparameters[row],
                                 method.configure(hyperparameters[row]), pending)
-                        for row in rows if (pending := pending_units(out, row, seeds))]
+                        for row in rows if (pending := _pending(out, row, seeds))]
             if variants:
                 names = escape(", ".join(rows))  # a row's brackets are not rich markup
                 bar.update(job, description=f"bench {task.name} ({budget}): {names}, {len(seeds)} seeds")
@@ -123,3 +152,8 @@ def _run_methods(out: Path, task: Task, methods: list[Method], seeds: list[int],
                     bar.console.print(f"{names}: trained in {phase['training']:.0f} s, evaluated in "
                                       f"{phase['evaluation']:.0f} s")
             bar.update(job, completed=done)
+
+
+def _pending(out: Path, row: str, seeds: list[int]) -> list[int]:
+    """The row's seeds whose units are to be written, as process 0 finds them (the only one with the run's folder)."""
+    return [s for s, due in zip(seeds, agreed(np.isin(seeds, pending_units(out, row, seeds)).astype(np.int32))) if due]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.devices import first_seeds, fit_mesh, on_each_device, placed_seeds, replicated, seed_mesh
+from physgen.devices import first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, replicated, seed_mesh
 from physgen.envs.base import Task
 from physgen.errors import PhysgenError
 
@@ -233,7 +233,7 @@ def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
     mesh = fit_mesh(seed_mesh(devices), seeds)
     recorded = on_each_device(partial(_scan, task, agent), mesh, placed_seeds(params, mesh),
                               replicated(jnp.asarray(episode_seeds), mesh))
-    return first_seeds(jax.device_get(recorded), seeds)
+    return first_seeds(gathered(recorded), seeds)
 
 
 @partial(jax.jit, static_argnums=(0, 1))

@@ -12,7 +12,7 @@ import optax
 from rich.progress import Progress
 
 from physgen.data import Normalizer, Trajectories, sample_windows
-from physgen.devices import first_seeds, fit_mesh, on_each_device, placed_seeds, replicated, seed_mesh
+from physgen.devices import first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, replicated, seed_mesh
 from physgen.envs import Task
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState
 
@@ -97,9 +97,11 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     def trained(states):
         broadcast = (jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), v)
                      for v in (obs_norm, act_norm, low, high))
-        stacked = PolicyState(first_seeds(states.ema, n, mesh), *broadcast)
-        return TrainedPolicies(policy, stacked, first_seeds(states.params, n, mesh),
-                               np.stack(losses, axis=1) if losses else np.zeros((n, 0)), tuple(seeds))
+        stacked, params = PolicyState(first_seeds(states.ema, n, mesh), *broadcast), first_seeds(states.params, n, mesh)
+        if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
+            stacked, params = jax.device_get((stacked, params))
+        return TrainedPolicies(policy, stacked, params, np.stack(losses, axis=1) if losses else np.zeros((n, 0)),
+                               tuple(seeds))
 
     with Progress(disable=not progress, transient=True) as bar:
         job = bar.add_task(f"{config.method} on {task.name}, {len(seeds)} seeds", total=config.optim.steps)
@@ -109,7 +111,7 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
             call_keys = jax.vmap(lambda k: jax.random.fold_in(k, call))(train_keys)
             states, call_losses = on_each_device(lambda *args: run(*args, steps), mesh, states, call_keys, data,
                                                  teacher)
-            losses.append(np.asarray(call_losses)[:n].mean(axis=1))
+            losses.append(gathered(call_losses)[:n].mean(axis=1))
             done += steps
             bar.update(job, completed=done, description=f"{config.method} on {task.name}, {len(seeds)} seeds, "
                        f"loss {losses[-1].mean():.4f}")
