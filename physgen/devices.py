@@ -23,6 +23,7 @@ every process's devices, taken in turns from each process so that every process 
 runs only its own devices' groups; what every process needs whole (losses, trained weights, rollouts) is gathered
 from all of them (`gathered`, a collective every process calls), so each group still runs the single-device program.
 Where the seeds fill fewer devices than there are processes, every process computes all of them as one device.
+Work that runs on the host (Gymnasium environments) is split over the processes instead (`own_share`, `joined`).
 """
 
 from __future__ import annotations
@@ -183,6 +184,23 @@ def gathered(tree):
     collective, which every process calls in the same order)."""
     return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True) if isinstance(x, jax.Array)
                         and not x.is_fully_addressable else np.asarray(x), tree)
+
+
+def own_share(count: int) -> np.ndarray:
+    """The indices of the `count` items (seeds) that this process takes of an even split over the processes:
+    contiguous shares, the last one padded with copies of the last item (every share the same size, as a gather
+    needs); all of them in one process."""
+    share = -(-count // jax.process_count())
+    return np.minimum(np.arange(share * jax.process_count()), count - 1).reshape(-1, share)[jax.process_index()]
+
+
+def joined(tree, count: int):
+    """Every process's `own_share` of each leaf (numpy, items on the leading axis) put back together: the `count`
+    items in order, the padding dropped (a collective, which every process calls in the same order)."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))[:count],
+                        tree)
 
 
 def first_seeds(tree, seeds: int, mesh: Mesh | None = None):

@@ -15,14 +15,19 @@ from physgen.devices import _in_turns, initialize
 from physgen.errors import PhysgenError
 
 # One process of a run: joins `processes` processes through jax.distributed (none for 1), checks that PPO is refused
-# there, benches flow on fork (smoke, 4 seeds, every device), and prints what it was. A start that jax.distributed
-# refuses exits with code 3.
+# there, benches flow on fork (smoke, 4 seeds, every device), records hopper episodes of 3 seeds (split over the
+# processes; in one process, the same shares one after the other), and prints what it was. A start that
+# jax.distributed refuses exits with code 3.
 SCRIPT = """
 import json, sys
 from pathlib import Path
-import jax
+import jax, jax.numpy as jnp, numpy as np
 from physgen.devices import initialize, is_writer
+from physgen.envs import get_task
+from physgen.envs.rollout import episode_seeds, record_episodes
 from physgen.errors import PhysgenError
+
+SHARES = [[0, 1], [2, 2]]
 
 coordinator, processes, process_id, out = sys.argv[1:]
 if processes != "1":
@@ -40,6 +45,25 @@ if jax.process_count() > 1:  # refused before any work (in one process it would 
         refused = str(error)
 run_bench("fork", methods=["flow"], seeds=4, episodes=2, budget="smoke", out=Path(out), progress=False, videos=False,
           devices="all")
+
+
+class Linear:  # an agent for hopper: tanh of a seed's linear map of the observation
+    def start(self, params, obs):
+        return jnp.zeros(())
+
+    def act(self, params, carry, obs, key):
+        return jnp.tanh(params @ obs), carry
+
+
+hopper = get_task("hopper")
+weights = jnp.stack([0.3 * jax.random.normal(jax.random.key(s), (hopper.act_dim, hopper.obs_dim)) for s in range(3)])
+if jax.process_count() > 1:  # every process steps its seeds' environments: [0, 1] and [2] (padded: [2, 2])
+    recorded = record_episodes(hopper, Linear(), weights, episode_seeds(0, 2))
+else:  # those two groups, one after the other
+    parts = [record_episodes(hopper, Linear(), weights[np.array(group)], episode_seeds(0, 2)) for group in SHARES]
+    recorded = jax.tree.map(lambda *x: np.concatenate(x)[:3], *parts)
+if is_writer():
+    np.savez(out + "-hopper.npz", *jax.tree.leaves(recorded))
 print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "writer": is_writer(),
                   "refused": refused}))
 """
@@ -62,7 +86,9 @@ def _checkpoint_leaves(run: Path, seed: int) -> list:
 
 def test_two_processes_bench_as_one_process_with_two_devices(tmp_path):
     """2 processes of 1 CPU device each (CPU collectives) against 1 process with the CPU split into 2 devices: the
-    same 2 groups of seeds on 2 devices, so every checkpoint and unit is bitwise the same; process 0 alone wrote."""
+    same 2 groups of seeds on 2 devices, so every checkpoint and unit is bitwise the same; process 0 alone wrote.
+    Hopper's environments, split over the processes, join into what each share records in one process: every seed's
+    episodes, in order."""
     split = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""),
                                                    "--xla_force_host_platform_device_count=2"])}
     one = subprocess.run([sys.executable, "-c", SCRIPT, "", "1", "0", str(tmp_path / "one")], env=split,
@@ -97,6 +123,12 @@ def test_two_processes_bench_as_one_process_with_two_devices(tmp_path):
     results = [json.loads((run / "results.json").read_text()) for run in runs]
     assert results[0]["units"] == results[1]["units"]
     assert (tmp_path / "two" / "report.md").is_file()
+    # hopper (Gymnasium): each process stepped its share of the seeds, as one process steps that share
+    hopper = [np.load(f"{run}-hopper.npz") for run in runs]
+    assert len(hopper[0].files) == len(hopper[1].files) > 4  # observations, actions, rewards, ends, events
+    for key in hopper[0].files:
+        assert len(hopper[0][key]) == 3
+        np.testing.assert_array_equal(hopper[0][key], hopper[1][key])
 
 
 def test_initialize_checks_its_arguments_before_starting():

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.devices import first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, replicated, seed_mesh
+from physgen.devices import (first_seeds, fit_mesh, gathered, joined, on_each_device, own_share, placed_seeds,
+                             replicated, seed_mesh)
 from physgen.envs.base import Task
 from physgen.errors import PhysgenError
 
@@ -226,9 +227,13 @@ def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
     call per step for every (seed, episode). `devices` (`physgen.devices.seed_mesh`) spreads a pure-JAX task's seeds
     over up to that many devices, each running whole episodes of its seeds: a seed's rollouts are those of its
     device's group of seeds on one device, which may differ from all seeds' on one device in the last bits (XLA
-    picks kernels by the batch's size); a Gymnasium task steps on the CPU and acts on one device."""
+    picks kernels by the batch's size); a Gymnasium task steps on the CPU and acts on one device. With several
+    processes (`physgen.devices.initialize`) a Gymnasium task's seeds are split over them (`own_share`), each process
+    stepping its seeds' environments and acting for them as one group."""
     if task.functional is None:
-        return _lockstep(task, agent, params, np.asarray(episode_seeds))
+        seeds, share = len(jax.tree.leaves(params)[0]), own_share(len(jax.tree.leaves(params)[0]))
+        own = params if len(share) == seeds else jax.tree.map(lambda x: np.asarray(x)[share], params)
+        return joined(_lockstep(task, agent, own, np.asarray(episode_seeds)), seeds)
     seeds = len(jax.tree.leaves(params)[0])
     mesh = fit_mesh(seed_mesh(devices), seeds)
     recorded = on_each_device(partial(_scan, task, agent), mesh, placed_seeds(params, mesh),
