@@ -28,6 +28,10 @@ Work that runs on the host (Gymnasium environments) is split over the processes 
 
 from __future__ import annotations
 
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,6 +68,17 @@ def initialize(coordinator: str | None = None, processes: int | None = None, pro
 def is_writer() -> bool:
     """Whether this process writes a run's files: process 0 of several, or the only one."""
     return jax.process_index() == 0
+
+
+@contextmanager
+def written_folder(out: Path):
+    """`out` in process 0 (or the only one); in the others a temporary folder, removed at the end, for what they
+    write in step with process 0 (orbax's checkpoints wait for every process), so that only process 0's files stay."""
+    if is_writer():
+        yield out
+    else:
+        with tempfile.TemporaryDirectory(prefix="physgen-process-") as scratch:
+            yield Path(scratch)
 
 
 def writer_first(make):

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import jax
@@ -34,7 +32,7 @@ from physgen.bench.report import write_results_and_report
 from physgen.bench.writeup import write_writeup
 from physgen.bench.units import Evaluation, latency_path, pending_units, read_unit
 from physgen.data import ensure_dataset, split_episodes
-from physgen.devices import agreed, fit_mesh, is_writer, mesh_size, seed_mesh, writer_first
+from physgen.devices import agreed, fit_mesh, is_writer, mesh_size, seed_mesh, writer_first, written_folder
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.io import check_folder, folder_lock, read_json, write_json, write_text
@@ -64,7 +62,7 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     (a count or "all", as `--devices`) spreads every row's seeds over up to that many devices in training and
     evaluation (`physgen.devices`: the numbers of one device, or of each device's group of seeds on one device,
     which may differ from them in the last bits). With several processes (`physgen.devices.initialize`) every
-    process runs this call, and only process 0 writes `out`: the others write to a temporary folder, removed after."""
+    process runs this call, and only process 0 writes `out` (`physgen.devices.written_folder`)."""
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
@@ -77,30 +75,18 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
                              variants or {}, devices)
-    write = partial(_write_run, task, methods, seeds, budget, dataset, protocol, rows, devices,
-                    {"started": started, "dataset": dataset_seconds})
-    if is_writer():
-        with folder_lock(out, "physgen bench"):
-            write(out, progress, videos)
-    else:  # computes with process 0; what it writes is thrown away
-        with tempfile.TemporaryDirectory(prefix="physgen-bench-") as scratch:
-            write(Path(scratch), False, False)
+    progress, videos = progress and is_writer(), videos and is_writer()  # shown and rendered by process 0 alone
+    with written_folder(out) as folder, folder_lock(folder, "physgen bench"):
+        fix_protocol(folder, protocol)
+        write_text(folder / "experiment.toml", experiment_toml(protocol["experiment"]))
+        write_json(folder / "timing.json", {**(read_json(folder / "timing.json") or {}), "dataset": dataset_seconds})
+        _run_methods(folder, task, methods, seeds, budget, dataset, protocol, progress, devices)
+        units = {row: [read_unit(folder, row, s) for s in seeds] for row in rows}
+        latency = {row: read_json(latency_path(folder, row)) for row in rows}
+        write_results_and_report(folder, task, protocol, units, latency, time.perf_counter() - started,
+                                 videos=videos, timing=read_json(folder / "timing.json"))
+        write_writeup(folder)
     return out
-
-
-def _write_run(task: Task, methods: list[Method], seeds: list[int], budget: str, dataset, protocol: dict,
-               rows: list[str], devices: int, clock: dict, out: Path, progress: bool, videos: bool) -> None:
-    """The run's files in `out`; `clock`: when the run started and the seconds its dataset took."""
-    started = clock["started"]
-    fix_protocol(out, protocol)
-    write_text(out / "experiment.toml", experiment_toml(protocol["experiment"]))
-    write_json(out / "timing.json", {**(read_json(out / "timing.json") or {}), "dataset": clock["dataset"]})
-    _run_methods(out, task, methods, seeds, budget, dataset, protocol, progress, devices)
-    units = {row: [read_unit(out, row, s) for s in seeds] for row in rows}
-    latency = {row: read_json(latency_path(out, row)) for row in rows}
-    write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=videos,
-                             timing=read_json(out / "timing.json"))
-    write_writeup(out)
 
 
 def _check_processes(methods: list[Method]) -> None:
