@@ -7,6 +7,8 @@ import signal
 import sys
 from pathlib import Path
 
+import jax
+
 from physgen.bench import run_bench
 from physgen.bench.compare import compare_runs
 from physgen.bench.experiments import read_experiment
@@ -16,7 +18,7 @@ from physgen.configs import override, parse_overrides, parse_variants
 from physgen.bench.sweep import DELAY_MODES, sweep_delay, sweep_steps
 from physgen.bench.video import checkpoint_videos
 from physgen.control import export_checkpoint
-from physgen.devices import seed_mesh
+from physgen.devices import initialize, is_writer, seed_mesh, written_folder
 from physgen.data import generate_dataset, load_dataset, split_episodes, with_reference_scores
 from physgen.envs import get_task, list_tasks
 from physgen.envs.rollout import episode_seeds, run_episodes
@@ -63,14 +65,16 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    initialize(args.coordinator, args.processes, args.process_id)  # before anything starts JAX's backend
     task = get_task(args.task)
     _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
     out = check_folder(Path(args.out) / task.name / args.method, "--out")
     overrides = parse_overrides(args.set) if args.set else {}
     if "method" in overrides:
         raise PhysgenError("--set cannot change the method; pass it as --method")
-    if args.devices is not None and args.method in ("ppo", "rssm", "vae"):
-        raise PhysgenError(f"--devices spreads the offline policies' seeds; {args.method} trains on one device")
+    if (args.devices is not None or jax.process_count() > 1) and args.method in ("ppo", "rssm", "vae"):
+        raise PhysgenError(f"--devices and several processes spread the offline policies' seeds; {args.method} "
+                           "trains on one device of one process")
     seed_mesh(args.devices)  # a count JAX cannot provide is refused before any work
     if args.method == "ppo":
         print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides))
@@ -90,19 +94,24 @@ def _train(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     trained = train_policies(task, config, train, seeds, devices=args.devices)
     for index, seed in enumerate(seeds):
-        path = save_policy(out / f"seed_{seed}", task, trained, index)
-        print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint {path}")
+        with written_folder(out) as folder:  # every process saves (orbax waits for all); process 0's files stay
+            save_policy(folder / f"seed_{seed}", task, trained, index)
+        if is_writer():
+            loss = trained.losses[index, -1]
+            print(f"seed {seed}: final training loss {loss:.4f}, checkpoint {out / f'seed_{seed}'}")
     rollouts = run_episodes(task, ChunkingAgent(trained.policy), trained.states,
                             episode_seeds(args.eval_seed, args.episodes), dataset.metadata.get("ref_max_score"),
                             devices=args.devices)
     rates = ", ".join(f"{rate:.2f}" for rate in rollouts.success.mean(axis=1))
-    print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
+    if is_writer():
+        print(f"success over {args.episodes} evaluation episodes per seed: {rates}")
 
 
 EXPERIMENT_FLAGS = ("task", "methods", "seeds", "episodes", "budget", "dataset", "set", "vary")
 
 
 def _bench(args: argparse.Namespace) -> None:
+    initialize(args.coordinator, args.processes, args.process_id)  # before anything starts JAX's backend
     given = [f"--{flag}" for flag in EXPERIMENT_FLAGS if getattr(args, flag) is not None]
     if args.config:
         if given:
@@ -118,7 +127,8 @@ def _bench(args: argparse.Namespace) -> None:
                       "overrides": parse_overrides(args.set) if args.set else None,
                       "variants": parse_variants(args.vary) if args.vary else None}
     out = run_bench(**experiment, out=args.out, videos=not args.no_videos, devices=args.devices)
-    print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
+    if is_writer():
+        print(f"report: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -265,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "make a grid. Rows differing only in T_a, sampler steps or ensembling share one training")
     bench.add_argument("--devices", default=None, help="spread every row's seeds over N devices, or 'all' "
                        "(default one; not part of the experiment): docs/howto/gpu.md")
+    for sub in (train, bench):
+        sub.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="join a run of several processes "
+                         "(jax.distributed): process 0's address, or 'auto' to let JAX read it under SLURM or Open MPI")
+        sub.add_argument("--processes", type=int, default=None, help="the number of processes (with --coordinator)")
+        sub.add_argument("--process-id", type=int, default=None, help="this process's index, from 0 (with "
+                         "--coordinator)")
     bench.set_defaults(run=_bench)
 
     compare = commands.add_parser("compare", help="one report over finished bench runs that share their task, seeds, "
