@@ -93,12 +93,12 @@ def _train(args: argparse.Namespace) -> None:
     train, _ = split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0)
     seeds = list(range(args.seeds))
     trained = train_policies(task, config, train, seeds, devices=args.devices)
-    for index, seed in enumerate(seeds):
-        with written_folder(out) as folder:  # every process saves (orbax waits for all); process 0's files stay
+    with written_folder(out) as folder:  # every process saves (orbax waits for all); process 0's files stay
+        for index, seed in enumerate(seeds):
             save_policy(folder / f"seed_{seed}", task, trained, index)
-        if is_writer():
-            loss = trained.losses[index, -1]
-            print(f"seed {seed}: final training loss {loss:.4f}, checkpoint {out / f'seed_{seed}'}")
+            if is_writer():
+                print(f"seed {seed}: final training loss {trained.losses[index, -1]:.4f}, checkpoint "
+                      f"{out / f'seed_{seed}'}")
     rollouts = run_episodes(task, ChunkingAgent(trained.policy), trained.states,
                             episode_seeds(args.eval_seed, args.episodes), dataset.metadata.get("ref_max_score"),
                             devices=args.devices)

@@ -21,8 +21,7 @@ import numpy as np
 
 from physgen.errors import PhysgenError
 from physgen.envs.rollout import step_key
-from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy
-from physgen.policies.quantize import quantize
+from physgen.policies import ChunkingAgent, Policy, PolicyState, load_policy, stored_weights
 
 SAFE_ACTIONS = ("hold", "zero")
 
@@ -59,9 +58,7 @@ class Controller:
     def __init__(self, policy: Policy, state: PolicyState, rate_hz: float = 50.0, steps: int | None = None,
                  ensemble: float | None = None, prefetch: int | None = None, rtc: bool | None = None,
                  weights: str | None = None, safe_action: str = "hold", seed: int = 0):
-        if weights is not None:  # checked by the config
-            policy = policy._replace(config=policy.config.replace(weights=weights))
-        state = state._replace(params=quantize(state.params, policy.config.weights))  # stored so, in the program
+        policy, state = stored_weights(policy, state, weights)  # a bad name is refused by the config
         chunking = policy.config.chunking
         prefetch = chunking.delay if prefetch is None else prefetch
         if not (math.isfinite(rate_hz) and rate_hz > 0):

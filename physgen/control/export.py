@@ -48,11 +48,11 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
     chunk float32 (T_p, act_dim), with `steps` sampler steps (default: the config's), on each of `platforms`;
     `weights` (default: the config's) is the form its weight matrices are stored in.
     """
-    from physgen.policies import act  # deferred, so that loading an export never imports the training code
+    from physgen.policies import act, stored_weights  # deferred: loading an export never imports the training code
 
     path = _check_request(path, steps)
     _check_sampler_steps(policy.config, steps)
-    policy, state = _stored(policy, state, weights)
+    policy, state = stored_weights(policy, state, weights)
 
     def sample(obs_history, key_data):
         key = jax.random.wrap_key_data(key_data, impl=KEY_IMPL)
@@ -77,10 +77,12 @@ def export_onnx(policy, state, path: str | Path, steps: int | None = None, task:
     keeps the model deterministic. `sampler_noise` gives the draws the jax sampler makes from a key; N is
     `noise_draws` in the metadata entry `physgen`. `weights` as for `export_policy`.
     """
+    from physgen.policies import stored_weights  # deferred, as in export_policy
+
     path = _check_request(path, steps)
     _check_sampler_steps(policy.config, steps)
     jax2onnx = _import_jax2onnx()
-    policy, state = _stored(policy, state, weights)
+    policy, state = stored_weights(policy, state, weights)
     config = policy.config
     draws = _noise_draws(config, steps)
     specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
@@ -206,16 +208,6 @@ def _digest(header: dict, payload: bytes) -> str:
     """SHA-256 of the header (less its digest) as sorted JSON, then the payload."""
     fields = json.dumps({k: v for k, v in header.items() if k != "sha256"}, sort_keys=True).encode()
     return hashlib.sha256(fields + payload).hexdigest()
-
-
-def _stored(policy, state, weights: str | None):
-    """(policy, state) with the config's `weights` replaced (None keeps it) and the state's weight matrices
-    quantized to it, so that the program holds them in that form."""
-    from physgen import policies  # deferred, as in export_policy
-
-    if weights is not None:
-        policy = policy._replace(config=policy.config.replace(weights=weights))
-    return policy, state._replace(params=policies.quantize.quantize(state.params, policy.config.weights))
 
 
 def _header(policy, state, steps: int | None, task: str | None) -> dict:

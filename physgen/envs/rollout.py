@@ -230,11 +230,11 @@ def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
     picks kernels by the batch's size); a Gymnasium task steps on the CPU and acts on one device. With several
     processes (`physgen.devices.initialize`) a Gymnasium task's seeds are split over them (`own_share`), each process
     stepping its seeds' environments and acting for them as one group."""
+    seeds = len(jax.tree.leaves(params)[0])
     if task.functional is None:
-        seeds, share = len(jax.tree.leaves(params)[0]), own_share(len(jax.tree.leaves(params)[0]))
+        share = own_share(seeds)
         own = params if len(share) == seeds else jax.tree.map(lambda x: np.asarray(x)[share], params)
         return joined(_lockstep(task, agent, own, np.asarray(episode_seeds)), seeds)
-    seeds = len(jax.tree.leaves(params)[0])
     mesh = fit_mesh(seed_mesh(devices), seeds)
     recorded = on_each_device(partial(_scan, task, agent), mesh, placed_seeds(params, mesh),
                               replicated(jnp.asarray(episode_seeds), mesh))

@@ -226,6 +226,14 @@ def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Arr
     return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)
 
 
+def stored_weights(policy: Policy, state: PolicyState, weights: str | None = None) -> tuple[Policy, PolicyState]:
+    """(policy, state) with the config's `weights` replaced (None keeps it) and the state's weight matrices quantized
+    to it (`physgen.policies.quantize`): a compiled sampler given this state holds them in that form."""
+    if weights is not None:
+        policy = policy._replace(config=policy.config.replace(weights=weights))
+    return policy, state._replace(params=quantize(state.params, policy.config.weights))
+
+
 def flat_sampler(policy: Policy, state: PolicyState, steps: int | None = None):
     """(leaves, sample): the state as a flat tuple of arrays, and `sample(leaves, obs_history, key)`, one raw chunk
     (T_p, act_dim) for one raw history (T_o, obs_dim). Compiled callers pass the leaves rather than the state:

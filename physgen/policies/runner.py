@@ -13,8 +13,7 @@ from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network
-from physgen.policies.quantize import quantize
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network, stored_weights
 from physgen.policies.train import TrainedPolicies
 
 
@@ -56,7 +55,7 @@ class PolicyRunner:
     """
 
     def __init__(self, policy: Policy, state: PolicyState, steps: int | None = None):
-        state = state._replace(params=quantize(state.params, policy.config.weights))  # stored so, in the program
+        policy, state = stored_weights(policy, state)  # the config's form, in the compiled program
         self.policy, self.state, self.steps = policy, state, steps
         self.obs_shape = (policy.config.chunking.obs_steps, policy.obs_dim)
         self._leaves, sample = flat_sampler(policy, state, steps)
