@@ -37,6 +37,11 @@ def load_gaussian_agent(path: Path, task: str | None):
     return GaussianAgent.for_task(task_obj, config), (params, normalizer)
 
 
-PPO = Method("ppo", lambda task, budget: dataclasses.asdict(PPOConfig(total_steps=BUDGETS[budget].ppo_steps)), _run,
-             work=lambda values: values["total_steps"], online=True, curve_axis="PPO environment steps",
+def _hyperparameters(task, budget: str) -> dict:
+    steps, points = BUDGETS[budget].ppo_steps, BUDGETS[budget].curve_points
+    return dataclasses.asdict(PPOConfig(total_steps=steps, checkpoint_every=-(-steps // points)))
+
+
+PPO = Method("ppo", _hyperparameters, _run,
+             work=lambda values: values["total_steps"], online=True, curve_axis="real environment steps",
              load=load_gaussian_agent, configure=lambda values: PPOConfig.from_dict(values).validate())

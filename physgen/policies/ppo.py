@@ -14,7 +14,7 @@ import dataclasses
 import time
 from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import gymnasium as gym
 import jax
@@ -105,53 +105,103 @@ def _bounds(task: Task):
 # ---------------------------------------------------------------- pure-JAX tasks: the whole run is one program
 
 
-def train_in(fns: FunctionalEnv, task: Task, config: PPOConfig, key: jax.Array):
-    """One PPO run in the pure-JAX environment `fns` (reset/step; it may be a learned model rather than
-    `task.functional`), as a traceable function of `key`: (learner, per-update mean finished-episode return,
-    metrics). `task` gives the spaces. `vmap` it over keys (and over whatever `fns` closes over) to train seeds
-    together."""
+class Run(NamedTuple):
+    """A PPO run in a pure-JAX environment between updates: the learner and its environments."""
+
+    learner: Learner
+    env_state: Any
+    obs: jax.Array  # (num_envs, obs_dim) raw
+    episode_return: jax.Array  # (num_envs,)
+
+
+def reset_envs(fns: FunctionalEnv, config: PPOConfig, run: Run, key: jax.Array) -> Run:
+    """`run` with every environment starting a new episode (in `fns`, which may be a new model)."""
+    env_state, obs = jax.vmap(fns.reset)(jax.random.split(key, config.num_envs))
+    return run._replace(env_state=env_state, obs=obs, episode_return=jnp.zeros(config.num_envs))
+
+
+def start_in(fns: FunctionalEnv, task: Task, config: PPOConfig, learner_key: jax.Array, reset_key: jax.Array,
+             num_updates: int | None = None) -> Run:
+    """A fresh learner (its learning rate annealed over `num_updates`, default the config's) and fresh episodes."""
+    optimizer = make_optimizer(config, num_updates or config.num_updates)
+    learner = _init_learner(task, config, optimizer, learner_key)
+    return reset_envs(fns, config, Run(learner, None, None, None), reset_key)
+
+
+def updates_in(fns: FunctionalEnv, task: Task, config: PPOConfig, run: Run, keys: jax.Array,
+               num_updates: int | None = None):
+    """One PPO update per key in `fns`, continuing `run`: (run, per-update mean finished-episode return, metrics).
+    `num_updates` is what the learning rate anneals over, as in `start_in`."""
     graphdef = _graphdef(task, config)
-    optimizer = make_optimizer(config, config.num_updates)
+    optimizer = make_optimizer(config, num_updates or config.num_updates)
     low, high = _bounds(task)
 
-    learner_key, reset_key, key = jax.random.split(key, 3)
-    learner = _init_learner(task, config, optimizer, learner_key)
-    env_state, obs = jax.vmap(fns.reset)(jax.random.split(reset_key, config.num_envs))
-    episode_return = jnp.zeros(config.num_envs)
-
-    def env_step(carry, step_key):
-        learner, env_state, raw_obs, episode_return = carry
+    def env_step(run: Run, step_key):
+        learner = run.learner
         obs_stats, key, obs, action, log_prob, value = act(graphdef, learner.params, learner.obs_stats,
-                                                           learner.key, raw_obs, config)
+                                                           learner.key, run.obs, config)
         learner = learner._replace(obs_stats=obs_stats, key=key)
-        out = jax.vmap(fns.step)(env_state, jnp.clip(action, low, high))
+        out = jax.vmap(fns.step)(run.env_state, jnp.clip(action, low, high))
         done = out.terminated | out.truncated
         fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(step_key, config.num_envs))
         env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
                                  fresh_state, out.state)
-        episode_return = episode_return + out.reward
+        episode_return = run.episode_return + out.reward
         finished = (jnp.where(done, episode_return, 0.0).sum(), done.sum())
-        carry = (learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
-                 jnp.where(done, 0.0, episode_return))
-        return carry, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs),
-                       finished)
+        run = Run(learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
+                  jnp.where(done, 0.0, episode_return))
+        return run, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs), finished)
 
-    def one_update(carry, update_key):
-        carry, (rollout, (return_sum, count)) = jax.lax.scan(
-            env_step, carry, jax.random.split(update_key, config.rollout_steps))
-        learner, metrics = update(graphdef, optimizer, carry[0], rollout, config)
+    def one_update(run: Run, update_key):
+        run, (rollout, (return_sum, count)) = jax.lax.scan(
+            env_step, run, jax.random.split(update_key, config.rollout_steps))
+        learner, metrics = update(graphdef, optimizer, run.learner, rollout, config)
         mean_return = jnp.where(count.sum() > 0, return_sum.sum() / jnp.maximum(count.sum(), 1), jnp.nan)
-        return (learner, *carry[1:]), (mean_return, metrics)
+        return run._replace(learner=learner), (mean_return, metrics)
 
-    carry, (curve, metrics) = jax.lax.scan(one_update, (learner, env_state, obs, episode_return),
-                                           jax.random.split(key, config.num_updates))
-    return carry[0], curve, metrics
+    run, (curve, metrics) = jax.lax.scan(one_update, run, keys)
+    return run, curve, metrics
+
+
+def sample_actions(task: Task, config: PPOConfig, learner: Learner, raw_obs: jax.Array, key: jax.Array) -> jax.Array:
+    """Actions the learner's Gaussian policy samples for `raw_obs` (envs, obs_dim), clipped to the task's bounds;
+    the learner is left as it is (for collecting data it does not train on)."""
+    low, high = _bounds(task)
+    action = act(_graphdef(task, config), learner.params, learner.obs_stats, key, raw_obs, config)[3]
+    return jnp.clip(action, low, high)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _train_functional(task: Task, config: PPOConfig, keys: jax.Array):
-    """Train one learner per key in the task's own pure-JAX environment."""
-    return jax.vmap(partial(train_in, task.functional, task, config))(keys)
+def _start_functional(task: Task, config: PPOConfig, keys: jax.Array):
+    """Fresh runs in the task's own pure-JAX environment, one per key, and each run's update keys."""
+    def one(key):
+        learner_key, reset_key, key = jax.random.split(key, 3)
+        run = start_in(task.functional, task, config, learner_key, reset_key)
+        return run, jax.random.split(key, config.num_updates)
+
+    return jax.vmap(one)(keys)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _updates_functional(task: Task, config: PPOConfig, runs: Run, keys: jax.Array):
+    return jax.vmap(partial(updates_in, task.functional, task, config))(runs, keys)
+
+
+def _train_functional(task: Task, config: PPOConfig, seeds: list[int], callback):
+    """Train one learner per seed in the task's own pure-JAX environment, in equal compiled stretches of about
+    `checkpoint_every` steps when there is a `callback` to call between them (one stretch otherwise)."""
+    runs, update_keys = _start_functional(task, config, jnp.stack([jax.random.key(s) for s in seeds]))
+    total = config.num_updates * config.steps_per_update
+    stretches = (min(config.num_updates, max(1, round(total / config.checkpoint_every)))
+                 if callback and config.checkpoint_every else 1)
+    bounds = np.linspace(0, config.num_updates, stretches + 1).astype(int)
+    curves = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        runs, curve, metrics = _updates_functional(task, config, runs, update_keys[:, lo:hi])
+        curves.append(np.asarray(curve))
+        if callback is not None and hi < config.num_updates:  # the last one follows training
+            callback(int(hi) * config.steps_per_update, runs.learner)
+    return runs.learner, np.concatenate(curves, axis=1), metrics
 
 
 # ---------------------------------------------------------------- Gymnasium tasks: Python steps the vector env
@@ -300,15 +350,15 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
     in that rollout; Gymnasium tasks add "wall_s", seconds since the first rollout began}), "metrics" (the last
     update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>` every `checkpoint_every`
     env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict. `callback(env_steps,
-    learners)`, if given, gets the learners (stacked over seeds) at those points and after the last update.
+    learners)`, if given, gets the learners (stacked over seeds) every `checkpoint_every` env steps and after the
+    last update (a pure-JAX task then trains in compiled stretches between those points).
     """
     config = config.validate()
     if not seeds or len(set(seeds)) != len(seeds):
         raise PhysgenError(f"seeds must be distinct and at least one, got {seeds}")
     out_dir = Path(out_dir) if out_dir is not None else None
     if task.functional is not None:
-        learners, curve_array, metrics = _train_functional(task, config, jnp.stack([jax.random.key(s) for s in seeds]))
-        curve_array = np.asarray(curve_array)
+        learners, curve_array, metrics = _train_functional(task, config, seeds, callback)
         curve = [{"env_steps": (u + 1) * config.steps_per_update,
                   "mean_return": [None if np.isnan(v) else float(v) for v in curve_array[:, u]]}
                  for u in range(config.num_updates)]
