@@ -441,12 +441,13 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     results = json.loads((out / "results.json").read_text())
     protocol = json.loads((out / "protocol.json").read_text())["experiment"]
     assert protocol["world_model_datasets"] == ["expert-v0", "noisy-v0"]
-    assert set(protocol["hyperparameters"]["ppo-wm"]) == {"rssm", "ppo", "dream"}
+    assert set(protocol["hyperparameters"]["ppo-wm"]) == {"rssm", "ppo", "dream", "online", "curve_points"}
     for method in ("rssm-mpc", "ppo-wm"):
         assert [u["seed"] for u in results["units"][method]] == [0, 1]
         assert all(len(u["episodes"]) == 4 for u in results["units"][method])
         assert results["latency"][method]["action_p99_us"] > 0
-    assert len(results["curves"]["rssm-mpc"]) == 5 and len(results["curves"]["ppo-wm"]) == 1
+    assert len(results["curves"]["rssm-mpc"]) == 5
+    assert [p["step"] for p in results["curves"]["ppo-wm"]] == [3072, 7168, 11264, 15360, 19456]  # real steps
     for method in ("rssm-mpc", "ppo-wm"):  # latency first: a run killed after a unit resumes with it
         units = out / "units" / method
         assert (units / "latency.json").stat().st_mtime_ns <= (units / "seed_0.json").stat().st_mtime_ns

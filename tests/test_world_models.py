@@ -11,7 +11,7 @@ from physgen.data.trajectories import flatten_episodes
 from physgen.envs import get_task
 from physgen.envs.rollout import expert_policy, rollout_jax, run_episodes
 from physgen.world_models import distributions as D
-from physgen.world_models.data import frames_from, sample_frames
+from physgen.world_models.data import Frames, frames_from, sample_frames
 from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
 from physgen.world_models.mpc import MPC, MPCConfig, optimize
 from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
@@ -258,32 +258,27 @@ def test_image_vae_on_rendered_frames():
         VAEConfig.of(inputs="image", image_size=20)
 
 
-def test_dream_starts_only_where_a_full_context_of_one_episode_precedes_a_live_frame():
-    from physgen.world_models.dream import start_frames
+def test_dream_starts_leave_out_terminal_states_and_the_dream_env_resets_to_them(trained):
+    from physgen.world_models.dream import DreamConfig, dream_env, dream_starts
 
-    obs = np.zeros((7, 6), np.float32)
-    data = Trajectories.from_steps(obs, np.ones((7, 2)), np.ones(7), obs, [0, 0, 1, 0, 0, 0, 0], [3, 4])
-    frames = frames_from(data)  # frames 0-3: episode 1 (frame 3 terminal), frames 4-8: episode 2
-    np.testing.assert_array_equal(start_frames(frames, 1), [0, 1, 2, 4, 5, 6, 7, 8])
-    np.testing.assert_array_equal(start_frames(frames, 3), [2, 6, 7, 8])
-    with pytest.raises(PhysgenError, match="context"):
-        start_frames(frames, 6)
+    model, params = trained.model, trained.params_of(0)
+    n = model.config.sequence_length  # windows span the whole replay: every state of it is in every window
+    obs = np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32)
+    frames = Frames(jnp.asarray(obs), jnp.ones((n, 2)), jnp.zeros(n), jnp.zeros(n), jnp.zeros(n, bool).at[0].set(True))
+    config = DreamConfig(horizon=3, windows=2)
 
+    def distinct(frames):
+        starts = dream_starts(model, params, frames, config, jax.random.key(1))
+        assert starts.obs.shape == (2 * n, 6)
+        return starts, len(np.unique(np.asarray(starts.latents.deter), axis=0))
 
-def test_ppo_trains_inside_the_rssm_one_seed_per_model_and_is_seeded(trained, fork_data):
-    from physgen.policies.ppo import PPOConfig
-    from physgen.world_models.dream import DreamConfig, dream_env, start_frames, train_ppo_in_models
-
-    task, frames = get_task("fork"), frames_from(fork_data)
-    dream = DreamConfig(horizon=10, context=4)
-    env = dream_env(trained.model, trained.params_of(0), frames, jnp.asarray(start_frames(frames, 4)), dream)
-    state, obs = env.reset(jax.random.key(0))
-    out = env.step(state, jnp.zeros(2))
-    assert obs.shape == out.obs.shape == (6,) and out.reward.shape == () and int(out.state.t) == 1
-    ppo = PPOConfig(total_steps=4096, num_envs=4, rollout_steps=64, minibatches=4, epochs=2, eval_episodes=0)
-    learners, returns = train_ppo_in_models(task, trained.model, trained.params, frames, [0, 1], ppo, dream)
-    again, _ = train_ppo_in_models(task, trained.model, trained.params, frames, [0, 1], ppo, dream)
-    assert returns.shape == (2, ppo.num_updates) and np.isfinite(returns).any()
-    jax.tree.map(np.testing.assert_array_equal, learners.params, again.params)
-    first, second = (jax.tree.leaves(jax.tree.map(lambda x: x[i], learners.params)) for i in (0, 1))
-    assert any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert distinct(frames)[1] > 2
+    starts, count = distinct(frames._replace(terminals=jnp.ones(n).at[3].set(0.0)))  # one live frame per window
+    assert count <= 2
+    env = dream_env(model, params, starts, config)
+    state, first_obs = env.reset(jax.random.key(2))
+    assert any(np.array_equal(first_obs, o) for o in np.asarray(starts.obs))
+    for t in range(1, 4):
+        out = env.step(state, jnp.zeros(2))
+        state = out.state
+        assert out.obs.shape == (6,) and int(state.t) == t and bool(out.truncated) == (t == 3 and not out.terminated)

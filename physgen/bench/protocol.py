@@ -37,21 +37,20 @@ class Budget:
     curve_points: int  # evaluations over training, the last one the final evaluation
     curve_episodes: int  # episodes per seed at the earlier points (pure-JAX tasks, where they are cheap: all)
     seeds: int
-    ppo_steps: int  # environment steps per PPO seed
-    rssm_steps: int  # gradient steps per RSSM seed (rssm-mpc and ppo-wm share the models; docs/recipes.md)
+    ppo_steps: int  # real environment steps per seed of PPO and of ppo-wm
+    rssm_steps: int  # gradient steps per rssm-mpc RSSM seed (docs/recipes.md)
     rssm_learning_rate: float  # the RSSMs' peak learning rate: chosen with rssm_steps by measurement (docs/recipes.md)
-    dream_steps: int  # imagined environment steps per ppo-wm seed
     ppo_by_default: str  # PPO and the world-model methods: "never", "pure-jax" (tasks that train in one compiled
     # program) or "always"
 
 
 BUDGETS = {
     "smoke": Budget(episodes=4, curve_points=5, curve_episodes=2, seeds=2, ppo_steps=20_000, rssm_steps=100,
-                    rssm_learning_rate=1e-3, dream_steps=4_096, ppo_by_default="never"),
+                    rssm_learning_rate=1e-3, ppo_by_default="never"),
     "quick": Budget(episodes=10, curve_points=5, curve_episodes=2, seeds=10, ppo_steps=200_000,
-                    rssm_steps=7_500, rssm_learning_rate=2e-3, dream_steps=200_704, ppo_by_default="pure-jax"),
+                    rssm_steps=7_500, rssm_learning_rate=2e-3, ppo_by_default="pure-jax"),
     "full": Budget(episodes=100, curve_points=10, curve_episodes=20, seeds=10, ppo_steps=1_000_000,
-                   rssm_steps=10_000, rssm_learning_rate=1e-3, dream_steps=999_424, ppo_by_default="always"),
+                   rssm_steps=10_000, rssm_learning_rate=1e-3, ppo_by_default="always"),
 }
 
 

@@ -165,15 +165,21 @@ def _world_model_section(path: Path | None, experiment: dict) -> list[str]:
         if k <= len(result["rssm"]):
             lines.append(f"| {k} | {interval_text(result['rssm'][k - 1], 4)} | "
                          f"{result['last_observation'][k - 1]:.4f} | {result['linear'][k - 1]:.4f} |")
-    steps = {"ppo": hyper.get("ppo", {}).get("total_steps")}
     lines += ["", f"![open loop]({path.parent.name}/open_loop.png)", "",
-              f"Real data per seed: the offline methods learn from `{experiment['dataset']['id']}`, the world-model "
-              f"methods from the {result['training_episodes']:,} training episodes of the datasets above, neither "
-              "takes an environment step; "
-              + (f"PPO {steps['ppo']:,}" if steps["ppo"] else "PPO not run")
-              + (f"; `ppo-wm` trained on {hyper['ppo-wm']['ppo']['total_steps']:,} imagined steps"
-                 if "ppo-wm" in hyper else "") + ".", ""]
+              f"Real data per seed: the offline methods learn from `{experiment['dataset']['id']}` and `rssm-mpc` "
+              f"from the {result['training_episodes']:,} training episodes of the datasets above, neither takes an "
+              "environment step; " + "; ".join(_real_steps(hyper)) + ".", ""]
     return lines
+
+
+def _real_steps(hyper: dict) -> list[str]:
+    """What the methods that learn by acting took from the real environment, per seed."""
+    said = [f"PPO {hyper['ppo']['total_steps']:,} environment steps" if "ppo" in hyper else "PPO not run"]
+    if "ppo-wm" in hyper:
+        online = hyper["ppo-wm"]["online"]
+        said.append(f"`ppo-wm` {online['real_steps']:,} (its RSSM learns online from them"
+                    + (", its replay starting with the expert data" if online["offline_start"] else "") + ")")
+    return said
 
 
 def _minutes(seconds: float) -> str:
@@ -239,8 +245,8 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
               f"{v['action_p50_us']:,.0f} / {v['action_p99_us']:,.0f} us | {v['sustainable_hz']:,.0f} Hz |"
               for m, v in latency.items()]
     lines += ["", "## Success over training", "", "Success rate (mean over seeds, interval as above) at each "
-              "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO: environment "
-              "steps; ppo-wm: imagined steps, final point only).", "", "| method | step: success |", "|---|---|"]
+              "evaluated training step (gradient steps; rssm-mpc: the RSSM's gradient steps; PPO and ppo-wm: real "
+              "environment steps).", "", "| method | step: success |", "|---|---|"]
     for method, points in curves.items():
         lines.append(f"| {method} | " + "; ".join(f"{p['step']:,}: {interval_text(p)}" for p in points) + " |")
     lines += ["", f"Earlier points use the first {experiment['curve_episodes']} evaluation episodes per seed, the last "

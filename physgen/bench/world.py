@@ -1,10 +1,11 @@
-"""The world-model methods of `physgen bench`: `rssm-mpc` (planning in an RSSM) and `ppo-wm` (PPO trained inside
-it), with the RSSM's own open-loop evaluation.
+"""The world-model methods of `physgen bench`: `rssm-mpc` (planning in an RSSM learned offline, with the RSSM's
+own open-loop evaluation) and `ppo-wm` (PPO trained inside an RSSM learned online).
 
-Both use the same RSSMs: one per training seed, trained together on the training splits of the task's world-model
+`rssm-mpc`'s RSSMs, one per training seed, are trained together on the training splits of the task's world-model
 datasets (the expert's, plus data that also shows failures: a noisy expert on the pure-JAX tasks, the medium
-policy on hopper) and checkpointed under `checkpoints/rssm/`, so the second method reuses the first one's models.
-Their units, curves, failure categories, latency and videos are those of every other method.
+policy on hopper) and checkpointed under `checkpoints/rssm/`. `ppo-wm` learns its own from the real steps its
+policy takes (`physgen.world_models.online`), so its curve shares PPO's axis: real environment steps. Their units,
+curves, failure categories, latency and videos are those of every other method.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task
+from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.ppo import (GaussianAgent, PPOConfig, agent_params, learner_of, load_ppo, load_ppo_policy,
                                  save_ppo)
-from physgen.world_models.data import concat_trajectories, frames_from, generate_noisy_dataset
-from physgen.world_models.dream import DreamConfig, train_ppo_in_models
+from physgen.world_models.data import concat_trajectories, generate_noisy_dataset
+from physgen.world_models.dream import DreamConfig
 from physgen.world_models.evaluate import open_loop_errors, plot_open_loop
 from physgen.world_models.mpc import MPC, MPCConfig
+from physgen.world_models.online import OnlineConfig, train_online
 from physgen.world_models.rssm import RSSMConfig
 from physgen.world_models.train import load_world_model, save_world_model, train_world_models
 
@@ -45,9 +48,28 @@ def hyperparameters(method: str, budget: Budget) -> dict:
                          learning_rate=budget.rssm_learning_rate).as_flat()
     if method == "rssm-mpc":
         return {"rssm": rssm, "mpc": dataclasses.asdict(MPCConfig())}
-    ppo = PPOConfig(total_steps=budget.dream_steps, num_envs=16, rollout_steps=128, eval_episodes=0,
-                    checkpoint_every=0)
-    return {"rssm": rssm, "ppo": dataclasses.asdict(ppo), "dream": dataclasses.asdict(DreamConfig())}
+    # the steps of the RSSM and of PPO follow from the online loop's counts (`configure_ppo_wm`), so they are left out
+    online = {k: v for k, v in RSSMConfig.of(learning_rate=budget.rssm_learning_rate).as_flat().items()
+              if k not in ("steps", "steps_per_call")}
+    ppo = {k: v for k, v in dataclasses.asdict(PPOConfig(num_envs=16, rollout_steps=128)).items()
+           if k not in ("total_steps", "eval_episodes", "checkpoint_every")}
+    return {"rssm": online, "ppo": ppo, "dream": dataclasses.asdict(DreamConfig()),
+            "online": dataclasses.asdict(OnlineConfig(real_steps=budget.ppo_steps)),
+            "curve_points": budget.curve_points}
+
+
+def configure_ppo_wm(values: dict) -> tuple[RSSMConfig, PPOConfig, DreamConfig, OnlineConfig, int]:
+    """ppo-wm's configs and its number of curve points; the RSSM's schedule spans its gradient steps over all
+    iterations, PPO's learning rate anneals over its updates in the model."""
+    online = OnlineConfig(**values["online"])
+    rssm = RSSMConfig.from_dict({**values["rssm"], "steps": online.iterations * online.model_steps})
+    ppo = PPOConfig.from_dict(values["ppo"])
+    ppo = dataclasses.replace(ppo, total_steps=online.iterations * online.dream_updates * ppo.steps_per_update,
+                              eval_episodes=0, checkpoint_every=0).validate()
+    if not 1 <= values["curve_points"] <= online.iterations:
+        raise PhysgenError(f"ppo-wm's curve_points must be 1 to its {online.iterations} iterations, got "
+                           f"{values['curve_points']}")
+    return rssm, ppo, DreamConfig(**values["dream"]), online, values["curve_points"]
 
 
 def _splits(task: Task):
@@ -125,25 +147,38 @@ def _run_rssm_mpc(job: Job) -> None:
 
 
 def _run_ppo_wm(job: Job) -> None:
-    """Train PPO inside every seed's RSSM (or load it, when only the evaluation was lost) and evaluate it in the
-    task itself."""
-    out, task, seeds, (config, ppo, dream), (variant,) = job.out, job.task, job.seeds, job.config, job.variants
-    model, params, train, _ = world_models(out, task, config, seeds, tag=rssm_tag(variant))
-    folder = out / "checkpoints" / row_folder(variant.row)
-    if all((folder / f"seed_{s}").exists() for s in seeds):
-        loaded = [load_ppo(folder / f"seed_{s}", task.name)[2:4] for s in seeds]
-        policies = jax.tree.map(lambda *x: jnp.stack(x), *loaded)
-    else:
-        learners, imagined = train_ppo_in_models(task, model, params, frames_from(train), seeds, ppo, dream)
-        for i, seed in enumerate(seeds):
-            save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(learners, i), seed=seed, trained_in="rssm",
-                     imagined_steps=ppo.num_updates * ppo.steps_per_update,
-                     final_imagined_return=float(np.nanmean(imagined[i, -5:])))
-        policies = agent_params(learners)
+    """Train PPO with an online RSSM per seed, evaluating it in the task at every curve point (the curves are kept
+    in its units folder, so a run cut short after training loads the checkpoints and evaluates only the final
+    point), then write the pending units."""
+    out, task, seeds, (variant,) = job.out, job.task, job.seeds, job.variants
+    rssm, ppo, dream, online, points = job.config
+    folder, saved_curves = out / "checkpoints" / row_folder(variant.row), out / "units" / row_folder(variant.row)
     agent, curves = GaussianAgent.for_task(task, ppo), Curves(job.evaluation, seeds)
-    curves.add(ppo.num_updates * ppo.steps_per_update, agent, policies, final=True)
+    saved = read_json(saved_curves / "curves.json")  # None when missing or cut short: trained again
+    if saved is not None and all((folder / f"seed_{s}").exists() for s in seeds):
+        policies = jax.tree.map(lambda *x: jnp.stack(x), *[load_ppo(folder / f"seed_{s}", task.name)[2:4]
+                                                          for s in seeds])
+        curves.add(online.iterations * online.steps_per_iteration, agent, policies, final=True)
+        curves.points = {int(s): c for s, c in saved.items()}
+    else:
+        final = online.iterations * online.steps_per_iteration
+
+        def point(real_steps: int, result) -> None:
+            curves.add(real_steps, agent, agent_params(result.learners), real_steps == final)
+            job.advance(real_steps - point.done)
+            point.done = real_steps
+
+        point.done = 0
+        result = train_online(task, rssm, ppo, dream, online, seeds, job.train if online.offline_start else None,
+                              points=points, callback=point)
+        for i, seed in enumerate(seeds):
+            save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(result.learners, i), seed=seed,
+                     trained_in="rssm-online", env_steps=final,
+                     final_real_return=float(np.nanmean(result.history.real_return[i, -5:])))
+        write_json(saved_curves / "curves.json", curves.points)
+        policies = agent_params(result.learners)
     first = jax.tree.map(lambda x: x[0], policies)
-    job.finish(curves, measure_agent_latency(agent, first, np.asarray(train.observations[:200])))
+    job.finish(curves, measure_agent_latency(agent, first, np.asarray(job.train.observations[:200])))
 
 
 RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", BUDGETS[budget]), _run_rssm_mpc,
@@ -151,7 +186,5 @@ RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", B
                   datasets=world_model_datasets,
                   configure=lambda values: (RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])))
 PPO_WM = Method("ppo-wm", lambda task, budget: hyperparameters("ppo-wm", BUDGETS[budget]), _run_ppo_wm,
-                work=lambda values: values["ppo"]["total_steps"], online=True, generative=True,
-                curve_axis="PPO imagined steps", datasets=world_model_datasets,
-                configure=lambda values: (RSSMConfig.from_dict(values["rssm"]),
-                                          PPOConfig.from_dict(values["ppo"]).validate(), DreamConfig(**values["dream"])))
+                work=lambda values: values["online"]["real_steps"], online=True, pure_jax=True, generative=True,
+                curve_axis="real environment steps", configure=configure_ppo_wm)

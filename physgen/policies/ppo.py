@@ -120,12 +120,16 @@ def reset_envs(fns: FunctionalEnv, config: PPOConfig, run: Run, key: jax.Array) 
     return run._replace(env_state=env_state, obs=obs, episode_return=jnp.zeros(config.num_envs))
 
 
+def new_learner(task: Task, config: PPOConfig, key: jax.Array, num_updates: int | None = None) -> Learner:
+    """A fresh learner, its learning rate annealed over `num_updates` (default: the config's)."""
+    return _init_learner(task, config, make_optimizer(config, num_updates or config.num_updates), key)
+
+
 def start_in(fns: FunctionalEnv, task: Task, config: PPOConfig, learner_key: jax.Array, reset_key: jax.Array,
              num_updates: int | None = None) -> Run:
-    """A fresh learner (its learning rate annealed over `num_updates`, default the config's) and fresh episodes."""
-    optimizer = make_optimizer(config, num_updates or config.num_updates)
-    learner = _init_learner(task, config, optimizer, learner_key)
-    return reset_envs(fns, config, Run(learner, None, None, None), reset_key)
+    """A fresh learner (as `new_learner`) and fresh episodes in `fns`."""
+    return reset_envs(fns, config, Run(new_learner(task, config, learner_key, num_updates), None, None, None),
+                      reset_key)
 
 
 def updates_in(fns: FunctionalEnv, task: Task, config: PPOConfig, run: Run, keys: jax.Array,

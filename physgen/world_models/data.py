@@ -77,9 +77,12 @@ def frames_from(data: Trajectories) -> Frames:
 
 
 @partial(jax.jit, static_argnames=("batch_size", "length"))
-def sample_frames(frames: Frames, key: jax.Array, batch_size: int, length: int) -> Frames:
-    """`batch_size` windows of `length` consecutive frames at uniform starts (they may cross episodes); the first
-    frame of each window is marked `first`, since the state before it is unknown."""
-    start = jax.random.randint(key, (batch_size,), 0, frames.first.shape[0] - length + 1)
+def sample_frames(frames: Frames, key: jax.Array, batch_size: int, length: int,
+                  size: jax.Array | None = None) -> Frames:
+    """`batch_size` windows of `length` consecutive frames at uniform starts (they may cross episodes) within the
+    first `size` frames (default: all; a replay buffer fills from the front); the first frame of each window is
+    marked `first`, since the state before it is unknown."""
+    end = frames.first.shape[0] if size is None else size
+    start = jax.random.randint(key, (batch_size,), 0, end - length + 1)
     batch = jax.tree.map(lambda x: x[start[:, None] + jnp.arange(length)], frames)
     return batch._replace(first=batch.first.at[:, 0].set(True))

@@ -88,8 +88,8 @@ class RSSMConfig(Parts):
         return self.stoch * (self.classes if self.latent == "categorical" else 1)
 
 
-def fit_scales(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
-    """`config` with what is unset fitted to the data.
+def fit_scales(config: RSSMConfig, data: Trajectories | Frames) -> RSSMConfig:
+    """`config` with what is unset fitted to the data (steps, or frames that each arrived by a step).
 
     `reward_scale`: the mean |reward| of the non-terminal steps, so that dense rewards (fork's progress, a few
     hundredths per step) weigh in the loss as much as the rare terminal ones. `obs_center`/`obs_scale`: each
@@ -97,7 +97,7 @@ def fit_scales(config: RSSMConfig, data: Trajectories) -> RSSMConfig:
     range (fork's goal, +-0.2 against positions over +-1.5) weighs as much in the reconstruction as the others."""
     changes = {}
     if config.reward_scale is None:
-        rewards = np.abs(np.asarray(data.rewards)[~np.asarray(data.terminals)])
+        rewards = np.abs(np.asarray(data.rewards)[np.asarray(data.terminals) == 0])
         changes["reward_scale"] = float(rewards.mean()) if rewards.size and rewards.mean() > 0 else 1.0
     if config.obs_scale is None:
         normalizer = Normalizer.fit(data.observations, "gaussian")

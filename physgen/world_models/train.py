@@ -59,27 +59,46 @@ def abstract_model(config: RSSMConfig | VAEConfig, obs_dim: int, act_dim: int) -
 
 
 @functools.cache
-def _programs(model: RSSM | VAE):
-    """The optimizer and the compiled training call of a model, built once per model structure and config.
+def gradient_step(model: RSSM | VAE):
+    """(optimizer, step): `step(state, batch, key)` is one gradient step of the model's loss on `batch`, returning
+    (state, loss terms). Built once per model structure and config.
 
     The optimizer works on the parameters raveled into one vector: a handful of fused kernels instead of a dozen per
     parameter array, which more than halves its share of the compile time on CPU."""
     optimizer = model.config.optim.optimizer()
     unravel = ravel_pytree(model.init(jax.random.key(0)))[1]
 
-    def train_step(state: TrainState, key, arrays):
-        k_batch, k_loss = jax.random.split(key)
-        grad_fn = jax.value_and_grad(model.loss, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, model.batch(arrays, k_batch), k_loss)
+    def step(state: TrainState, batch, key):
+        (_, metrics), grads = jax.value_and_grad(model.loss, has_aux=True)(state.params, batch, key)
         flat = ravel_pytree(state.params)[0]
         updates, opt_state = optimizer.update(ravel_pytree(grads)[0], state.opt_state, flat)
         return TrainState(unravel(flat + updates), opt_state), metrics
+
+    return optimizer, step
+
+
+def initial_states(model: RSSM | VAE, keys: jax.Array) -> TrainState:
+    """Fresh parameters and optimizer state per key, stacked (eager: compiling initializers costs more than running
+    them)."""
+    optimizer = gradient_step(model)[0]
+    return jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *[
+        TrainState(p, optimizer.init(ravel_pytree(p)[0])) for p in (model.init(key) for key in keys)])
+
+
+@functools.cache
+def _programs(model: RSSM | VAE):
+    """The compiled training call of a model: `steps` gradient steps on batches of `arrays`, vmapped over seeds."""
+    step = gradient_step(model)[1]
+
+    def train_step(state: TrainState, key, arrays):
+        k_batch, k_loss = jax.random.split(key)
+        return step(state, model.batch(arrays, k_batch), k_loss)
 
     def run_call(state, key, arrays, steps):
         state, metrics = jax.lax.scan(lambda s, k: train_step(s, k, arrays), state, jax.random.split(key, steps))
         return state, jax.tree.map(jnp.mean, metrics)
 
-    return optimizer, jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, None)), static_argnums=3)
+    return jax.jit(jax.vmap(run_call, in_axes=(0, 0, None, None)), static_argnums=3)
 
 
 def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: list[int],
@@ -99,10 +118,7 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
         config = fit_scales(config, data)
     model, _ = abstract_model(config, task.obs_dim, task.act_dim)
     arrays = model.prepare(data)  # checks the data before anything is compiled
-    optimizer, run = _programs(model)
-    params = [model.init(key) for key in init_keys]  # eager: compiling initializers costs more than running them
-    states = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *[TrainState(p, optimizer.init(ravel_pytree(p)[0]))
-                                                      for p in params])
+    run, states = _programs(model), initial_states(model, init_keys)
     history: list[dict] = []
     method = "rssm" if isinstance(model, RSSM) else "vae"
     with Progress(disable=not progress, transient=True) as bar:

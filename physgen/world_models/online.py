@@ -1,0 +1,251 @@
+"""`ppo-wm`: PPO with a world model, learned online (DreamerV3's loop with physgen's PPO as the actor-critic).
+
+Each iteration collects real steps with the current policy into a replay buffer, trains the RSSM on windows of the
+replay, and runs PPO updates inside the RSSM (`dream_env`), its imagined episodes starting from posterior states
+of the replay. The RSSM therefore learns the states its own policy visits. On pure-JAX tasks the whole loop is
+one compiled program per stretch between curve points, seeds vmapped. The offline-start variant puts the task's
+expert data in the replay first.
+
+The replay holds frames (`Frames`) in the order they arrived: per iteration and real environment, the
+observation it was in (marked `first`: what came before is another iteration's), then per step the observation the
+step arrived at and, after an episode ended, the reset observation (a `first` frame).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from physgen.envs import Task
+from physgen.errors import PhysgenError
+from physgen.policies.ppo import PPOConfig, Run, new_learner, reset_envs, sample_actions, updates_in
+from physgen.policies.ppo_core import Learner
+from physgen.world_models.data import Frames, frames_from, sample_frames
+from physgen.world_models.dream import DreamConfig, dream_env, dream_starts
+from physgen.world_models.rssm import RSSM, RSSMConfig, fit_scales
+from physgen.world_models.train import TrainState, abstract_model, gradient_step, initial_states
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """How real experience and learning interleave; counts are per seed."""
+
+    real_steps: int = 200_000  # real environment steps
+    envs: int = 16  # real environments stepped in lockstep
+    collect_steps: int = 64  # steps of each real environment per iteration
+    model_steps: int = 16  # RSSM gradient steps per iteration
+    dream_updates: int = 1  # PPO updates inside the RSSM per iteration
+    offline_start: bool = False  # the replay starts with the task's expert data
+
+    def __post_init__(self):
+        for name in ("envs", "collect_steps", "model_steps", "dream_updates"):
+            if getattr(self, name) < 1:
+                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.iterations < 1:
+            raise PhysgenError(f"real_steps {self.real_steps} is below one iteration ({self.steps_per_iteration} "
+                               "steps = envs x collect_steps); raise real_steps")
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.envs * self.collect_steps
+
+    @property
+    def iterations(self) -> int:
+        return self.real_steps // self.steps_per_iteration
+
+    @property
+    def frames_per_iteration(self) -> int:
+        """The most frames one iteration adds: a start frame per environment, then per step an arrival and a reset."""
+        return self.envs * (1 + 2 * self.collect_steps)
+
+
+class Setup(NamedTuple):
+    """The static half of an online run: what is compiled."""
+
+    task: Task
+    model: RSSM
+    ppo: PPOConfig
+    dream: DreamConfig
+    online: OnlineConfig
+
+
+class Learning(NamedTuple):
+    """One seed's online run between iterations."""
+
+    model: TrainState
+    learner: Learner  # PPO's
+    env_state: Any  # the real environments
+    obs: jax.Array  # (envs, obs_dim)
+    replay: Frames  # (capacity, ...), filled up to `size`
+    size: jax.Array
+
+
+class Iteration(NamedTuple):
+    """What one iteration measured, per seed."""
+
+    real_return: jax.Array  # mean return of the real episodes that ended (nan when none)
+    model_loss: jax.Array  # mean RSSM loss over the iteration's gradient steps
+    dream_return: jax.Array  # mean return of the imagined episodes that ended (nan when none)
+
+
+def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array]:
+    """Step the real environments `collect_steps` times with the current policy and append the frames to the
+    replay: (learning, mean return of the episodes that ended)."""
+    task, online = setup.task, setup.online
+    fns, learner = task.functional, learning.learner
+
+    def one(carry, step_key):
+        env_state, obs, episode_return = carry
+        k_act, k_reset = jax.random.split(step_key)
+        action = sample_actions(task, setup.ppo, learner, obs, k_act)
+        out = jax.vmap(fns.step)(env_state, action)
+        done = out.terminated | out.truncated
+        fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(k_reset, online.envs))
+        env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
+                                 fresh_state, out.state)
+        episode_return = episode_return + out.reward
+        arrival = Frames(out.obs, action, out.reward, out.terminated.astype(jnp.float32), jnp.zeros_like(done))
+        restart = Frames(fresh_obs, jnp.zeros_like(action), jnp.zeros_like(out.reward), jnp.zeros_like(out.reward),
+                         jnp.ones_like(done))
+        carry = (env_state, jnp.where(done[:, None], fresh_obs, out.obs), jnp.where(done, 0.0, episode_return))
+        return carry, (arrival, restart, done, jnp.where(done, episode_return, 0.0))
+
+    start = Frames(learning.obs, jnp.zeros((online.envs, task.act_dim)), jnp.zeros(online.envs),
+                   jnp.zeros(online.envs), jnp.ones(online.envs, bool))
+    (env_state, obs, _), (arrivals, restarts, done, returns) = jax.lax.scan(
+        one, (learning.env_state, learning.obs, jnp.zeros(online.envs)), jax.random.split(key, online.collect_steps))
+
+    def lay(first, arrived, restarted):  # (envs, 1 + 2T, ...): start, then arrival and restart per step
+        steps = jnp.stack([arrived, restarted], axis=1)  # (T, 2, envs, ...)
+        steps = jnp.moveaxis(steps, 2, 0).reshape(online.envs, 2 * online.collect_steps, *first.shape[1:])
+        return jnp.concatenate([first[:, None], steps], axis=1).reshape(-1, *first.shape[1:])
+
+    segment = jax.tree.map(lay, start, arrivals, restarts)
+    kept = lay(jnp.ones(online.envs, bool), jnp.ones_like(done), done)
+    capacity = learning.replay.first.shape[0]
+    position = jnp.where(kept, learning.size + jnp.cumsum(kept) - 1, capacity)  # dropped: past the end
+    replay = jax.tree.map(lambda buffer, new: buffer.at[position].set(new.astype(buffer.dtype), mode="drop"),
+                          learning.replay, segment)
+    count = done.sum()
+    mean_return = jnp.where(count > 0, returns.sum() / jnp.maximum(count, 1), jnp.nan)
+    return learning._replace(env_state=env_state, obs=obs, replay=replay, size=learning.size + kept.sum()), mean_return
+
+
+def learn(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array, jax.Array]:
+    """Train the RSSM on the replay, then PPO inside it: (learning, mean RSSM loss, mean imagined return)."""
+    model, online = setup.model, setup.online
+    k_model, k_starts, k_reset, k_policy = jax.random.split(key, 4)
+    step = gradient_step(model)[1]
+
+    def model_step(state, step_key):
+        k_batch, k_loss = jax.random.split(step_key)
+        batch = sample_frames(learning.replay, k_batch, model.config.optim.batch_size, model.config.sequence_length,
+                              learning.size)
+        return step(state, batch, k_loss)
+
+    state, metrics = jax.lax.scan(model_step, learning.model, jax.random.split(k_model, online.model_steps))
+    starts = dream_starts(model, state.params, learning.replay, setup.dream, k_starts, learning.size)
+    fns = dream_env(model, state.params, starts, setup.dream)
+    policy = reset_envs(fns, setup.ppo, Run(learning.learner, None, None, None), k_reset)  # fresh imagined episodes
+    policy, dream_return, _ = updates_in(fns, setup.task, setup.ppo, policy,
+                                         jax.random.split(k_policy, online.dream_updates),
+                                         online.iterations * online.dream_updates)
+    return learning._replace(model=state, learner=policy.learner), metrics["loss"].mean(), jnp.nanmean(dream_return)
+
+
+def iterate(setup: Setup, learning: Learning, key: jax.Array, more: jax.Array) -> tuple[Learning, Iteration]:
+    """One iteration for one seed: learn from the replay, then (when `more` iterations follow) collect with the
+    improved policy. The first collection happens before the first iteration."""
+    k_learn, k_collect = jax.random.split(key)
+    learning, model_loss, dream_return = learn(setup, learning, k_learn)
+    collected, real_return = collect(setup, learning, k_collect)
+    learning = jax.tree.map(lambda new, old: jnp.where(more, new, old), collected, learning)
+    return learning, Iteration(jnp.where(more, real_return, jnp.nan), model_loss, dream_return)
+
+
+def _chunk(setup: Setup, learning: Learning, keys: jax.Array, more: jax.Array):
+    """`keys.shape[1]` iterations of every seed (keys: (seeds, iterations); more: (iterations,))."""
+    def one(learning, keys):
+        return jax.lax.scan(lambda carry, x: iterate(setup, carry, *x), learning, (keys, more))
+
+    return jax.vmap(one)(learning, keys)
+
+
+_chunk = jax.jit(_chunk, static_argnums=0)
+_collect = jax.jit(collect, static_argnums=0)
+
+
+class OnlineResult(NamedTuple):
+    """Seeds stacked on the leading axis; `history` fields are (seeds, iterations)."""
+
+    model: RSSM
+    model_params: Any
+    learners: Any
+    history: Iteration
+    seconds: float
+
+
+def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Learning:
+    """A seed's run before its first collection: a fresh policy, the real environments and an empty replay (holding
+    `offline` first, when given); the RSSM state is the caller's."""
+    task, online = setup.task, setup.online
+    k_policy, k_envs = jax.random.split(key)
+    learner = new_learner(task, setup.ppo, k_policy, online.iterations * online.dream_updates)
+    env_state, obs = jax.vmap(task.functional.reset)(jax.random.split(k_envs, online.envs))
+    held = 0 if offline is None else offline.first.shape[0]
+    capacity = held + online.iterations * online.frames_per_iteration
+    replay = Frames(jnp.zeros((capacity, task.obs_dim)), jnp.zeros((capacity, task.act_dim)), jnp.zeros(capacity),
+                    jnp.zeros(capacity), jnp.zeros(capacity, bool))
+    if offline is not None:
+        replay = jax.tree.map(lambda buffer, x: buffer.at[:held].set(x.astype(buffer.dtype)), replay, offline)
+    return Learning(None, learner, env_state, obs, replay, jnp.int32(held))
+
+
+def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfig, online: OnlineConfig,
+                 seeds: list[int], offline=None, points: int = 1,
+                 callback: Callable[[int, OnlineResult], None] | None = None) -> OnlineResult:
+    """Online PPO with a world model, one run per seed, seeds vmapped, on a pure-JAX task.
+
+    `offline` (`Trajectories`) goes into the replay first when `online.offline_start`. The RSSM's scales are
+    fitted on the first iteration's real data of every seed (and `offline`). `callback(real_steps, result)` runs
+    after each of `points` equal stretches of iterations (the last may be longer)."""
+    if task.functional is None:
+        raise PhysgenError(f"online ppo-wm runs on pure-JAX tasks; {task.name!r} has none yet")
+    if online.offline_start and offline is None:
+        raise PhysgenError("offline_start needs the expert data; pass offline=")
+    ppo = ppo.validate()
+    if not 1 <= points <= online.iterations:
+        raise PhysgenError(f"{points} curve points for {online.iterations} iterations; use 1 to {online.iterations}")
+    begin = time.perf_counter()
+    offline_frames = frames_from(offline) if online.offline_start else None
+    keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]  # RSSM init, the run's start, its iterations
+    # the scales are fitted before the model exists: on each seed's first collection with its initial policy
+    provisional = Setup(task, abstract_model(RSSMConfig(), task.obs_dim, task.act_dim)[0], ppo, dream, online)
+    first = [_collect(provisional, start_learning(provisional, offline_frames, k[1]), jax.random.fold_in(k[1], 1))[0]
+             for k in keys]
+    seen = [jax.tree.map(lambda x: np.asarray(x[: int(f.size)]), f.replay) for f in first]
+    config = fit_scales(rssm, Frames(*(np.concatenate(column) for column in zip(*seen))))
+    model = abstract_model(config, task.obs_dim, task.act_dim)[0]
+    setup = Setup(task, model, ppo, dream, online)
+    models = initial_states(model, jnp.stack([k[0] for k in keys]))
+    learning = jax.tree.map(lambda *x: jnp.stack(x), *first)._replace(model=models)
+    iteration_keys = jnp.stack([jax.random.split(k[2], online.iterations) for k in keys])
+    more = jnp.arange(online.iterations) < online.iterations - 1
+    bounds = np.linspace(0, online.iterations, points + 1).astype(int)
+    history = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        learning, measured = _chunk(setup, learning, iteration_keys[:, lo:hi], more[lo:hi])
+        history.append(jax.device_get(measured))
+        if not np.all(np.isfinite(history[-1].model_loss)):
+            raise PhysgenError(f"the RSSM diverged after {hi} iterations; lower rssm.learning_rate or grad_clip")
+        result = OnlineResult(model, learning.model.params, learning.learner,
+                              Iteration(*(np.concatenate(c, axis=1) for c in zip(*history))),
+                              time.perf_counter() - begin)
+        if callback is not None:
+            callback(int(hi) * online.steps_per_iteration, result)
+    return result

@@ -1,0 +1,104 @@
+"""ppo-wm's online loop: real steps laid out as replay frames, and the whole loop seeded."""
+
+import jax
+import numpy as np
+import pytest
+
+from physgen import PhysgenError
+from physgen.bench import run_bench
+from physgen.bench.protocol import BUDGETS
+from physgen.bench.registry import default_methods
+from physgen.data import Trajectories
+from physgen.data.trajectories import flatten_episodes
+from physgen.envs import get_task
+from physgen.envs.fork import ARENA, DT, MAX_SPEED
+from physgen.envs.rollout import expert_policy, rollout_jax
+from physgen.policies.ppo import PPOConfig
+from physgen.world_models.data import frames_from
+from physgen.world_models.dream import DreamConfig
+from physgen.world_models.online import OnlineConfig, Setup, collect, start_learning, train_online
+from physgen.world_models.rssm import RSSMConfig
+from physgen.world_models.train import abstract_model
+
+TINY_RSSM = RSSMConfig.of(deter=16, hidden=16, stoch=4, batch_size=4, sequence_length=8)
+TINY_PPO = PPOConfig(total_steps=64, num_envs=4, rollout_steps=16, minibatches=2, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def fork_episodes():
+    task = get_task("fork")
+    return Trajectories.from_steps(**flatten_episodes(task, rollout_jax(task, expert_policy(task), 0, 3)))
+
+
+def _setup(online: OnlineConfig) -> Setup:
+    task = get_task("fork")
+    return Setup(task, abstract_model(TINY_RSSM, task.obs_dim, task.act_dim)[0], TINY_PPO, DreamConfig(), online)
+
+
+def test_collected_steps_are_replay_frames_that_follow_the_dynamics():
+    online = OnlineConfig(real_steps=450, envs=3, collect_steps=150)  # past fork's 100-step horizon: resets
+    setup = _setup(online)
+    learning = start_learning(setup, None, jax.random.key(0))
+    learning, mean_return = collect(setup, learning, jax.random.key(1))
+    size = int(learning.size)
+    obs, actions, rewards, terminals, first = (np.asarray(x)[:size] for x in learning.replay)
+    assert not np.asarray(learning.replay.first)[size:].any()
+    resets = int(first.sum()) - online.envs  # every environment's segment opens with a first frame
+    assert resets >= online.envs and size == online.envs * (1 + online.collect_steps) + resets
+    assert np.isfinite(mean_return)
+    arrived = np.flatnonzero(~first)
+    assert first[0] and (arrived > 0).all()
+    # fork: the position moves by the commanded velocity, which the observation also reports
+    expected = np.clip(obs[arrived - 1, :2] + DT * MAX_SPEED * actions[arrived], -ARENA, ARENA)
+    np.testing.assert_allclose(obs[arrived, :2], expected, atol=1e-5)
+    np.testing.assert_allclose(obs[arrived, 2:4], actions[arrived], atol=1e-6)
+    assert (actions[first] == 0).all() and (rewards[first] == 0).all()
+    # an episode that ended (terminal, or the horizon) is followed by a reset frame
+    ended = np.flatnonzero(terminals > 0)
+    assert first[ended[ended + 1 < size] + 1].all()
+
+
+def test_the_offline_start_puts_the_expert_data_first(fork_episodes):
+    setup = _setup(OnlineConfig(real_steps=64, envs=2, collect_steps=32, offline_start=True))
+    offline = frames_from(fork_episodes)
+    learning = start_learning(setup, offline, jax.random.key(0))
+    held = offline.first.shape[0]
+    assert int(learning.size) == held
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a)[:held], np.asarray(b)), learning.replay,
+                 offline)
+    learning, _ = collect(setup, learning, jax.random.key(1))
+    assert int(learning.size) == held + 2 * 33 and bool(learning.replay.first[held])
+
+
+def test_online_ppo_with_a_world_model_is_seeded_and_reports_at_its_points():
+    task, online = get_task("fork"), OnlineConfig(real_steps=128, envs=2, collect_steps=16, model_steps=2)
+    calls = []
+
+    def run(seeds):
+        return train_online(task, TINY_RSSM, TINY_PPO, DreamConfig(horizon=8, windows=2), online, seeds, points=2,
+                            callback=lambda steps, result: calls.append(steps))
+
+    first, again = run([0, 1]), run([0, 1])
+    assert calls == [64, 128, 64, 128]
+    assert first.history.model_loss.shape == (2, online.iterations) and np.isfinite(first.history.model_loss).all()
+    assert np.isnan(first.history.real_return[:, -1]).all()  # nothing is collected after the last iteration
+    jax.tree.map(np.testing.assert_array_equal, first.learners.params, again.learners.params)
+    jax.tree.map(np.testing.assert_array_equal, first.model_params, again.model_params)
+    seed0, seed1 = (jax.tree.leaves(jax.tree.map(lambda x: x[i], first.learners.params)) for i in (0, 1))
+    assert any(not np.array_equal(a, b) for a, b in zip(seed0, seed1, strict=True))
+
+
+def test_bad_online_settings_are_refused(tmp_path):
+    with pytest.raises(PhysgenError, match="below one iteration"):
+        OnlineConfig(real_steps=100, envs=2, collect_steps=64)
+    with pytest.raises(PhysgenError, match="model_steps"):
+        OnlineConfig(model_steps=0)
+    with pytest.raises(PhysgenError, match="pure-JAX"):
+        train_online(get_task("hopper"), TINY_RSSM, TINY_PPO, DreamConfig(), OnlineConfig(), [0])
+    with pytest.raises(PhysgenError, match="pure-JAX environment"):  # refused before any work
+        run_bench("hopper", methods=["bc", "ppo-wm"], seeds=1, budget="smoke", out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert "ppo-wm" not in default_methods(get_task("hopper"), BUDGETS["full"])[0]
+    assert "ppo-wm" in default_methods(get_task("fork"), BUDGETS["full"])[0]
+    with pytest.raises(PhysgenError, match="expert data"):
+        train_online(get_task("fork"), TINY_RSSM, TINY_PPO, DreamConfig(), OnlineConfig(offline_start=True), [0])
