@@ -106,6 +106,24 @@ def rate_interval(counts, episodes: int, confidence: float = 0.95) -> Interval:
     return Interval(*(float(v) for v in rate_bounds(array, episodes, confidence)))
 
 
+def median_interval(values, confidence: float = 0.95) -> Interval:
+    """Median of per-seed `values` (inf allowed: a seed that never got there) with the distribution-free interval
+    between order statistics, [x_(j), x_(n+1-j)] for the largest j with P(Binomial(n, 1/2) < j) <= (1 -
+    confidence) / 2: its coverage is at least `confidence` whatever the distribution, censored values included. With
+    too few seeds for one (5 or fewer at 95%), the interval is the whole line."""
+    array = np.sort(np.asarray(values, float))
+    if array.ndim != 1 or array.size == 0 or np.isnan(array).any():
+        raise PhysgenError(f"values must be a non-empty list of numbers (inf allowed), got {values!r}")
+    _check(confidence)
+    n = array.size
+    below = stats.binom.cdf(np.arange(n), n, 0.5)  # below[j - 1] = P(Binomial(n, 1/2) < j)
+    fits = np.flatnonzero(below[: (n + 1) // 2] <= (1 - confidence) / 2)
+    if fits.size == 0:
+        return Interval(float(np.median(array)), -np.inf, np.inf)
+    j = int(fits[-1]) + 1
+    return Interval(float(np.median(array)), float(array[j - 1]), float(array[n - j]))
+
+
 def mean_bounds(values, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean of per-episode `values` (..., seeds, episodes), e.g. returns, with the rates' interval (`rate_bounds`) on
     the values rescaled to [0, 1] by their smallest and largest. A t-interval over the seeds' means under-covers

@@ -455,6 +455,8 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     assert len(world["rssm"]) == len(world["linear"]) == 25 and world["last_observation"][-1] > world["linear"][-1]
     report = (out / "report.md").read_text()
     assert "## World model" in report and f"| 25 | {world['rssm'][24]['estimate']:.4f}" in report
+    assert set(results["sample_efficiency"]) == {"ppo-wm"} and "## Sample efficiency" in report
+    assert (out / "sample_efficiency.png").stat().st_size > 10_000
     assert (out / "world_model" / "open_loop.png").stat().st_size > 10_000
     # a run that lost a unit resumes from the saved models and curves to the same numbers
     (out / "units" / "rssm-mpc" / "seed_1.json").unlink()

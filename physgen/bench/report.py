@@ -13,6 +13,7 @@ import numpy as np
 
 from physgen import plan, stats
 from physgen.bench.ablation import ablation_figures, ablation_section, ablations
+from physgen.bench.efficiency import efficiency_figure, efficiency_section, sample_efficiency
 from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import LEAD_FRACTION, hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
@@ -187,7 +188,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict, curves: dict, latency: dict,
-            videos: dict, seconds: float, timing: dict, categories: tuple[str, ...], open_loop: Path | None) -> str:
+            videos: dict, seconds: float, timing: dict, categories: tuple[str, ...], open_loop: Path | None,
+            efficiency: dict) -> str:
     experiment, environment = protocol["experiment"], protocol["environment"]
     seeds, episodes = experiment["training_seeds"], experiment["episodes"]
     compared = protocol.get("compared_runs")
@@ -234,7 +236,7 @@ def _report(out: Path, task: Task, protocol: dict, summary: dict, ablation: dict
         lines += [f"| {m} | {b} | {interval_text(v['difference'])} | {interval_text(v['probability'])} |"
                   for m, b, v in pairs]
     lines += ["", "![success](success.png)", *ablation_section(ablation),
-              *_world_model_section(open_loop, experiment),
+              *_world_model_section(open_loop, experiment), *efficiency_section(efficiency),
               "## Latency", "",
               f"First seed of each method on this machine, numpy in and out, after compilation; per action through "
               f"`physgen.control.Controller` at the task's {task.control_hz:g} Hz (a new chunk every T_a calls, no "
@@ -357,13 +359,17 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
            "machine": protocol["environment"]["machine"], "devices": protocol["environment"]["jax_devices"]}
     _figures(out, summary, curves, categories, experiment["rows"])
     ablation_figures(out, ablation)
+    efficiency = sample_efficiency(units, {row: REGISTRY[spec["method"]].curve_axis
+                                           for row, spec in experiment["rows"].items()}, statistics["confidence"])
+    if efficiency:
+        efficiency_figure(out, efficiency)
     started = time.perf_counter()
     clips = failure_videos(out, task, units) if videos else {}
     run["seconds_per_phase"] = timing = {**(timing or {}), "videos": time.perf_counter() - started}
     write_json(out / "results.json", {"task": task.name, "run": run, "summary": summary, "ablations": ablation,
-                                      "curves": curves, "latency": latency,
+                                      "curves": curves, "sample_efficiency": efficiency, "latency": latency,
                                       "world_model": json.loads(open_loop.read_text()) if open_loop else None,
                                       "units": units})
     report = _report(out, task, protocol, summary, ablation, curves, latency, clips, seconds, timing, categories,
-                     open_loop)
+                     open_loop, efficiency)
     write_text(out / "report.md", report)

@@ -126,7 +126,8 @@ class Curves:
         rollouts = self.evaluation.run(agent, params, final)
         for i, seed in enumerate(self.seeds):
             self.points[seed].append({"step": step, "success_rate": float(rollouts.success[i].mean()),
-                                      "episodes": int(rollouts.success.shape[1])})
+                                      "episodes": int(rollouts.success.shape[1]),
+                                      "returns": [float(r) for r in rollouts.returns[i]]})
         if final:
             self.final = rollouts
 
