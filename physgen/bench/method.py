@@ -66,7 +66,6 @@ class Method:
     run: Callable[[Job], None]
     work: Callable[[dict], int]
     online: bool = False  # learns by acting: joins the default methods only where the budget allows
-    pure_jax: bool = False  # runs on the tasks with a pure-JAX environment only
     default: bool = True  # joins the default methods (False: run only when named with --methods)
     generative: bool = False  # compared against the non-generative methods (P(improvement), differences)
     curve_axis: str = "gradient steps"

@@ -34,24 +34,19 @@ for _method in _BUILT_IN:
     register_method(_method)
 
 
-def get_methods(names: list[str], task: Task | None = None) -> list[Method]:
-    """The registered methods of these names, each once, in order (refusing those that cannot run on `task`)."""
+def get_methods(names: list[str]) -> list[Method]:
+    """The registered methods of these names, each once, in order."""
     unknown = [name for name in names if name not in REGISTRY]
     if unknown or not names:
         raise PhysgenError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; use some of "
                            f"{', '.join(REGISTRY)}")
-    pure_jax = [name for name in names if REGISTRY[name].pure_jax]
-    if task is not None and task.functional is None and pure_jax:
-        raise PhysgenError(f"{', '.join(pure_jax)} run only on tasks with a pure-JAX environment (such as fork) "
-                           f"so far, and {task.name} has none; leave them out of --methods")
     return [REGISTRY[name] for name in dict.fromkeys(names)]
 
 
 def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
     """The methods a run uses when none are named (those with `Method.default`), and why the online ones are left
     out (None when they are in)."""
-    defaults = [name for name, method in REGISTRY.items()
-                if method.default and (task.functional is not None or not method.pure_jax)]
+    defaults = [name for name, method in REGISTRY.items() if method.default]
     if budget.ppo_by_default == "always" or (budget.ppo_by_default == "pure-jax" and task.functional is not None):
         return defaults, None
     online = [name for name, method in REGISTRY.items() if method.online]

@@ -186,5 +186,5 @@ RSSM_MPC = Method("rssm-mpc", lambda task, budget: hyperparameters("rssm-mpc", B
                   datasets=world_model_datasets,
                   configure=lambda values: (RSSMConfig.from_dict(values["rssm"]), MPCConfig(**values["mpc"])))
 PPO_WM = Method("ppo-wm", lambda task, budget: hyperparameters("ppo-wm", BUDGETS[budget]), _run_ppo_wm,
-                work=lambda values: values["online"]["real_steps"], online=True, pure_jax=True, generative=True,
+                work=lambda values: values["online"]["real_steps"], online=True, generative=True,
                 curve_axis="real environment steps", configure=configure_ppo_wm)

@@ -3,8 +3,9 @@
 Each iteration collects real steps with the current policy into a replay buffer, trains the RSSM on windows of the
 replay, and runs PPO updates inside the RSSM (`dream_env`), its imagined episodes starting from posterior states
 of the replay. The RSSM therefore learns the states its own policy visits. On pure-JAX tasks the whole loop is
-one compiled program per stretch between curve points, seeds vmapped. The offline-start variant puts the task's
-expert data in the replay first.
+one compiled program per stretch between curve points, seeds vmapped; on Gymnasium tasks the environments of every
+seed step in lockstep from Python (`GymCollector`) and the learning is compiled. The offline-start variant puts
+the task's expert data in the replay first.
 
 The replay holds frames (`Frames`) in the order they arrived: per iteration and real environment, the
 observation it was in (marked `first`: what came before is another iteration's), then per step the observation the
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs import Task
+from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
 from physgen.policies.ppo import PPOConfig, Run, new_learner, reset_envs, sample_actions, updates_in
 from physgen.policies.ppo_core import Learner
@@ -93,8 +97,44 @@ class Iteration(NamedTuple):
     dream_return: jax.Array  # mean return of the imagined episodes that ended (nan when none)
 
 
+def _lay(first: jax.Array, arrived: jax.Array, restarted: jax.Array) -> jax.Array:
+    """Frames in arrival order, (envs * (1 + 2T), ...): per environment its `first` (envs, ...), then per step the
+    arrival and the restart (each (T, envs, ...))."""
+    steps = jnp.stack([arrived, restarted], axis=1)  # (T, 2, envs, ...)
+    envs, length = first.shape[0], 2 * arrived.shape[0]
+    steps = jnp.moveaxis(steps, 2, 0).reshape(envs, length, *first.shape[1:])
+    return jnp.concatenate([first[:, None], steps], axis=1).reshape(-1, *first.shape[1:])
+
+
+def _segment(start_obs, actions, rewards, terminated, arrived_obs, restart_obs, done) -> tuple[Frames, jax.Array]:
+    """One collection (arrays (T, envs, ...) but the start observations (envs, obs_dim)) as frames and which of them
+    to keep (the restarts of episodes that went on are not)."""
+    envs, steps = start_obs.shape[0], done.shape[0]
+    zeros = jnp.zeros(done.shape)
+    start = Frames(start_obs, jnp.zeros((envs, actions.shape[-1])), jnp.zeros(envs), jnp.zeros(envs),
+                   jnp.ones(envs, bool))
+    arrival = Frames(arrived_obs, actions, rewards, terminated.astype(jnp.float32), jnp.zeros(done.shape, bool))
+    restart = Frames(restart_obs, jnp.zeros_like(actions), zeros, zeros, jnp.ones(done.shape, bool))
+    kept = _lay(jnp.ones(envs, bool), jnp.ones((steps, envs), bool), done)
+    return jax.tree.map(_lay, start, arrival, restart), kept
+
+
+def append(learning: Learning, segment: Frames, kept: jax.Array) -> Learning:
+    """`learning` with the `kept` frames of `segment` appended to its replay."""
+    capacity = learning.replay.first.shape[0]
+    position = jnp.where(kept, learning.size + jnp.cumsum(kept) - 1, capacity)  # dropped: past the end
+    replay = jax.tree.map(lambda buffer, new: buffer.at[position].set(new.astype(buffer.dtype), mode="drop"),
+                          learning.replay, segment)
+    return learning._replace(replay=replay, size=learning.size + kept.sum())
+
+
+def _mean_return(returns: jax.Array, done: jax.Array) -> jax.Array:
+    count = done.sum()
+    return jnp.where(count > 0, returns.sum() / jnp.maximum(count, 1), jnp.nan)
+
+
 def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array]:
-    """Step the real environments `collect_steps` times with the current policy and append the frames to the
+    """Step the pure-JAX environments `collect_steps` times with the current policy and append the frames to the
     replay: (learning, mean return of the episodes that ended)."""
     task, online = setup.task, setup.online
     fns, learner = task.functional, learning.learner
@@ -109,31 +149,61 @@ def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning,
         env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
                                  fresh_state, out.state)
         episode_return = episode_return + out.reward
-        arrival = Frames(out.obs, action, out.reward, out.terminated.astype(jnp.float32), jnp.zeros_like(done))
-        restart = Frames(fresh_obs, jnp.zeros_like(action), jnp.zeros_like(out.reward), jnp.zeros_like(out.reward),
-                         jnp.ones_like(done))
         carry = (env_state, jnp.where(done[:, None], fresh_obs, out.obs), jnp.where(done, 0.0, episode_return))
-        return carry, (arrival, restart, done, jnp.where(done, episode_return, 0.0))
+        return carry, (action, out.reward, out.terminated, out.obs, fresh_obs, done,
+                       jnp.where(done, episode_return, 0.0))
 
-    start = Frames(learning.obs, jnp.zeros((online.envs, task.act_dim)), jnp.zeros(online.envs),
-                   jnp.zeros(online.envs), jnp.ones(online.envs, bool))
-    (env_state, obs, _), (arrivals, restarts, done, returns) = jax.lax.scan(
+    (env_state, obs, _), (actions, rewards, terminated, arrived, fresh, done, returns) = jax.lax.scan(
         one, (learning.env_state, learning.obs, jnp.zeros(online.envs)), jax.random.split(key, online.collect_steps))
+    learning = append(learning, *_segment(learning.obs, actions, rewards, terminated, arrived, fresh, done))
+    return learning._replace(env_state=env_state, obs=obs), _mean_return(returns, done)
 
-    def lay(first, arrived, restarted):  # (envs, 1 + 2T, ...): start, then arrival and restart per step
-        steps = jnp.stack([arrived, restarted], axis=1)  # (T, 2, envs, ...)
-        steps = jnp.moveaxis(steps, 2, 0).reshape(online.envs, 2 * online.collect_steps, *first.shape[1:])
-        return jnp.concatenate([first[:, None], steps], axis=1).reshape(-1, *first.shape[1:])
 
-    segment = jax.tree.map(lay, start, arrivals, restarts)
-    kept = lay(jnp.ones(online.envs, bool), jnp.ones_like(done), done)
-    capacity = learning.replay.first.shape[0]
-    position = jnp.where(kept, learning.size + jnp.cumsum(kept) - 1, capacity)  # dropped: past the end
-    replay = jax.tree.map(lambda buffer, new: buffer.at[position].set(new.astype(buffer.dtype), mode="drop"),
-                          learning.replay, segment)
-    count = done.sum()
-    mean_return = jnp.where(count > 0, returns.sum() / jnp.maximum(count, 1), jnp.nan)
-    return learning._replace(env_state=env_state, obs=obs, replay=replay, size=learning.size + kept.sum()), mean_return
+class GymCollector:
+    """The Gymnasium environments of every seed (seeds x envs), stepped in lockstep from Python with the policies
+    sampling in one compiled call per step; the episodes start from PPO's environment seeds."""
+
+    def __init__(self, setup: Setup, seeds: list[int]):
+        task, self.online, self.seeds = setup.task, setup.online, len(seeds)
+        self.envs = gym.vector.SyncVectorEnv([task.make_env] * (self.seeds * self.online.envs),
+                                             autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        self.obs = self.envs.reset(seed=[int(x) for s in seeds for x in episode_seeds(s, self.online.envs)])[0]
+        self.episode_return = np.zeros(len(self.obs))
+        self.sample = jax.jit(jax.vmap(partial(sample_actions, task, setup.ppo)))
+
+    def collect(self, learning: Learning, keys: jax.Array) -> tuple[Learning, np.ndarray]:
+        """Every seed's `collect_steps` steps appended to its replay (`keys`: one per seed): (learning, mean return
+        per seed of the episodes that ended)."""
+        shape = (self.seeds, self.online.envs)
+        start, columns = self.obs.astype(np.float32), []
+        for step_keys in jax.vmap(jax.random.split, in_axes=(0, None), out_axes=1)(keys, self.online.collect_steps):
+            action = np.asarray(self.sample(learning.learner, jnp.asarray(self.obs.reshape(*shape, -1), jnp.float32),
+                                            step_keys)).reshape(len(self.obs), -1)
+            obs, reward, terminated, truncated, info = self.envs.step(action)
+            done = terminated | truncated
+            arrived = obs.copy()
+            if done.any():
+                arrived[done] = np.stack(info["final_obs"][done])
+            self.episode_return += reward
+            columns.append((action, reward, terminated, arrived, obs, done, np.where(done, self.episode_return, 0.0)))
+            self.episode_return[done] = 0.0
+            self.obs = obs
+        per_seed = [np.stack(c).reshape(len(columns), *shape, *np.shape(c[0])[1:]).swapaxes(0, 1).astype(
+            np.float32 if np.asarray(c[0]).dtype.kind == "f" else bool) for c in zip(*columns)]
+        learning, returns = _append_all(learning, start.reshape(*shape, -1), *per_seed)
+        return learning, np.asarray(returns)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+@jax.jit
+def _append_all(learning: Learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns):
+    def one(learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns):
+        learning = append(learning, *_segment(start_obs, actions, rewards, terminated, arrived, fresh, done))
+        return learning, _mean_return(returns, done)
+
+    return jax.vmap(one)(learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns)
 
 
 def learn(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array, jax.Array]:
@@ -191,12 +261,13 @@ class OnlineResult(NamedTuple):
 
 
 def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Learning:
-    """A seed's run before its first collection: a fresh policy, the real environments and an empty replay (holding
-    `offline` first, when given); the RSSM state is the caller's."""
+    """A seed's run before its first collection: a fresh policy, the real environments (pure-JAX tasks) and an
+    empty replay (holding `offline` first, when given); the RSSM state is the caller's."""
     task, online = setup.task, setup.online
     k_policy, k_envs = jax.random.split(key)
     learner = new_learner(task, setup.ppo, k_policy, online.iterations * online.dream_updates)
-    env_state, obs = jax.vmap(task.functional.reset)(jax.random.split(k_envs, online.envs))
+    env_state, obs = (None, None) if task.functional is None else jax.vmap(task.functional.reset)(
+        jax.random.split(k_envs, online.envs))  # a Gymnasium task's are the `GymCollector`'s
     held = 0 if offline is None else offline.first.shape[0]
     capacity = held + online.iterations * online.frames_per_iteration
     replay = Frames(jnp.zeros((capacity, task.obs_dim)), jnp.zeros((capacity, task.act_dim)), jnp.zeros(capacity),
@@ -209,13 +280,11 @@ def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Lear
 def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfig, online: OnlineConfig,
                  seeds: list[int], offline=None, points: int = 1,
                  callback: Callable[[int, OnlineResult], None] | None = None) -> OnlineResult:
-    """Online PPO with a world model, one run per seed, seeds vmapped, on a pure-JAX task.
+    """Online PPO with a world model, one run per seed, seeds vmapped.
 
     `offline` (`Trajectories`) goes into the replay first when `online.offline_start`. The RSSM's scales are
-    fitted on the first iteration's real data of every seed (and `offline`). `callback(real_steps, result)` runs
-    after each of `points` equal stretches of iterations (the last may be longer)."""
-    if task.functional is None:
-        raise PhysgenError(f"online ppo-wm runs on pure-JAX tasks; {task.name!r} has none yet")
+    fitted on the first collection of every seed (and `offline`). `callback(real_steps, result)` runs after each of
+    `points` equal stretches of iterations."""
     if online.offline_start and offline is None:
         raise PhysgenError("offline_start needs the expert data; pass offline=")
     ppo = ppo.validate()
@@ -226,26 +295,60 @@ def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfi
     keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]  # RSSM init, the run's start, its iterations
     # the scales are fitted before the model exists: on each seed's first collection with its initial policy
     provisional = Setup(task, abstract_model(RSSMConfig(), task.obs_dim, task.act_dim)[0], ppo, dream, online)
-    first = [_collect(provisional, start_learning(provisional, offline_frames, k[1]), jax.random.fold_in(k[1], 1))[0]
-             for k in keys]
-    seen = [jax.tree.map(lambda x: np.asarray(x[: int(f.size)]), f.replay) for f in first]
+    starts = [start_learning(provisional, offline_frames, k[1]) for k in keys]
+    first_keys = [jax.random.fold_in(k[1], 1) for k in keys]
+    gym_envs = None if task.functional is not None else GymCollector(provisional, seeds)
+    if gym_envs is None:
+        learning = _stack([_collect(provisional, start, key)[0] for start, key in zip(starts, first_keys)])
+    else:
+        learning = gym_envs.collect(_stack(starts), jnp.stack(first_keys))[0]
+    seen = [jax.tree.map(lambda x: np.asarray(x[i, : int(learning.size[i])]), learning.replay)
+            for i in range(len(seeds))]
     config = fit_scales(rssm, Frames(*(np.concatenate(column) for column in zip(*seen))))
     model = abstract_model(config, task.obs_dim, task.act_dim)[0]
     setup = Setup(task, model, ppo, dream, online)
-    models = initial_states(model, jnp.stack([k[0] for k in keys]))
-    learning = jax.tree.map(lambda *x: jnp.stack(x), *first)._replace(model=models)
+    learning = learning._replace(model=initial_states(model, jnp.stack([k[0] for k in keys])))
     iteration_keys = jnp.stack([jax.random.split(k[2], online.iterations) for k in keys])
     more = jnp.arange(online.iterations) < online.iterations - 1
     bounds = np.linspace(0, online.iterations, points + 1).astype(int)
     history = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        learning, measured = _chunk(setup, learning, iteration_keys[:, lo:hi], more[lo:hi])
-        history.append(jax.device_get(measured))
-        if not np.all(np.isfinite(history[-1].model_loss)):
-            raise PhysgenError(f"the RSSM diverged after {hi} iterations; lower rssm.learning_rate or grad_clip")
-        result = OnlineResult(model, learning.model.params, learning.learner,
-                              Iteration(*(np.concatenate(c, axis=1) for c in zip(*history))),
-                              time.perf_counter() - begin)
-        if callback is not None:
-            callback(int(hi) * online.steps_per_iteration, result)
+    try:
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            if gym_envs is None:
+                learning, measured = _chunk(setup, learning, iteration_keys[:, lo:hi], more[lo:hi])
+            else:
+                learning, measured = _gym_stretch(setup, gym_envs, learning, iteration_keys[:, lo:hi], more[lo:hi])
+            history.append(jax.device_get(measured))
+            if not np.all(np.isfinite(history[-1].model_loss)):
+                raise PhysgenError(f"the RSSM diverged after {hi} iterations; lower rssm.learning_rate or grad_clip")
+            result = OnlineResult(model, learning.model.params, learning.learner,
+                                  Iteration(*(np.concatenate(c, axis=1) for c in zip(*history))),
+                                  time.perf_counter() - begin)
+            if callback is not None:
+                callback(int(hi) * online.steps_per_iteration, result)
+    finally:
+        if gym_envs is not None:
+            gym_envs.close()
     return result
+
+
+def _stack(trees: list):
+    return jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+
+@partial(jax.jit, static_argnums=0)
+def _learn_all(setup: Setup, learning: Learning, keys: jax.Array):
+    return jax.vmap(partial(learn, setup))(learning, keys)
+
+
+def _gym_stretch(setup: Setup, gym_envs: GymCollector, learning: Learning, keys: jax.Array, more: jax.Array):
+    """`iterate` for a Gymnasium task: the learning compiled, the collection stepped from Python."""
+    measured = []
+    for step_keys, go_on in zip(jnp.swapaxes(keys, 0, 1), np.asarray(more)):
+        k_learn, k_collect = jax.vmap(jax.random.split, out_axes=1)(step_keys)
+        learning, model_loss, dream_return = _learn_all(setup, learning, k_learn)
+        real_return = np.full(len(model_loss), np.nan)
+        if go_on:
+            learning, real_return = gym_envs.collect(learning, k_collect)
+        measured.append(Iteration(real_return, np.asarray(model_loss), np.asarray(dream_return)))
+    return learning, Iteration(*(np.stack(c, axis=1) for c in zip(*measured)))
