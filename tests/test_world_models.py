@@ -228,6 +228,38 @@ def test_rssm_mpc_rolls_out_every_seed_on_shared_episodes(trained):
     np.testing.assert_array_equal(rollouts.observations[0, :, 0], rollouts.observations[1, :, 0])
 
 
+def test_lambda_returns_by_hand():
+    from physgen.world_models.rssm import lambda_returns
+
+    rewards, values = jnp.array([0.0, 1.0, 2.0, 3.0]), jnp.array([10.0, 20.0, 30.0, 40.0])
+    first = jnp.array([True, False, False, False])
+    # R2 = 3 + 0.5 (0.5 * 40 + 0.5 * 40) = 23; R1 = 2 + 0.5 (0.5 * 30 + 0.5 * 23) = 15.25; R0 = 1 + 0.5 (10 + 7.625)
+    returns, valid = lambda_returns(rewards, jnp.zeros(4), values, first, 0.5, 0.5)
+    np.testing.assert_allclose(returns, [9.8125, 15.25, 23.0, 40.0])
+    np.testing.assert_array_equal(valid, [1, 1, 1, 0])
+    # frame 2 ends the episode and frame 3 starts the next: R1 = 2, R0 = 1 + 0.5 (0.5 * 20 + 0.5 * 2) = 6.5
+    returns, valid = lambda_returns(rewards, jnp.array([0.0, 0.0, 1.0, 0.0]), values, first.at[3].set(True), 0.5, 0.5)
+    np.testing.assert_allclose(returns[:2], [6.5, 2.0])
+    np.testing.assert_array_equal(valid, [1, 1, 0, 0])
+
+
+def test_mpc_adds_the_discounted_value_of_where_a_plan_ends(trained):
+    model, params = trained.model, trained.params_of(0)
+    state = jax.tree.map(lambda x: x[-1], model.observe(params, jnp.ones((3, 6)), jnp.zeros((3, 2)),
+                                                        jax.random.key(0))[0])
+    plans = jax.random.uniform(jax.random.key(1), (5, 4, 2), minval=-1, maxval=1)
+    config = MPCConfig(horizon=4, discount=0.9)
+    with_value = MPC.for_task(model, config, get_task("fork")).returns(params, state, plans)
+    without = MPC.for_task(model, dataclasses.replace(config, terminal_value=False), get_task("fork")).returns(
+        params, state, plans)
+    for plan, gap in zip(plans, np.asarray(with_value - without)):
+        states = model.imagine(params, state, plan)[0]
+        last = jax.tree.map(lambda x: x[-1], states)
+        expected = 0.9**4 * np.prod(model.continuation(params, states)) * model.value(params, last)
+        np.testing.assert_allclose(gap, expected, rtol=1e-4, atol=1e-6)
+    assert "value" in trained.metrics and np.isfinite(trained.metrics["value"]).all()
+
+
 def test_vae_reconstruction_improves_on_a_toy_dataset():
     task = get_task("fork")
     latent = np.random.default_rng(0).normal(size=(512, 2)).astype(np.float32)

@@ -1,9 +1,11 @@
-"""`rssm-mpc`: receding-horizon planning in an RSSM's latent space with CEM or MPPI over its reward and continue
-heads.
+"""`rssm-mpc`: receding-horizon planning in an RSSM's latent space with CEM or MPPI over its reward, continue and
+value heads.
 
 Each control step filters the newest observation into the latent state, then scores candidate action sequences
 by imagining them (prior modes) and summing predicted rewards, discounted and weighted by the predicted probability
-of still being in the episode: sum_t gamma^t prod_{k<t} c_k r_t. The first action of the refined plan is executed
+of still being in the episode, plus the value of where the plan ends (TD-MPC's idea: a short horizon then stops
+trading a fall just past it for reward within it): sum_{t<H} gamma^t prod_{k<t} c_k r_t + gamma^H prod_{k<H} c_k
+V(s_H). The first action of the refined plan is executed
 and the rest shifted to warm-start the next step. `MPC` is an agent (`physgen.envs.rollout.Agent`): the bench runs
 it with `run_episodes` like any policy, one control step being one `act`.
 """
@@ -38,6 +40,7 @@ class MPCConfig:
     init_std: float = 0.5  # as a fraction of the half-width of the action bounds
     min_std: float = 0.05
     discount: float = 0.99
+    terminal_value: bool = True  # add the RSSM's value of the plan's last state
 
     def __post_init__(self):
         if self.planner not in PLANNERS:
@@ -85,8 +88,11 @@ class MPC(NamedTuple):
         def one(actions):
             states, _ = self.model.imagine(params, state, actions)
             rewards, alive = self.model.reward(params, states), self.model.continuation(params, states)
-            weights = jnp.concatenate([jnp.ones(1), jnp.cumprod(alive)[:-1]]) * c.discount ** jnp.arange(c.horizon)
-            return jnp.sum(weights * rewards)
+            survival = jnp.cumprod(alive)
+            weights = jnp.concatenate([jnp.ones(1), survival[:-1]]) * c.discount ** jnp.arange(c.horizon)
+            last = jax.tree.map(lambda x: x[-1], states)
+            tail = c.discount ** c.horizon * survival[-1] * self.model.value(params, last) if c.terminal_value else 0.0
+            return jnp.sum(weights * rewards) + tail
 
         return jax.vmap(one)(plans)
 

@@ -52,6 +52,9 @@ class RSSMConfig(Parts):
     rep_scale: float = 0.1
     free_nats: float = 1.0
     terminal_weight: float = 10.0  # weight of terminal frames in the reward and continue losses
+    # the value head: the data's own policy evaluated by lambda-returns over the training windows (MPC's terminal value)
+    value_discount: float = 0.99
+    value_lambda: float = 0.95
     reward_scale: float | None = None  # rewards are divided by it before symlog; None: fitted by `fit_scales`
     # observations become (obs - obs_center) / obs_scale before symlog; None: fitted by `fit_scales`
     obs_center: tuple[float, ...] | None = None
@@ -67,6 +70,9 @@ class RSSMConfig(Parts):
             raise PhysgenError("obs_center and obs_scale go together; set both or neither")
         if self.obs_scale is not None and not min(self.obs_scale) > 0:
             raise PhysgenError(f"obs_scale must be positive, got {self.obs_scale}")
+        if not (0 < self.value_discount <= 1 and 0 <= self.value_lambda <= 1):
+            raise PhysgenError(f"value_discount must be in (0, 1] and value_lambda in [0, 1], got "
+                               f"{self.value_discount} and {self.value_lambda}")
         if self.sequence_length < 2:
             raise PhysgenError(f"sequence_length must be at least 2 (one transition), got {self.sequence_length}")
 
@@ -86,6 +92,22 @@ class RSSMConfig(Parts):
     @property
     def stoch_size(self) -> int:
         return self.stoch * (self.classes if self.latent == "categorical" else 1)
+
+
+def lambda_returns(rewards: jax.Array, terminals: jax.Array, values: jax.Array, first: jax.Array, discount: float,
+                   lam: float) -> tuple[jax.Array, jax.Array]:
+    """Lambda-returns of one window of frames (T,): R_t = r_{t+1} + discount (1 - terminal_{t+1}) ((1 - lam)
+    V_{t+1} + lam R_{t+1}), bootstrapped with V where the window or the episode ends; and where R_t is defined
+    (1.0: frame t + 1 is in t's episode), as floats."""
+    go_on = 1.0 - terminals[1:]
+
+    def back(later, t):
+        ret = rewards[t + 1] + discount * go_on[t] * ((1 - lam) * values[t + 1] + lam * later)
+        return jnp.where(first[t + 1], values[t], ret), ret
+
+    _, returns = jax.lax.scan(back, values[-1], jnp.arange(len(values) - 1), reverse=True)
+    valid = 1.0 - first[1:].astype(jnp.float32)
+    return jnp.append(returns, values[-1]), jnp.append(valid, 0.0)
 
 
 def fit_scales(config: RSSMConfig, data: Trajectories | Frames) -> RSSMConfig:
@@ -158,6 +180,7 @@ class RSSMNet(nnx.Module):
         self.decoder = MLP([feat, h, h, obs_dim], rngs)
         self.reward = MLP([feat, h, 1], rngs)
         self.cont = MLP([feat, h, 1], rngs)
+        self.value = MLP([feat, h, 1], rngs)
 
     def latent(self, out: jax.Array) -> D.Latent:
         c = self.config
@@ -270,6 +293,11 @@ class RSSM(NamedTuple):
         logit = self.net(params).cont(states.features)[..., 0]
         return jax.nn.sigmoid(logit + jnp.log(self.config.terminal_weight))
 
+    def value(self, params, states: State) -> jax.Array:
+        """The discounted return (raw units) the data's policy collects from each state on, as the value head
+        learned it by lambda-returns on the training windows."""
+        return D.symexp(self.net(params).value(states.features)[..., 0]) * self.config.reward_unit
+
     def loss(self, params, batch: Frames, key: jax.Array) -> tuple[jax.Array, dict]:
         """Reconstruction (symlog MSE), reward (symlog MSE), continue (BCE) and balanced KL on windows of frames.
         The reward and continue heads are not asked about an episode's first frame (nothing led to it), and
@@ -286,8 +314,16 @@ class RSSM(NamedTuple):
         reward = jnp.sum(weight * (net.reward(feat)[..., 0] - D.symlog(batch.rewards / c.reward_unit)) ** 2)
         cont = jnp.sum(weight * optax.sigmoid_binary_cross_entropy(net.cont(feat)[..., 0], 1.0 - batch.terminals))
         kl, (dyn, rep) = D.kl_balance(posts, priors, c.dyn_scale, c.rep_scale, c.free_nats)
-        total = recon + reward + cont + kl
-        return total, {"loss": total, "recon": recon, "reward": reward, "cont": cont, "kl_dyn": dyn, "kl_rep": rep}
+        # the value head learns on frozen features: it reads the representation without shaping it
+        predicted = net.value(jax.lax.stop_gradient(feat))[..., 0]
+        values = jax.lax.stop_gradient(D.symexp(predicted) * c.reward_unit)
+        targets, valid = jax.vmap(lambda *x: lambda_returns(*x, c.value_discount, c.value_lambda))(
+            batch.rewards, batch.terminals, values, batch.first)
+        valid = valid * (1.0 - batch.terminals)
+        value = jnp.sum(valid * (predicted - D.symlog(targets / c.reward_unit)) ** 2) / jnp.maximum(valid.sum(), 1.0)
+        total = recon + reward + cont + kl + value
+        return total, {"loss": total, "recon": recon, "reward": reward, "cont": cont, "kl_dyn": dyn, "kl_rep": rep,
+                       "value": value}
 
     def prepare(self, data: Trajectories) -> Frames:
         """The training inputs: every episode as frames (see `frames_from`), checked for rewards and length."""
