@@ -441,7 +441,7 @@ def test_world_model_methods_run_through_the_bench_with_the_open_loop_evaluation
     results = json.loads((out / "results.json").read_text())
     protocol = json.loads((out / "protocol.json").read_text())["experiment"]
     assert protocol["world_model_datasets"] == ["expert-v0", "noisy-v0"]
-    assert set(protocol["hyperparameters"]["ppo-wm"]) == {"rssm", "ppo", "dream", "online", "curve_points"}
+    assert set(protocol["hyperparameters"]["ppo-wm"]) == {"rssm", "ppo", "dream", "online"}
     for method in ("rssm-mpc", "ppo-wm"):
         assert [u["seed"] for u in results["units"][method]] == [0, 1]
         assert all(len(u["episodes"]) == 4 for u in results["units"][method])

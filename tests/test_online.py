@@ -98,11 +98,13 @@ def test_the_offline_start_puts_the_expert_data_first(fork_episodes):
 
 @pytest.mark.parametrize("task_name", ["fork", "hopper"])  # compiled whole, and collecting from Python
 def test_online_ppo_with_a_world_model_is_seeded_and_reports_at_its_points(task_name):
-    task, online = get_task(task_name), OnlineConfig(real_steps=128, envs=2, collect_steps=16, model_steps=2)
+    task = get_task(task_name)
+    online = OnlineConfig(real_steps=128, envs=2, collect_steps=16, model_steps=2, dream_updates=1, offline_start=False,
+                          curve_points=2)
     calls = []
 
     def run(seeds):
-        return train_online(task, TINY_RSSM, TINY_PPO, DreamConfig(horizon=8, windows=2), online, seeds, points=2,
+        return train_online(task, TINY_RSSM, TINY_PPO, DreamConfig(horizon=8, windows=2), online, seeds,
                             callback=lambda steps, result: calls.append(steps))
 
     first, again = run([0, 1]), run([0, 1])
@@ -118,6 +120,8 @@ def test_online_ppo_with_a_world_model_is_seeded_and_reports_at_its_points(task_
 def test_bad_online_settings_are_refused():
     with pytest.raises(PhysgenError, match="below one iteration"):
         OnlineConfig(real_steps=100, envs=2, collect_steps=64)
+    with pytest.raises(PhysgenError, match="curve_points"):
+        OnlineConfig(real_steps=2048, envs=16, collect_steps=64, curve_points=3)
     with pytest.raises(PhysgenError, match="model_steps"):
         OnlineConfig(model_steps=0)
     with pytest.raises(PhysgenError, match="expert data"):

@@ -23,7 +23,6 @@ from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import Task
-from physgen.errors import PhysgenError
 from physgen.io import read_json, write_json
 from physgen.policies.ppo import (GaussianAgent, PPOConfig, agent_params, learner_of, load_ppo, load_ppo_policy,
                                  save_ppo)
@@ -54,22 +53,18 @@ def hyperparameters(method: str, budget: Budget) -> dict:
     ppo = {k: v for k, v in dataclasses.asdict(PPOConfig(num_envs=16, rollout_steps=128)).items()
            if k not in ("total_steps", "eval_episodes", "checkpoint_every")}
     return {"rssm": online, "ppo": ppo, "dream": dataclasses.asdict(DreamConfig()),
-            "online": dataclasses.asdict(OnlineConfig(real_steps=budget.ppo_steps)),
-            "curve_points": budget.curve_points}
+            "online": dataclasses.asdict(OnlineConfig(real_steps=budget.ppo_steps, curve_points=budget.curve_points))}
 
 
-def configure_ppo_wm(values: dict) -> tuple[RSSMConfig, PPOConfig, DreamConfig, OnlineConfig, int]:
-    """ppo-wm's configs and its number of curve points; the RSSM's schedule spans its gradient steps over all
-    iterations, PPO's learning rate anneals over its updates in the model."""
+def configure_ppo_wm(values: dict) -> tuple[RSSMConfig, PPOConfig, DreamConfig, OnlineConfig]:
+    """ppo-wm's configs; the RSSM's schedule spans its gradient steps over all iterations, PPO's learning rate
+    anneals over its updates in the model."""
     online = OnlineConfig(**values["online"])
     rssm = RSSMConfig.from_dict({**values["rssm"], "steps": online.iterations * online.model_steps})
     ppo = PPOConfig.from_dict(values["ppo"])
     ppo = dataclasses.replace(ppo, total_steps=online.iterations * online.dream_updates * ppo.steps_per_update,
                               eval_episodes=0, checkpoint_every=0).validate()
-    if not 1 <= values["curve_points"] <= online.iterations:
-        raise PhysgenError(f"ppo-wm's curve_points must be 1 to its {online.iterations} iterations, got "
-                           f"{values['curve_points']}")
-    return rssm, ppo, DreamConfig(**values["dream"]), online, values["curve_points"]
+    return rssm, ppo, DreamConfig(**values["dream"]), online
 
 
 def _splits(task: Task):
@@ -151,7 +146,7 @@ def _run_ppo_wm(job: Job) -> None:
     in its units folder, so a run cut short after training loads the checkpoints and evaluates only the final
     point), then write the pending units."""
     out, task, seeds, (variant,) = job.out, job.task, job.seeds, job.variants
-    rssm, ppo, dream, online, points = job.config
+    rssm, ppo, dream, online = job.config
     folder, saved_curves = out / "checkpoints" / row_folder(variant.row), out / "units" / row_folder(variant.row)
     agent, curves = GaussianAgent.for_task(task, ppo), Curves(job.evaluation, seeds)
     saved = read_json(saved_curves / "curves.json")  # None when missing or cut short: trained again
@@ -170,7 +165,7 @@ def _run_ppo_wm(job: Job) -> None:
 
         point.done = 0
         result = train_online(task, rssm, ppo, dream, online, seeds, job.train if online.offline_start else None,
-                              points=points, callback=point)
+                              callback=point)
         for i, seed in enumerate(seeds):
             save_ppo(folder / f"seed_{seed}", task, ppo, *learner_of(result.learners, i), seed=seed,
                      trained_in="rssm-online", env_steps=final,

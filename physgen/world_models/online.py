@@ -42,9 +42,10 @@ class OnlineConfig:
     real_steps: int = 200_000  # real environment steps
     envs: int = 16  # real environments stepped in lockstep
     collect_steps: int = 64  # steps of each real environment per iteration
-    model_steps: int = 16  # RSSM gradient steps per iteration
-    dream_updates: int = 1  # PPO updates inside the RSSM per iteration
-    offline_start: bool = False  # the replay starts with the task's expert data
+    model_steps: int = 32  # RSSM gradient steps per iteration
+    dream_updates: int = 8  # PPO updates inside the RSSM per iteration
+    offline_start: bool = True  # the replay starts with the task's expert data (what the offline methods learn from)
+    curve_points: int = 1  # stretches of iterations, a callback after each (the bench evaluates there)
 
     def __post_init__(self):
         for name in ("envs", "collect_steps", "model_steps", "dream_updates"):
@@ -53,6 +54,8 @@ class OnlineConfig:
         if self.iterations < 1:
             raise PhysgenError(f"real_steps {self.real_steps} is below one iteration ({self.steps_per_iteration} "
                                "steps = envs x collect_steps); raise real_steps")
+        if not 1 <= self.curve_points <= self.iterations:
+            raise PhysgenError(f"curve_points must be 1 to the {self.iterations} iterations, got {self.curve_points}")
 
     @property
     def steps_per_iteration(self) -> int:
@@ -278,18 +281,16 @@ def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Lear
 
 
 def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfig, online: OnlineConfig,
-                 seeds: list[int], offline=None, points: int = 1,
+                 seeds: list[int], offline=None,
                  callback: Callable[[int, OnlineResult], None] | None = None) -> OnlineResult:
     """Online PPO with a world model, one run per seed, seeds vmapped.
 
     `offline` (`Trajectories`) goes into the replay first when `online.offline_start`. The RSSM's scales are
     fitted on the first collection of every seed (and `offline`). `callback(real_steps, result)` runs after each of
-    `points` equal stretches of iterations."""
+    `online.curve_points` equal stretches of iterations."""
     if online.offline_start and offline is None:
         raise PhysgenError("offline_start needs the expert data; pass offline=")
     ppo = ppo.validate()
-    if not 1 <= points <= online.iterations:
-        raise PhysgenError(f"{points} curve points for {online.iterations} iterations; use 1 to {online.iterations}")
     begin = time.perf_counter()
     offline_frames = frames_from(offline) if online.offline_start else None
     keys = [jax.random.split(jax.random.key(s), 3) for s in seeds]  # RSSM init, the run's start, its iterations
@@ -310,7 +311,7 @@ def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfi
     learning = learning._replace(model=initial_states(model, jnp.stack([k[0] for k in keys])))
     iteration_keys = jnp.stack([jax.random.split(k[2], online.iterations) for k in keys])
     more = jnp.arange(online.iterations) < online.iterations - 1
-    bounds = np.linspace(0, online.iterations, points + 1).astype(int)
+    bounds = np.linspace(0, online.iterations, online.curve_points + 1).astype(int)
     history = []
     try:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
