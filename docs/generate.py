@@ -9,6 +9,7 @@ the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the 
     cp RUN/results.json docs/results/deployment-NAME.json            # a bench run of deployment settings
     cp SWEEP/sweep-delay.json docs/results/sweep-delay-TASK.json     # a physgen sweep-delay,
     cp SWEEP/sweep-delay.png docs/images/sweep-delay-TASK.png        # and its figure
+    cp RUN/results.json docs/results/world-models-NAME.json          # a bench run of ppo, ppo-wm, rssm-mpc
     python docs/generate.py            # rewrite the generated files
     python docs/generate.py --check    # exit 1 when a generated file differs from what it would write
 """
@@ -159,6 +160,35 @@ def _deployment_section() -> list[str]:
     return lines
 
 
+def _steps(value) -> str:
+    return "never" if value is None else f"{value:,.0f}"
+
+
+def _world_models_section() -> list[str]:
+    """Bench runs of PPO and the world-model methods: final outcomes and real environment steps to success 0.8."""
+    paths = sorted(RESULTS.glob("world-models-*.json"))
+    lines = ["## World models: PPO with and without a learned model", ""] if paths else []
+    for path in paths:
+        results = json.loads(path.read_text())
+        run = results["run"]
+        lines += [f"`{run['command']}` ({run['budget']} budget, {run['seeds']} seeds x {run['episodes']} evaluation "
+                  f"episodes, {run['minutes']:.1f} minutes on {run['machine']}; `docs/results/{path.name}`). Means "
+                  "over seeds with 95% intervals over seeds; real steps to success 0.8: the median over seeds with "
+                  "a distribution-free 95% interval ('never': not within the run).", "",
+                  "| row | success | return | real steps to success 0.8 | seeds that got there |",
+                  "|---|---|---|---|---|"]
+        efficiency = results.get("sample_efficiency", {})
+        for row, s in results["summary"].items():
+            steps = efficiency.get(row)
+            to_target = (f"{_steps(steps['steps_to_target']['estimate'])} [{_steps(steps['steps_to_target']['low'])}, "
+                         f"{_steps(steps['steps_to_target']['high'])}] | {steps['reached']} of {steps['seeds']}"
+                         if steps else "no real steps | -")
+            lines.append(f"| {row} | {interval_text(s['success_mean'])} | {interval_text(s['return'], 1)} | "
+                         f"{to_target} |")
+        lines.append("")
+    return lines
+
+
 def _coverage_section(rows: list[dict]) -> list[str]:
     lines = ["## Interval coverage", "", "`python benchmarks/coverage.py --json docs/results/coverage.json`: the "
              f"share of simulated runs whose 95% interval held the true mean success, over {len(rows)} settings "
@@ -177,7 +207,7 @@ def results_page(results: dict, coverage: list[dict]) -> str:
              "sampler latency, PPO and RSSM training speed, the fork policies, world-model open-loop error) print "
              "their figures on the machine they run on.", ""]
     return "\n".join(lines + _main_job_section(results) + _throughput_section() + _deployment_section()
-                     + _coverage_section(coverage))
+                     + _world_models_section() + _coverage_section(coverage))
 
 
 def throughput_page() -> str:

@@ -1,11 +1,12 @@
 """`ppo-wm`: PPO with a world model, learned online (DreamerV3's loop with physgen's PPO as the actor-critic).
 
-Each iteration collects real steps with the current policy into a replay buffer, trains the RSSM on windows of the
-replay, and runs PPO updates inside the RSSM (`dream_env`), its imagined episodes starting from posterior states
-of the replay. The RSSM therefore learns the states its own policy visits. On pure-JAX tasks the whole loop is
-one compiled program per stretch between curve points, seeds vmapped; on Gymnasium tasks the environments of every
-seed step in lockstep from Python (`GymCollector`) and the learning is compiled. The offline-start variant puts
-the task's expert data in the replay first.
+Each iteration trains the RSSM on windows of a replay buffer, runs PPO updates inside the RSSM (`dream_env`), its
+imagined episodes starting from posterior states of the replay, and collects real steps with the improved policy
+into the replay (the first collection, with the initial policy, comes before the first iteration). The RSSM
+therefore learns the states its own policy visits. By default the replay starts with the task's expert data
+(`offline_start`). On pure-JAX tasks the whole loop is one compiled program per stretch between curve points, seeds
+vmapped; on Gymnasium tasks the environments of every seed step in lockstep from Python (`GymCollector`) and the
+learning is compiled.
 
 The replay holds frames (`Frames`) in the order they arrived: per iteration and real environment, the
 observation it was in (marked `first`: what came before is another iteration's), then per step the observation the

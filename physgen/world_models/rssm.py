@@ -316,7 +316,10 @@ class RSSM(NamedTuple):
         kl, (dyn, rep) = D.kl_balance(posts, priors, c.dyn_scale, c.rep_scale, c.free_nats)
         # the value head learns on frozen features: it reads the representation without shaping it
         predicted = net.value(jax.lax.stop_gradient(feat))[..., 0]
-        values = jax.lax.stop_gradient(D.symexp(predicted) * c.reward_unit)
+        # bootstrapping from its own predictions can run away early in training (hopper's did); no return of this
+        # data exceeds max |r| / (1 - discount), so neither may a bootstrapped value
+        bound = jnp.max(jnp.abs(batch.rewards)) / (1.0 - c.value_discount)
+        values = jax.lax.stop_gradient(jnp.clip(D.symexp(predicted) * c.reward_unit, -bound, bound))
         targets, valid = jax.vmap(lambda *x: lambda_returns(*x, c.value_discount, c.value_lambda))(
             batch.rewards, batch.terminals, values, batch.first)
         valid = valid * (1.0 - batch.terminals)
