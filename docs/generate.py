@@ -9,7 +9,8 @@ the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the 
     cp RUN/results.json docs/results/deployment-NAME.json            # a bench run of deployment settings
     cp SWEEP/sweep-delay.json docs/results/sweep-delay-TASK.json     # a physgen sweep-delay,
     cp SWEEP/sweep-delay.png docs/images/sweep-delay-TASK.png        # and its figure
-    cp RUN/results.json docs/results/world-models-NAME.json          # a bench run of ppo, ppo-wm, rssm-mpc
+    cp RUN/results.json docs/results/world-models-NAME.json          # a bench (or compare) run of ppo, ppo-wm,
+    cp RUN/sample_efficiency.png docs/images/world-models-NAME.png   # rssm-mpc, and its figure
     python docs/generate.py            # rewrite the generated files
     python docs/generate.py --check    # exit 1 when a generated file differs from what it would write
 """
@@ -171,8 +172,9 @@ def _world_models_section() -> list[str]:
     for path in paths:
         results = json.loads(path.read_text())
         run = results["run"]
+        took = "" if run["command"].startswith("physgen compare") else f", {run['minutes']:.1f} minutes"
         lines += [f"`{run['command']}` ({run['budget']} budget, {run['seeds']} seeds x {run['episodes']} evaluation "
-                  f"episodes, {run['minutes']:.1f} minutes on {run['machine']}; `docs/results/{path.name}`). Means "
+                  f"episodes{took} on {run['machine']}; `docs/results/{path.name}`). Means "
                   "over seeds with 95% intervals over seeds; real steps to success 0.8: the median over seeds with "
                   "a distribution-free 95% interval ('never': not within the run).", "",
                   "| row | success | return | real steps to success 0.8 | seeds that got there |",
@@ -185,6 +187,8 @@ def _world_models_section() -> list[str]:
                          if steps else "no real steps | -")
             lines.append(f"| {row} | {interval_text(s['success_mean'])} | {interval_text(s['return'], 1)} | "
                          f"{to_target} |")
+        figure = ROOT / "docs" / "images" / f"{path.stem}.png"
+        lines += ["", f"![success and return against real steps](images/{figure.name})"] if figure.exists() else []
         lines.append("")
     return lines
 

@@ -54,7 +54,9 @@ def test_runs_of_one_method_each_compare_as_one_run_of_both(runs, tmp_path):
     protocol = read(out, "protocol.json")
     assert [r["folder"] for r in protocol["compared_runs"]] == [str(runs["bc"]), str(runs["diffusion"])]
     assert protocol["experiment"]["methods"] == ["bc", "diffusion"]
-    assert read(out)["run"]["command"] == f"physgen compare {runs['bc']} {runs['diffusion']}"
+    command = read(out)["run"]["command"]  # with the bench commands that reproduce the runs
+    assert command.startswith(f"physgen compare {runs['bc']} {runs['diffusion']}, the runs of: physgen bench --task fork")
+    assert command.count("physgen bench") == 2
     report = (out / "report.md").read_text()
     assert report.startswith("# physgen compare: fork") and f"`{runs['diffusion']}` (commit " in report
     assert (out / "success.png").stat().st_size > 0 and not (out / "videos").exists()

@@ -159,6 +159,7 @@ def compare_runs(runs: list[str | Path], out: str | Path | None = None) -> Path:
     latency = {mine[row]: value for run, mine in zip(loaded, names) for row, value in run.latency.items()}
     write_json(out / "protocol.json", protocol)
     write_results_and_report(out, task, protocol, units, latency, time.perf_counter() - started, videos=False,
-                             command="physgen compare " + " ".join(str(run) for run in runs))
+                             command="physgen compare " + " ".join(str(run) for run in runs) + ", the runs of: "
+                             + "; ".join(bench_command(task, run.experiment) for run in loaded))
     write_writeup(out)
     return out
