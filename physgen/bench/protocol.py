@@ -40,17 +40,21 @@ class Budget:
     ppo_steps: int  # real environment steps per seed of PPO and of ppo-wm
     rssm_steps: int  # gradient steps per rssm-mpc RSSM seed (docs/recipes.md)
     rssm_learning_rate: float  # the RSSMs' peak learning rate: chosen with rssm_steps by measurement (docs/recipes.md)
+    model_steps: int  # ppo-wm's RSSM gradient steps per iteration of its online loop
+    dream_updates: int  # ppo-wm's PPO updates inside the RSSM per iteration
     ppo_by_default: str  # PPO and the world-model methods: "never", "pure-jax" (tasks that train in one compiled
     # program) or "always"
 
 
 BUDGETS = {
     "smoke": Budget(episodes=4, curve_points=5, curve_episodes=2, seeds=2, ppo_steps=20_000, rssm_steps=100,
-                    rssm_learning_rate=1e-3, ppo_by_default="never"),
+                    rssm_learning_rate=1e-3, model_steps=4, dream_updates=1, ppo_by_default="never"),
     "quick": Budget(episodes=10, curve_points=5, curve_episodes=2, seeds=10, ppo_steps=200_000,
-                    rssm_steps=7_500, rssm_learning_rate=2e-3, ppo_by_default="pure-jax"),
+                    rssm_steps=7_500, rssm_learning_rate=2e-3, model_steps=32, dream_updates=8,
+                    ppo_by_default="pure-jax"),
     "full": Budget(episodes=100, curve_points=10, curve_episodes=20, seeds=10, ppo_steps=1_000_000,
-                   rssm_steps=10_000, rssm_learning_rate=1e-3, ppo_by_default="always"),
+                   rssm_steps=10_000, rssm_learning_rate=1e-3, model_steps=32, dream_updates=8,
+                   ppo_by_default="always"),
 }
 
 

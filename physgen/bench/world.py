@@ -53,7 +53,9 @@ def hyperparameters(method: str, budget: Budget) -> dict:
     ppo = {k: v for k, v in dataclasses.asdict(PPOConfig(num_envs=16, rollout_steps=128)).items()
            if k not in ("total_steps", "eval_episodes", "checkpoint_every")}
     return {"rssm": online, "ppo": ppo, "dream": dataclasses.asdict(DreamConfig()),
-            "online": dataclasses.asdict(OnlineConfig(real_steps=budget.ppo_steps, curve_points=budget.curve_points))}
+            "online": dataclasses.asdict(OnlineConfig(real_steps=budget.ppo_steps, model_steps=budget.model_steps,
+                                                      dream_updates=budget.dream_updates,
+                                                      curve_points=budget.curve_points))}
 
 
 def configure_ppo_wm(values: dict) -> tuple[RSSMConfig, PPOConfig, DreamConfig, OnlineConfig]:
