@@ -114,6 +114,17 @@ class Run(NamedTuple):
     episode_return: jax.Array  # (num_envs,)
 
 
+def step_envs(fns: FunctionalEnv, env_state, action: jax.Array, key: jax.Array):
+    """Step every environment of `fns` and start a new episode (from `key`) in those whose episode ended:
+    (the step's `TimeStep`, done, the next states, the next observations, the new episodes' observations)."""
+    out = jax.vmap(fns.step)(env_state, action)
+    done = out.terminated | out.truncated
+    fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(key, done.shape[0]))
+    env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
+                             fresh_state, out.state)
+    return out, done, env_state, jnp.where(done[:, None], fresh_obs, out.obs), fresh_obs
+
+
 def reset_envs(fns: FunctionalEnv, config: PPOConfig, run: Run, key: jax.Array) -> Run:
     """`run` with every environment starting a new episode (in `fns`, which may be a new model)."""
     env_state, obs = jax.vmap(fns.reset)(jax.random.split(key, config.num_envs))
@@ -145,15 +156,10 @@ def updates_in(fns: FunctionalEnv, task: Task, config: PPOConfig, run: Run, keys
         obs_stats, key, obs, action, log_prob, value = act(graphdef, learner.params, learner.obs_stats,
                                                            learner.key, run.obs, config)
         learner = learner._replace(obs_stats=obs_stats, key=key)
-        out = jax.vmap(fns.step)(run.env_state, jnp.clip(action, low, high))
-        done = out.terminated | out.truncated
-        fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(step_key, config.num_envs))
-        env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
-                                 fresh_state, out.state)
+        out, done, env_state, next_obs, _ = step_envs(fns, run.env_state, jnp.clip(action, low, high), step_key)
         episode_return = run.episode_return + out.reward
         finished = (jnp.where(done, episode_return, 0.0).sum(), done.sum())
-        run = Run(learner, env_state, jnp.where(done[:, None], fresh_obs, out.obs),
-                  jnp.where(done, 0.0, episode_return))
+        run = Run(learner, env_state, next_obs, jnp.where(done, 0.0, episode_return))
         return run, (Transition(obs, action, log_prob, value, out.reward, out.terminated, done, out.obs), finished)
 
     def one_update(run: Run, update_key):

@@ -28,7 +28,7 @@ import numpy as np
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
-from physgen.policies.ppo import PPOConfig, Run, new_learner, reset_envs, sample_actions, updates_in
+from physgen.policies.ppo import PPOConfig, Run, new_learner, reset_envs, sample_actions, step_envs, updates_in
 from physgen.policies.ppo_core import Learner
 from physgen.world_models.data import Frames, frames_from, sample_frames
 from physgen.world_models.dream import DreamConfig, dream_env, dream_starts
@@ -147,13 +147,9 @@ def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning,
         env_state, obs, episode_return = carry
         k_act, k_reset = jax.random.split(step_key)
         action = sample_actions(task, setup.ppo, learner, obs, k_act)
-        out = jax.vmap(fns.step)(env_state, action)
-        done = out.terminated | out.truncated
-        fresh_state, fresh_obs = jax.vmap(fns.reset)(jax.random.split(k_reset, online.envs))
-        env_state = jax.tree.map(lambda a, b: jnp.where(done.reshape(-1, *[1] * (a.ndim - 1)), a, b),
-                                 fresh_state, out.state)
+        out, done, env_state, next_obs, fresh_obs = step_envs(fns, env_state, action, k_reset)
         episode_return = episode_return + out.reward
-        carry = (env_state, jnp.where(done[:, None], fresh_obs, out.obs), jnp.where(done, 0.0, episode_return))
+        carry = (env_state, next_obs, jnp.where(done, 0.0, episode_return))
         return carry, (action, out.reward, out.terminated, out.obs, fresh_obs, done,
                        jnp.where(done, episode_return, 0.0))
 
