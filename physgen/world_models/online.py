@@ -238,12 +238,17 @@ def iterate(setup: Setup, learning: Learning, key: jax.Array, more: jax.Array) -
     return learning, Iteration(jnp.where(more, real_return, jnp.nan), model_loss, dream_return)
 
 
-def _chunk(setup: Setup, learning: Learning, keys: jax.Array, more: jax.Array):
-    """`keys.shape[1]` iterations of every seed (keys: (seeds, iterations); more: (iterations,))."""
-    def one(learning, keys):
-        return jax.lax.scan(lambda carry, x: iterate(setup, carry, *x), learning, (keys, more))
+def _chunk(setup: Setup, learning: Learning, keys: jax.Array, more: jax.Array, active: jax.Array):
+    """`keys.shape[1]` iterations of every seed (keys: (seeds, iterations); more, active: (iterations,)). The
+    inactive ones are skipped (their measurements nan), so stretches of unequal length share one compiled program."""
+    skipped = Iteration(*[jnp.float32(jnp.nan)] * 3)
 
-    return jax.vmap(one)(learning, keys)
+    def step(learning, x):
+        key, go_on, run = x  # `run` is the same for every seed, so the cond stays a branch under vmap
+        return jax.lax.cond(run, partial(iterate, setup), lambda learning, *_: (learning, skipped), learning, key,
+                            go_on)
+
+    return jax.vmap(lambda learning, keys: jax.lax.scan(step, learning, (keys, more, active)))(learning, keys)
 
 
 _chunk = jax.jit(_chunk, static_argnums=0)
@@ -309,11 +314,16 @@ def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfi
     iteration_keys = jnp.stack([jax.random.split(k[2], online.iterations) for k in keys])
     more = jnp.arange(online.iterations) < online.iterations - 1
     bounds = np.linspace(0, online.iterations, online.curve_points + 1).astype(int)
+    width = int(np.diff(bounds).max())  # every stretch runs as `width` iterations, the last few skipped if shorter
     history = []
     try:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             if gym_envs is None:
-                learning, measured = _chunk(setup, learning, iteration_keys[:, lo:hi], more[lo:hi])
+                span = np.arange(lo, lo + width)
+                padded = np.minimum(span, online.iterations - 1)
+                learning, measured = _chunk(setup, learning, iteration_keys[:, padded], more[padded],
+                                            jnp.asarray(span < hi))
+                measured = jax.tree.map(lambda x: x[:, : hi - lo], measured)
             else:
                 learning, measured = _gym_stretch(setup, gym_envs, learning, iteration_keys[:, lo:hi], more[lo:hi])
             history.append(jax.device_get(measured))
