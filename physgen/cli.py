@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from physgen.data import generate_dataset, load_dataset, split_episodes, with_re
 from physgen.envs import get_task, list_tasks
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
+from physgen.interrupts import stoppable
 from physgen.io import check_folder, read_json
 from physgen.plan import RUNS, seeds_needed, spread_from_rates
 from physgen.policies import ChunkingAgent, PolicyConfig, distill_checkpoint, save_policy, train_policies
@@ -352,23 +352,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM (kill, a job scheduler) cleans up as Ctrl-C does: no staging or partial files
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        args.run(args)
+        with stoppable():  # SIGTERM (kill, a job scheduler) cleans up as Ctrl-C does: no staging or partial files
+            args.run(args)
     except PhysgenError as error:
         print(f"physgen: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("physgen: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

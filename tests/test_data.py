@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 
 import gymnasium as gym
 import h5py
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-from physgen import PhysgenError
+from physgen import PhysgenError, interrupts
 from physgen.bench.experiments import read_experiment
 from physgen.cli import main
 from physgen.data import (Normalizer, Trajectories, ensure_dataset, generate_dataset, load_dataset, normalized_score,
@@ -342,8 +343,7 @@ def _signal_generation(tmp_path, env: dict, signum: int) -> int:
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signum)
-    # A signal the interpreter ignores lets the run write all 20000 episodes, which takes minutes on a loaded machine.
-    return proc.wait(timeout=600)
+    return proc.wait(timeout=120)
 
 
 def test_killed_generation_leaves_no_dataset(tmp_path):
@@ -373,8 +373,26 @@ def test_staging_folders_of_killed_runs_are_removed_by_the_next_run(minari_root)
 def test_terminated_generation_cleans_up_as_an_interrupt_does(tmp_path):
     env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "datasets")}
     code = _signal_generation(tmp_path, env, signal.SIGTERM)
-    # As with Ctrl-C, the KeyboardInterrupt can land in a weakref callback, where Python ignores it: the run then
-    # finishes its dataset whole. Either way no staging folder is left.
-    assert code in (0, 130)
+    assert code == 130  # even when the interrupt first lands in one of h5py's weakref callbacks, where Python drops it
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".physgen-staging-")]
-    assert (tmp_path / "datasets" / "physgen" / "fork" / "expert-v0").exists() == (code == 0)
+    assert not (tmp_path / "datasets" / "physgen" / "fork" / "expert-v0").exists()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped stop, as intended
+def test_a_stop_dropped_in_a_weakref_callback_is_raised_at_the_next_check():
+    class Held:
+        pass
+
+    def stop_here(_):  # the signal's handler runs in this callback, and Python drops what it raises
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))
+
+    passed = []
+    with pytest.raises(KeyboardInterrupt), interrupts.stoppable():
+        held = Held()
+        watcher = weakref.ref(held, stop_here)
+        del held
+        passed.append(watcher() is None)  # the callback ran, and the stop it raised did not reach here
+        interrupts.check()
+    assert passed == [True]
+    interrupts.check()  # leaving the block forgets the request

@@ -23,6 +23,7 @@ from minari.data_collector import EpisodeBuffer
 from minari.namespace import create_namespace, list_local_namespaces
 
 import physgen
+from physgen import interrupts
 from physgen.data.trajectories import (DATASET_FORMAT, Dataset, dataset_id, datasets_root, flatten_episodes,
                                        load_dataset, write_array_cache)
 from physgen.envs import Task
@@ -180,9 +181,10 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
             warnings.simplefilter("ignore")  # Minari warns about unset optional metadata such as author e-mail
             created = minari.create_dataset_from_buffers(
                 dataset_id=dataset,
-                buffer=[_buffer(i, e) for i, e in enumerate(data)],
+                buffer=_buffers(data),
                 env=task.gym_id,
-                algorithm_name=f"physgen {policy}: {task.demonstrations if policy == 'expert' else 'uniform random actions'}",
+                algorithm_name=f"physgen {policy}: "
+                f"{task.demonstrations if policy == 'expert' else 'uniform random actions'}",
                 author="physgen",
                 code_permalink=f"physgen {physgen.__version__}: physgen.data.generate",
                 ref_min_score=ref_min,
@@ -208,6 +210,13 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _buffers(data: list[Episode]):
+    """Minari's episode buffers, one at a time (Minari writes each as it comes)."""
+    for i, episode in enumerate(data):
+        interrupts.check()  # a stop dropped inside h5py's weakref callbacks is honoured at the next episode
+        yield _buffer(i, episode)
 
 
 def remove_stale_staging(folder: Path) -> None:
