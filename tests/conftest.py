@@ -24,14 +24,20 @@ def minari_root(tmp_path_factory):
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for the session, shared with the subprocesses tests start: programs that several
-    tests (or a killed run and its rerun) build alike compile once."""
-    folder = tmp_path_factory.mktemp("jax_cache")
+    """One persistent XLA cache for the session, shared by the xdist workers and the subprocesses tests start:
+    programs that several tests (or a killed run and its rerun) build alike compile once. A size limit turns on
+    JAX's file lock, without which one process could read an entry another is still writing."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+    folder.mkdir(exist_ok=True)
     patch = pytest.MonkeyPatch()
-    patch.setenv("JAX_COMPILATION_CACHE_DIR", str(folder))
-    jax.config.update("jax_compilation_cache_dir", str(folder))
+    settings = {"jax_compilation_cache_dir": str(folder), "jax_compilation_cache_max_size": 2**40}
+    for name, value in settings.items():
+        patch.setenv(name.upper(), str(value))
+        jax.config.update(name, value)
     yield folder
     jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_max_size", -1)
     patch.undo()
 
 
