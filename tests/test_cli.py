@@ -181,9 +181,9 @@ def test_set_changes_the_methods_configs_and_is_recorded(tmp_path, capsys):
                                               "mpc.horizon": "5", "unet_dims": "16,32"}, {})
     hyper = {row: spec["hyperparameters"] for row, spec in rows.items()}
     assert [hyper[m]["exec_steps"] for m in ("diffusion", "bc")] == [4, 4]
-    assert hyper["diffusion"]["unet_dims"] == (16, 32) and hyper["diffusion"]["steps_per_call"] == 20
+    assert hyper["diffusion"]["unet_dims"] == (16, 32) and hyper["diffusion"]["steps_per_call"] == 25
     assert hyper["rssm-mpc"]["rssm"]["hidden"] == 32 and hyper["rssm-mpc"]["rssm"]["steps"] == 60
-    assert hyper["rssm-mpc"]["rssm"]["steps_per_call"] == 12  # the budget's 5 curve points kept
+    assert hyper["rssm-mpc"]["rssm"]["steps_per_call"] == 15  # the budget's 4 curve points kept
     assert hyper["rssm-mpc"]["mpc"]["horizon"] == 5
     assert hyper["ppo"]["hidden"] == (32,)  # every method's field of that name: PPO's layers too
     with pytest.raises(PhysgenError, match="rssm-mpc: rssm.hidden=x: rssm.hidden takes int values such as 64"):

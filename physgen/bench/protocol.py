@@ -47,7 +47,7 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(episodes=4, curve_points=5, curve_episodes=2, seeds=2, ppo_steps=20_000, rssm_steps=100,
+    "smoke": Budget(episodes=4, curve_points=4, curve_episodes=2, seeds=2, ppo_steps=20_000, rssm_steps=40,
                     rssm_learning_rate=1e-3, model_steps=4, dream_updates=1, ppo_by_default="never"),
     "quick": Budget(episodes=10, curve_points=5, curve_episodes=2, seeds=10, ppo_steps=200_000,
                     rssm_steps=7_500, rssm_learning_rate=2e-3, model_steps=32, dream_updates=8,
