@@ -11,7 +11,8 @@ from physgen.errors import PhysgenError
 def test_tasks_lists_every_task_with_its_facts(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    for fact in ("fork:", "maze:", "hopper:", "50 Hz, horizon 100", "125 Hz, horizon 1000", "events: collision",
+    for fact in ("fork:", "maze:", "push:", "hopper:", "50 Hz, horizon 100", "125 Hz, horizon 1000",
+                 "events: collision", "events: contact, off_table, goal_reached",
                  "success: no fall for all 1000 steps", "gymnasium id: physgen/Maze-v0",
                  "recipe: chunks: T_o 2, T_p 4, T_a 1", "quick 16,000 steps, batch 128, width 256",
                  "diffusion: sample prediction (epsilon on full)", "recipe: chunks: T_o 2, T_p 16, T_a 8"):

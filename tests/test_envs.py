@@ -11,18 +11,18 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from physgen import PhysgenError
-from physgen.envs import fork, get_task, list_tasks, maze
+from physgen.envs import fork, get_task, list_tasks, maze, push
 from physgen.envs.rollout import episode_seeds, expert_policy, random_policy, rollout_gym, rollout_jax
 
 
 def test_registry_lists_builtin_tasks_and_names_unknown_ones():
     names = [t.name for t in list_tasks()]  # with any task plugins installed in this environment, by name
-    assert names == sorted(names) and {"fork", "hopper", "maze"} <= set(names)
-    with pytest.raises(PhysgenError, match="unknown task 'nope'; known tasks: .*fork.*hopper.*maze"):
+    assert names == sorted(names) and {"fork", "hopper", "maze", "push"} <= set(names)
+    with pytest.raises(PhysgenError, match="unknown task 'nope'; known tasks: .*fork.*hopper.*maze.*push"):
         get_task("nope")
 
 
-@pytest.mark.parametrize("name", ["fork", "maze"])
+@pytest.mark.parametrize("name", ["fork", "maze", "push"])
 def test_reset_and_step_are_pure_functions_of_key_and_state(name):
     fns = get_task(name).functional
     state_a, obs_a = fns.reset(jax.random.key(7))
@@ -77,6 +77,87 @@ def test_fork_averaging_the_two_modes_drives_into_the_obstacle():
     assert collided > 0.9
 
 
+def push_state(pusher, puck, goal=(0.0, -0.6), side=1.0):
+    return push.PushState(jnp.array(pusher, jnp.float32), jnp.zeros(2), jnp.array(puck, jnp.float32),
+                          jnp.array(goal, jnp.float32), jnp.float32(side), jnp.int32(0), jnp.bool_(False))
+
+
+def test_push_moves_the_puck_along_the_line_of_centres_until_they_touch():
+    speed = push.DT * push.MAX_SPEED
+    # Head on: the puck moves by the pusher's step, straight ahead, and they just touch.
+    state = push_state([0.0, 0.3], [0.0, 0.3 - push.TOUCH])
+    out = push.step(state, jnp.array([0.0, -1.0]))
+    np.testing.assert_allclose(out.state.pusher, [0.0, 0.3 - speed], atol=1e-6)
+    np.testing.assert_allclose(out.state.puck, [0.0, 0.3 - push.TOUCH - speed], atol=1e-6)
+    assert out.events["contact"] and not out.terminated
+    np.testing.assert_allclose(out.reward, speed, rtol=1e-4)  # the puck came `speed` nearer the goal below it
+    np.testing.assert_allclose(out.obs, [*out.state.pusher, 0.0, -1.0, *out.state.puck, 0.0, -0.6], atol=1e-6)
+    # Off centre by d: the puck moves along the line of centres, to the side away from the pusher.
+    d = 0.05
+    state = push_state([0.0, 0.3], [d, 0.3 - np.sqrt(push.TOUCH**2 - d**2) + 1e-4])
+    out = push.step(state, jnp.array([0.0, -1.0]))
+    offset = np.asarray(out.state.puck - out.state.pusher)
+    np.testing.assert_allclose(np.linalg.norm(offset), push.TOUCH, rtol=1e-5)
+    assert out.state.puck[0] > d
+    # Apart: nothing moves but the pusher.
+    apart = push.step(push_state([0.0, 0.3], [0.5, 0.3]), jnp.array([1.0, 0.0]))
+    np.testing.assert_array_equal(apart.state.puck, np.float32([0.5, 0.3]))
+    assert not apart.events["contact"]
+
+
+def test_push_off_the_table_ends_the_episode_as_a_failure_and_freezes_it():
+    edge = push.TABLE - 0.005
+    state = push_state([edge - push.TOUCH, 0.0], [edge, 0.0], goal=(0.0, 0.0))
+    out = push.step(state, jnp.array([1.0, 0.0]))
+    assert out.events["off_table"] and out.terminated and not out.events["goal_reached"]
+    np.testing.assert_allclose(out.reward, -push.DT * push.MAX_SPEED - 1.0, rtol=1e-4)
+    after = push.step(out.state, jnp.array([1.0, 0.0]))
+    assert after.reward == 0 and not after.events["off_table"]
+    np.testing.assert_array_equal(after.state.puck, out.state.puck)
+    near = push.GOAL_RADIUS + 0.01
+    at_goal = push.step(push_state([0.0, near + push.TOUCH], [0.0, near], goal=(0.0, 0.0)), jnp.array([0.0, -1.0]))
+    assert at_goal.events["goal_reached"] and at_goal.terminated
+
+
+def test_push_expert_succeeds_by_going_round_the_puck_on_either_side():
+    task = get_task("push")
+    episodes = rollout_jax(task, expert_policy(task), seed=0, episodes=400)
+    assert all(task.success(e.events, e.episode_return, e.length, None) for e in episodes)
+    assert max(e.length for e in episodes) < 0.8 * task.horizon
+    # Where the pusher first gets level with the puck's start, it is left or right of it: the side it went round on.
+    sides = []
+    for e in episodes:
+        level = np.argmax(e.observations[:, 1] >= e.observations[0, 5])
+        sides.append(np.sign(e.observations[level, 0] - e.observations[level, 4]))
+    left = np.mean(np.array(sides) < 0)
+    assert 0.42 < left < 0.58  # 1/2 within 3.2 binomial standard deviations for 400 episodes
+
+
+def test_push_averaging_the_two_modes_stalls_in_front_of_the_puck():
+    task = get_task("push")
+
+    def mean_of_modes(state, obs, key):
+        return 0.5 * (push.expert(state._replace(side=1.0), key) + push.expert(state._replace(side=-1.0), key))
+
+    episodes = rollout_jax(task, mean_of_modes, seed=0, episodes=200)
+    assert not any(task.success(e.events, e.episode_return, e.length, None) for e in episodes)
+    assert all(e.length == task.horizon for e in episodes)
+    assert all(push.never_pushed(e.observations, e.actions, e.events, e.length) == 0 for e in episodes)
+
+
+def test_push_a_puck_moved_away_from_the_goal_was_pushed_away_from_when_it_began_to_move():
+    # The goal 0.5 below the puck; the puck still for steps 0-3, then 0.02 farther each step, then back a little.
+    puck_y = np.r_[np.zeros(4), 0.02 * np.arange(1, 9), 0.15]
+    observations = np.zeros((len(puck_y), 8))
+    observations[:, 5], observations[:, 7] = puck_y, -0.5
+    events = {"contact": np.r_[np.zeros(3, bool), np.ones(len(puck_y) - 4, bool)]}
+    length = len(puck_y) - 1
+    assert push.pushed_away(observations, None, events, length) == 3  # 0.12 at step 9 is 0.1 farther: it began at 3
+    assert push.pushed_away(observations[:9], None, events, 8) is None  # 0.1 farther at most
+    assert push.never_pushed(observations, None, events, length) is None
+    assert push.never_pushed(observations, None, {"contact": np.zeros(length, bool)}, length) == 0
+
+
 def test_maze_distance_field_counts_grid_steps():
     goal = jnp.array([1, 1])  # bottom-left free cell
     d = np.asarray(maze.distance_field(goal))
@@ -125,7 +206,7 @@ def test_maze_expert_reaches_random_goals_by_more_than_one_route():
     assert len(routes) >= 2
 
 
-@pytest.mark.parametrize("name", ["fork", "maze"])
+@pytest.mark.parametrize("name", ["fork", "maze", "push"])
 def test_gymnasium_registration_passes_check_env_and_matches_rollout_seeds(name):
     task = get_task(name)
     env = gym.make(f"physgen/{name.capitalize()}-v0", render_mode="rgb_array")

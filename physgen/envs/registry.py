@@ -15,7 +15,7 @@ from importlib import metadata
 
 import gymnasium as gym
 
-from physgen.envs import fork, hopper, maze
+from physgen.envs import fork, hopper, maze, push
 from physgen.envs.base import Task
 from physgen.errors import PhysgenError
 
@@ -133,9 +133,9 @@ def _check_task(value, where: str) -> None:
                            "physgen.envs.Task; point it at the Task object itself")
 
 
-for _task in (fork.TASK, maze.TASK, hopper.TASK):
+for _task in (fork.TASK, maze.TASK, push.TASK, hopper.TASK):
     _add(_task, "physgen's built-in task")
-for _task in (fork.TASK, maze.TASK):
+for _task in (fork.TASK, maze.TASK, push.TASK):
     if _task.gym_id not in gym.registry:
         gym.register(id=_task.gym_id, entry_point="physgen.envs.gym_env:JaxGymEnv",
                      kwargs={"task": _task.name}, max_episode_steps=None)
