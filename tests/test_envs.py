@@ -223,6 +223,32 @@ def test_gymnasium_registration_passes_check_env_and_matches_rollout_seeds(name)
     assert np.any(np.all(frame == (210, 60, 50), axis=-1))  # the agent is drawn
 
 
+@pytest.mark.parametrize("name", ["fork", "maze", "push"])
+def test_render_is_jittable_and_vmappable_over_states(name):
+    fns = get_task(name).functional
+    states = jax.vmap(lambda key: fns.reset(key)[0])(jax.random.split(jax.random.key(0), 3))
+    frames = jax.vmap(lambda state: fns.render(state, 32))(states)
+    assert frames.shape == (3, 32, 32, 3) and frames.dtype == jnp.uint8
+    for i in range(3):
+        np.testing.assert_array_equal(frames[i], fns.render(jax.tree.map(lambda x: x[i], states), 32))
+    assert not np.array_equal(frames[0], frames[1])
+
+
+def test_frames_show_the_scene_at_its_size():
+    colour_count = lambda frame, colour: int(np.all(np.asarray(frame) == colour, axis=-1).sum())
+    # maze at 10 pixels a cell: every wall cell is 100 wall pixels; the agent's square (0.3 cells) is 3 x 3
+    state, _ = maze.reset(jax.random.key(0))
+    frame = maze.render(state._replace(pos=jnp.array([1.52, 1.52]), goal=jnp.array([7.5, 7.5])), 90)
+    assert colour_count(frame, (60, 60, 70)) == 100 * maze.WALLS.sum()
+    assert colour_count(frame, (210, 60, 50)) == 9
+    # fork at 1/40 unit a pixel: the obstacle's disk covers its area, pi r^2, to within its rim's pixels
+    state, _ = fork.reset(jax.random.key(0))
+    frame = fork.render(state._replace(pos=jnp.array([1.0, -1.0])), 120)
+    pixel = 2 * fork.ARENA / 120
+    area = np.pi * fork.OBSTACLE_RADIUS**2 / pixel**2
+    assert abs(colour_count(frame, (90, 90, 100)) - area) < 2 * np.pi * fork.OBSTACLE_RADIUS / pixel
+
+
 def test_hopper_is_gymnasium_hopper_with_fall_events_and_seeded_resets():
     task = get_task("hopper")
     first = rollout_gym(task, None, seed=1, episodes=2)

@@ -23,12 +23,12 @@ class TimeStep(NamedTuple):
 
 
 class FunctionalEnv(NamedTuple):
-    """A pure-JAX task: every function is jittable and vmappable except `render`.
+    """A pure-JAX task: every function is jittable and vmappable.
 
     reset(key) -> (state, obs)
     step(state, action) -> TimeStep (a finished episode stays frozen: zero reward, same state)
     expert(state, key) -> action (the scripted demonstrator; may read hidden state such as its chosen route)
-    render(state, size) -> uint8 RGB frame (numpy, not jitted)
+    render(state, size) -> uint8 RGB frame (size, size, 3), jittable and vmappable with `size` static
     """
 
     reset: Callable

@@ -8,6 +8,7 @@ modes points straight at the obstacle, which is where a mean-squared-error regre
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -90,12 +91,12 @@ def expert(state: ForkState, key: jax.Array) -> jax.Array:
     return jnp.clip(action, -1.0, 1.0).astype(jnp.float32)
 
 
-def render(state: ForkState, size: int = 128) -> np.ndarray:
-    canvas = draw.Canvas(size, (-ARENA, ARENA), (-ARENA, ARENA))
-    canvas.disk((0.0, 0.0), OBSTACLE_RADIUS, draw.OBSTACLE)
-    canvas.disk(np.asarray(state.goal), GOAL_RADIUS, draw.GOAL)
-    canvas.disk(np.asarray(state.pos), 0.06, draw.AGENT)
-    return canvas.image
+@partial(jax.jit, static_argnames="size")
+def render(state: ForkState, size: int = 128) -> jax.Array:
+    canvas = draw.canvas(size, (-ARENA, ARENA), (-ARENA, ARENA))
+    canvas = canvas.disk((0.0, 0.0), OBSTACLE_RADIUS, draw.OBSTACLE)
+    canvas = canvas.disk(state.goal, GOAL_RADIUS, draw.GOAL)
+    return canvas.disk(state.pos, 0.06, draw.AGENT).image
 
 
 def success(events: dict[str, np.ndarray], episode_return: float, length: int, expert_return: float | None) -> bool:

@@ -1,4 +1,5 @@
-"""Gymnasium view of a pure-JAX task (`physgen/Fork-v0`, `physgen/Maze-v0`): one jitted call per step."""
+"""Gymnasium view of a pure-JAX task (`physgen/Fork-v0`, `physgen/Maze-v0`, `physgen/Push-v0`): one jitted call per
+step."""
 
 from __future__ import annotations
 
@@ -41,4 +42,4 @@ class JaxGymEnv(gym.Env):
         return result.obs, float(result.reward), bool(result.terminated), bool(result.truncated), {"events": events}
 
     def render(self):
-        return self.task.functional.render(self._state)
+        return np.asarray(self.task.functional.render(self._state))

@@ -8,6 +8,7 @@ tie-breaking between equally short routes, tracked by a proportional velocity co
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -137,14 +138,11 @@ def expert(state: MazeState, key: jax.Array) -> jax.Array:
     return jnp.clip(delta / jnp.maximum(jnp.linalg.norm(delta), 0.1), -1.0, 1.0).astype(jnp.float32)
 
 
-def render(state: MazeState, size: int = 144) -> np.ndarray:
-    canvas = draw.Canvas(size, (0.0, float(COLS)), (0.0, float(ROWS)))
-    for row, col in np.argwhere(WALLS):
-        canvas.rect((col, row), (col + 1, row + 1), draw.WALL)
-    canvas.disk(np.asarray(state.goal), GOAL_RADIUS, draw.GOAL)
-    pos = np.asarray(state.pos)
-    canvas.rect(pos - AGENT_RADIUS, pos + AGENT_RADIUS, draw.AGENT)
-    return canvas.image
+@partial(jax.jit, static_argnames="size")
+def render(state: MazeState, size: int = 144) -> jax.Array:
+    canvas = draw.canvas(size, (0.0, float(COLS)), (0.0, float(ROWS))).grid(WALLS, draw.WALL)
+    canvas = canvas.disk(state.goal, GOAL_RADIUS, draw.GOAL)
+    return canvas.rect(state.pos - AGENT_RADIUS, state.pos + AGENT_RADIUS, draw.AGENT).image
 
 
 def success(events: dict[str, np.ndarray], episode_return: float, length: int, expert_return: float | None) -> bool:

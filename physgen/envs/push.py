@@ -12,6 +12,7 @@ edge ends the episode as a failure.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -129,15 +130,12 @@ def expert(state: PushState, key: jax.Array) -> jax.Array:
     return jnp.clip(action, -1.0, 1.0).astype(jnp.float32)
 
 
-def render(state: PushState, size: int = 128) -> np.ndarray:
+@partial(jax.jit, static_argnames="size")
+def render(state: PushState, size: int = 128) -> jax.Array:
     edge = TABLE + 0.1
-    canvas = draw.Canvas(size, (-edge, edge), (-edge, edge))
-    canvas.image[:] = draw.WALL
-    canvas.rect((-TABLE, -TABLE), (TABLE, TABLE), draw.BACKGROUND)
-    canvas.disk(np.asarray(state.goal), GOAL_RADIUS, draw.GOAL)
-    canvas.disk(np.asarray(state.puck), PUCK_RADIUS, draw.OBSTACLE)
-    canvas.disk(np.asarray(state.pusher), PUSHER_RADIUS, draw.AGENT)
-    return canvas.image
+    canvas = draw.canvas(size, (-edge, edge), (-edge, edge), draw.WALL)
+    canvas = canvas.rect((-TABLE, -TABLE), (TABLE, TABLE), draw.BACKGROUND).disk(state.goal, GOAL_RADIUS, draw.GOAL)
+    return canvas.disk(state.puck, PUCK_RADIUS, draw.OBSTACLE).disk(state.pusher, PUSHER_RADIUS, draw.AGENT).image
 
 
 def success(events: dict[str, np.ndarray], episode_return: float, length: int, expert_return: float | None) -> bool:

@@ -175,8 +175,5 @@ def render_frames(task: Task, seed: int, episodes: int, size: int) -> np.ndarray
     recorded = jax.device_get(scan_episodes(task, expert_policy(task), jnp.asarray(episode_seeds(seed, episodes))))
     term, trunc, states = recorded[3], recorded[4], recorded[6]
     lengths = episode_lengths(term | trunc, task.horizon)
-
-    def frame(episode: int, step: int) -> np.ndarray:
-        return task.functional.render(jax.tree.map(lambda x: x[episode, step], states), size)
-
-    return np.stack([frame(i, t) for i, n in enumerate(lengths) for t in range(n + 1)])
+    frames = np.asarray(jax.vmap(jax.vmap(lambda state: task.functional.render(state, size)))(states))
+    return np.concatenate([episode[: n + 1] for episode, n in zip(frames, lengths)])
