@@ -6,6 +6,7 @@ the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the 
     cp runs/bench/hopper/results.json docs/results/hopper-quick.json
     python benchmarks/train_throughput.py --baseline DIR --batch 128 --json docs/results/train-throughput-batch128.json
     python benchmarks/coverage.py --json docs/results/coverage.json
+    cp RUN/results.json docs/results/task-NAME.json                  # a bench run on another task
     cp RUN/results.json docs/results/deployment-NAME.json            # a bench run of deployment settings
     cp SWEEP/sweep-delay.json docs/results/sweep-delay-TASK.json     # a physgen sweep-delay,
     cp SWEEP/sweep-delay.png docs/images/sweep-delay-TASK.png        # and its figure
@@ -128,22 +129,36 @@ def _throughput_section() -> list[str]:
     return lines
 
 
+def _success_table(path: Path, remark: str) -> list[str]:
+    """A bench run's success, normalised return and per-seed success, row by row, under the command that ran it."""
+    results = json.loads(path.read_text())
+    run = results["run"]
+    lines = [f"`{run['command']}` ({run['budget']} budget, {run['seeds']} seeds x {run['episodes']} evaluation "
+             f"episodes, {run['minutes']:.1f} minutes on {run['machine']}; `docs/results/{path.name}`). Means "
+             f"over seeds with 95% intervals over seeds; {remark}", "",
+             "| row | success | normalised return | success per seed |", "|---|---|---|---|"]
+    for row, s in results["summary"].items():
+        normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
+        lines.append(f"| {row} | {interval_text(s['success_mean'])} | {normalized} | "
+                     f"{' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
+    return lines + [""]
+
+
+def _tasks_section() -> list[str]:
+    """Bench runs on the other tasks (`docs/results/task-*.json`)."""
+    paths = sorted(RESULTS.glob("task-*.json"))
+    lines = ["## Other tasks", ""] if paths else []
+    for path in paths:
+        lines += _success_table(path, "success per seed over its evaluation episodes.")
+    return lines
+
+
 def _deployment_section() -> list[str]:
     """Bench runs of deployment settings (one-step students, quantized weights, delays, real-time chunking) and
     delay sweeps."""
     lines = ["## Deployment: one-step students, quantized weights, late chunks, real-time chunking", ""]
     for path in sorted(RESULTS.glob("deployment-*.json")):
-        results = json.loads(path.read_text())
-        run = results["run"]
-        lines += [f"`{run['command']}` ({run['budget']} budget, {run['seeds']} seeds x {run['episodes']} evaluation "
-                  f"episodes, {run['minutes']:.1f} minutes on {run['machine']}; `docs/results/{path.name}`). Means "
-                  "over seeds with 95% intervals over seeds; rows that differ only in how they act share training.",
-                  "", "| row | success | normalised return | success per seed |", "|---|---|---|---|"]
-        for row, s in results["summary"].items():
-            normalized = interval_text(s["normalized_return"]) if s["normalized_return"] else "n/a"
-            lines.append(f"| {row} | {interval_text(s['success_mean'])} | {normalized} | "
-                         f"{' '.join(f'{x:.1f}' for x in s['per_seed_success'])} |")
-        lines.append("")
+        lines += _success_table(path, "rows that differ only in how they act share training.")
     for path in sorted(RESULTS.glob("sweep-delay-*.json")):
         sweep = json.loads(path.read_text())
         delays = ",".join(str(d) for d in dict.fromkeys(r["delay"] for r in sweep["rows"]))
@@ -210,8 +225,8 @@ def results_page(results: dict, coverage: list[dict]) -> str:
              "suite fails when it is out of date. Other benchmarks (`benchmarks/*.py`: environment throughput, "
              "sampler latency, PPO and RSSM training speed, the fork policies, world-model open-loop error) print "
              "their figures on the machine they run on.", ""]
-    return "\n".join(lines + _main_job_section(results) + _throughput_section() + _deployment_section()
-                     + _world_models_section() + _coverage_section(coverage))
+    return "\n".join(lines + _main_job_section(results) + _tasks_section() + _throughput_section()
+                     + _deployment_section() + _world_models_section() + _coverage_section(coverage))
 
 
 def throughput_page() -> str:
