@@ -66,13 +66,15 @@ def test_fork_expert_succeeds_and_is_bimodal():
     assert 0.42 < left < 0.58  # 1/2 within 3.2 binomial standard deviations for 400 episodes
 
 
+def mean_of_modes(expert):
+    """A policy acting with the mean of `expert`'s actions for either side of the episode."""
+    return lambda state, obs, key: 0.5 * (expert(state._replace(side=1.0), key)
+                                          + expert(state._replace(side=-1.0), key))
+
+
 def test_fork_averaging_the_two_modes_drives_into_the_obstacle():
     task = get_task("fork")
-
-    def mean_of_modes(state, obs, key):
-        return 0.5 * (fork.expert(state._replace(side=1.0), key) + fork.expert(state._replace(side=-1.0), key))
-
-    episodes = rollout_jax(task, mean_of_modes, seed=0, episodes=200)
+    episodes = rollout_jax(task, mean_of_modes(fork.expert), seed=0, episodes=200)
     collided = np.mean([e.events["collision"].any() for e in episodes])
     assert collided > 0.9
 
@@ -135,11 +137,7 @@ def test_push_expert_succeeds_by_going_round_the_puck_on_either_side():
 
 def test_push_averaging_the_two_modes_stalls_in_front_of_the_puck():
     task = get_task("push")
-
-    def mean_of_modes(state, obs, key):
-        return 0.5 * (push.expert(state._replace(side=1.0), key) + push.expert(state._replace(side=-1.0), key))
-
-    episodes = rollout_jax(task, mean_of_modes, seed=0, episodes=200)
+    episodes = rollout_jax(task, mean_of_modes(push.expert), seed=0, episodes=200)
     assert not any(task.success(e.events, e.episode_return, e.length, None) for e in episodes)
     assert all(e.length == task.horizon for e in episodes)
     assert all(push.never_pushed(e.observations, e.actions, e.events, e.length) == 0 for e in episodes)
