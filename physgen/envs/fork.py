@@ -19,6 +19,7 @@ import numpy as np
 from physgen.envs import draw
 from physgen.envs.base import FunctionalEnv, Task, TimeStep, box
 
+GYM_ID = "physgen/Fork-v0"  # registered by physgen.envs.registry
 DT = 1.0 / 50.0
 MAX_SPEED = 2.0  # world units per second
 ARENA = 1.5  # the arena is [-ARENA, ARENA]^2
@@ -130,10 +131,6 @@ def mode_switch(observations, actions, events, length) -> int | None:
     return held[1][0] if len(held) > 1 else None
 
 
-def _make_env(render_mode: str | None = None):
-    return gym.make("physgen/Fork-v0", render_mode=render_mode)
-
-
 TASK = Task(
     name="fork",
     summary="2-D point mass passing a round obstacle to reach a goal; bimodal expert (left or right).",
@@ -146,8 +143,8 @@ TASK = Task(
     failure_events=("collision",),
     failure_detectors={"mode_averaging": mode_averaging, "mode_switch": mode_switch},
     demonstrations="scripted expert: passes left or right with probability 1/2, Gaussian action noise 0.1",
-    gym_id="physgen/Fork-v0",
-    make_env=_make_env,
+    gym_id=GYM_ID,
+    make_env=partial(gym.make, GYM_ID),
     success=success,
     functional=FunctionalEnv(reset=reset, step=step, expert=expert, render=render),
 )

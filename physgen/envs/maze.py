@@ -33,6 +33,7 @@ LAYOUT = (
 WALLS = np.array([[c == "#" for c in row] for row in reversed(LAYOUT)])  # WALLS[row, col], row 0 at the bottom
 ROWS, COLS = WALLS.shape
 FREE_CELLS = np.argwhere(~WALLS)  # (K, 2) of (row, col)
+GYM_ID = "physgen/Maze-v0"  # registered by physgen.envs.registry
 DT = 1.0 / 50.0
 MAX_SPEED = 3.0  # cells per second
 AGENT_RADIUS = 0.15
@@ -176,10 +177,6 @@ def stuck(observations, actions, events, length) -> int | None:
     return start if length - start >= STUCK_STEPS else None
 
 
-def _make_env(render_mode: str | None = None):
-    return gym.make("physgen/Maze-v0", render_mode=render_mode)
-
-
 TASK = Task(
     name="maze",
     summary="2-D point mass in a 7x7 maze with loops; random start and goal, sparse reward, long horizon.",
@@ -192,8 +189,8 @@ TASK = Task(
     failure_detectors={"wrong_turn": wrong_turn, "stuck": stuck},
     demonstrations="scripted planner: breadth-first grid distances, random tie-breaking between shortest routes, "
     "proportional tracking of cell centres",
-    gym_id="physgen/Maze-v0",
-    make_env=_make_env,
+    gym_id=GYM_ID,
+    make_env=partial(gym.make, GYM_ID),
     success=success,
     functional=FunctionalEnv(reset=reset, step=step, expert=expert, render=render),
 )
