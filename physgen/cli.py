@@ -20,6 +20,7 @@ from physgen.control import export_checkpoint
 from physgen.devices import initialize, is_writer, seed_mesh, written_folder
 from physgen.data import generate_dataset, load_dataset, split_episodes, with_reference_scores
 from physgen.envs import get_task, list_tasks
+from physgen.envs.registry import OBSERVATIONS
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
 from physgen.interrupts import stoppable
@@ -51,7 +52,7 @@ def _tasks(args: argparse.Namespace) -> None:
 
 
 def _data(args: argparse.Namespace) -> None:
-    task = get_task(args.task)
+    task = get_task(args.task, args.obs)
     for policy in [args.policy] if args.policy else task.datasets:
         if policy == "noisy":
             path = generate_noisy_dataset(task, args.episodes or task.dataset_episodes, args.seed)
@@ -66,7 +67,7 @@ def _data(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     initialize(args.coordinator, args.processes, args.process_id)  # before anything starts JAX's backend
-    task = get_task(args.task)
+    task = get_task(args.task, args.obs)
     _check_minimums(args, seeds=1, episodes=1, eval_seed=0)
     out = check_folder(Path(args.out) / task.name / args.method, "--out")
     overrides = parse_overrides(args.set) if args.set else {}
@@ -113,6 +114,7 @@ EXPERIMENT_FLAGS = ("task", "methods", "seeds", "episodes", "budget", "dataset",
 def _bench(args: argparse.Namespace) -> None:
     initialize(args.coordinator, args.processes, args.process_id)  # before anything starts JAX's backend
     given = [f"--{flag}" for flag in EXPERIMENT_FLAGS if getattr(args, flag) is not None]
+    given += ["--obs"] if args.obs != "state" else []
     if args.config:
         if given:
             raise PhysgenError(f"{', '.join(given)} given with --config; put them in {args.config}, or leave out "
@@ -121,7 +123,7 @@ def _bench(args: argparse.Namespace) -> None:
     elif args.task is None:
         raise PhysgenError("physgen bench needs --task (or an experiment file: --config FILE.toml)")
     else:
-        experiment = {"task_name": args.task, "seeds": args.seeds, "episodes": args.episodes,
+        experiment = {"task_name": get_task(args.task, args.obs).name, "seeds": args.seeds, "episodes": args.episodes,
                       "budget": args.budget or "quick", "dataset": args.dataset or "expert-v0",
                       "methods": [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None,
                       "overrides": parse_overrides(args.set) if args.set else None,
@@ -275,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "make a grid. Rows differing only in T_a, sampler steps or ensembling share one training")
     bench.add_argument("--devices", default=None, help="spread every row's seeds over N devices, or 'all' "
                        "(default one; not part of the experiment): docs/howto/gpu.md")
+    for sub in (data, train, bench):
+        sub.add_argument("--obs", choices=OBSERVATIONS, default="state", help="image: the task seen through its "
+                         "camera (<task>-image: 32x32 RGB frames, uint8; fork, maze, push), for image policies")
     for sub in (train, bench):
         sub.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="join a run of several processes "
                          "(jax.distributed): process 0's address, or 'auto' to let JAX read it under SLURM or Open MPI")

@@ -14,7 +14,7 @@ import minari
 import numpy as np
 from minari.storage import get_dataset_path
 
-from physgen.envs import Task
+from physgen.envs import Task, observes_frames
 from physgen.errors import DatasetMissing, PhysgenError
 from physgen.io import check_folder, file_digest, write_npz
 
@@ -112,7 +112,9 @@ def flatten_episodes(task: Task, episodes: Iterable) -> dict[str, np.ndarray]:
         columns["rewards"].append(episode.rewards)
         columns["terminals"].append(episode.terminations)
         lengths.append(steps)
-    dtypes = {"terminals": bool}
+    # frames stay uint8 (a quarter of float32's memory); policies normalize them to float32 in each batch
+    frames = {"observations": np.uint8, "next_observations": np.uint8} if observes_frames(task) else {}
+    dtypes = {"terminals": bool, **frames}
     flat = {key: np.concatenate(parts).astype(dtypes.get(key, np.float32)) for key, parts in columns.items()}
     return {**flat, "episode_lengths": np.asarray(lengths, np.int32)}
 
@@ -126,7 +128,8 @@ def _stamp(dataset_dir: Path) -> str:
 
 def write_array_cache(dataset_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save the flattened dataset beside the Minari files (atomically), so that loading skips per-episode reads."""
-    write_npz(dataset_dir / CACHE_NAME, {"stamp": np.asarray(_stamp(dataset_dir)), **arrays})
+    frames = arrays["observations"].dtype == np.uint8  # mostly background: compressed tenfold or more
+    write_npz(dataset_dir / CACHE_NAME, {"stamp": np.asarray(_stamp(dataset_dir)), **arrays}, compressed=frames)
 
 
 def _read_array_cache(dataset_dir: Path) -> dict[str, np.ndarray] | None:

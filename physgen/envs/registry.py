@@ -15,11 +15,12 @@ from importlib import metadata
 
 import gymnasium as gym
 
-from physgen.envs import fork, hopper, maze, push
-from physgen.envs.base import Task
+from physgen.envs import fork, hopper, images, maze, push
+from physgen.envs.base import Recipe, Task
 from physgen.errors import PhysgenError
 
 ENTRY_POINT_GROUP = "physgen.tasks"
+OBSERVATIONS = ("state", "image")
 OWN_TASK_HINT = (f"a task of your own is found when its package is installed with an entry point in group "
                  f"{ENTRY_POINT_GROUP!r}, or named as module:NAME (its module importable, NAME its Task)")
 
@@ -45,9 +46,18 @@ def register_task(task: Task) -> Task:
     return _add(task, "a task given to register_task")
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str, obs: str = "state") -> Task:
     """The task called `name`: built in or registered, installed by a package (entry point group `physgen.tasks`),
-    or `module:NAME`, the Task object `NAME` of the importable module `module`."""
+    or `module:NAME`, the Task object `NAME` of the importable module `module`. `obs="image"`: its variant that
+    observes camera frames, `<name>-image` (`physgen.envs.images`)."""
+    if obs not in OBSERVATIONS:
+        raise PhysgenError(f"observations are one of {', '.join(OBSERVATIONS)}, got {obs!r}")
+    if obs == "image" and not name.endswith(images.SUFFIX):
+        seen = [task.name for task in _TASKS.values() if images.observes_frames(task)]
+        if name + images.SUFFIX not in _TASKS:
+            raise PhysgenError(f"task {name!r} has no image variant; the tasks seen through a camera: "
+                               f"{', '.join(seen)} (pure-JAX tasks: physgen.envs.images.with_camera)")
+        name += images.SUFFIX
     if name in _TASKS:
         return _TASKS[name]
     if ":" in name:
@@ -133,9 +143,19 @@ def _check_task(value, where: str) -> None:
                            "physgen.envs.Task; point it at the Task object itself")
 
 
-for _task in (fork.TASK, maze.TASK, push.TASK, hopper.TASK):
+# the 2-D tasks seen through their cameras (`--obs image`), with what works for an image policy
+# (docs/recipes.md): a faster learning rate (its encoder finds the objects sooner), one frame (velocity control:
+# the position is enough), smaller batches; on `quick`, flow gets the steps diffusion and BC do not need
+_IMAGE_RECIPE = Recipe(policy={"image_size": images.IMAGE_SIZE, "obs_steps": 1, "learning_rate": 3e-3},
+                       budgets={"smoke": {"steps": 100, "batch_size": 16, "hidden": 64},
+                                "quick": {"steps": 1_500, "batch_size": 64, "hidden": 256},
+                                "full": {"steps": 10_000, "batch_size": 128, "hidden": 256}},
+                       method_budgets={("flow", "quick"): {"steps": 3_000}})
+_IMAGE_TASKS = tuple(images.with_camera(task, _IMAGE_RECIPE)
+                     for task in (fork.TASK, maze.TASK, push.TASK))
+for _task in (fork.TASK, maze.TASK, push.TASK, hopper.TASK, *_IMAGE_TASKS):
     _add(_task, "physgen's built-in task")
-for _task in (fork.TASK, maze.TASK, push.TASK):
+for _task in (fork.TASK, maze.TASK, push.TASK, *_IMAGE_TASKS):
     if _task.gym_id not in gym.registry:
         gym.register(id=_task.gym_id, entry_point="physgen.envs.gym_env:JaxGymEnv",
                      kwargs={"task": _task.name}, max_episode_steps=None)
