@@ -244,7 +244,7 @@ def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
 
     def sample(params, obs, noise, steps, guide=None):  # Policy.sample's, with `noise` where it takes a key;
         # act passes no guide here (None): real-time chunking is not exported
-        net, cond = policy.network(params), obs.reshape(1, -1)
+        net, cond = policy.conditioning(params, obs)
         if config.method == "bc":
             return policy.sample(params, obs, None, steps)  # draws nothing
         if config.method == "flow":

@@ -27,7 +27,7 @@ from physgen.data import Normalizer, Trajectories, load_dataset, split_episodes
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.policies import diffusion, flow
-from physgen.policies.policy import Policy, PolicyConfig
+from physgen.policies.policy import Policy, PolicyConfig, observation_normalizer
 from physgen.policies.runner import load_policy, save_policy
 from physgen.policies.train import TrainedPolicies, train_policies
 
@@ -86,17 +86,18 @@ def distillation_loss(student: Policy, teacher: Policy) -> Callable:
     sample = teacher_sampler(teacher.config)
 
     def loss(params, teacher_params, batch, key):
-        cond = batch.observations.reshape(batch.observations.shape[0], -1)
         x0 = jax.random.normal(key, batch.actions.shape)
-        target = jax.lax.stop_gradient(sample(teacher.network(teacher_params), x0, cond))
-        return jnp.mean((flow.integrate(student.network(params), x0, cond, 1, "euler") - target) ** 2)
+        teacher_net, teacher_cond = teacher.conditioning(teacher_params, batch.observations)
+        net, cond = student.conditioning(params, batch.observations)
+        target = jax.lax.stop_gradient(sample(teacher_net, x0, teacher_cond))
+        return jnp.mean((flow.integrate(net, x0, cond, 1, "euler") - target) ** 2)
 
     return loss
 
 
 def _check_normalizers(teacher: TrainedPolicies, data: Trajectories) -> None:
     """The student fits its normalizers on `data`; they must be the teacher's, or the two would not share a space."""
-    fitted = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
+    fitted = observation_normalizer(teacher.policy.config, data.observations), Normalizer.fit(data.actions)
     for mine, theirs in zip(fitted, (teacher.states.obs_norm, teacher.states.act_norm)):
         if not all(np.allclose(np.asarray(a)[None], np.asarray(b), rtol=1e-6, atol=1e-6) for a, b in zip(mine, theirs)):
             raise PhysgenError("the distillation data is not the data the teacher was trained on (their normalizers "

@@ -5,8 +5,9 @@
     chunk = policy.sample(params, obs_history, key, steps)       # normalized in, normalized out
 
 `PolicyState` adds the normalizers and action bounds, and `act(policy, state, obs_history, key)` maps raw
-observations to raw, clipped actions. BC uses the same network trunk, called with a zero chunk at t = 0 and trained
-by mean squared error: the non-generative ablation of the same model.
+observations to raw, clipped actions. An image policy (`image_size`, for tasks observed through a camera) encodes
+its frames once per chunk, before the sampler (`Policy.conditioning`). BC uses the same network trunk, called with
+a zero chunk at t = 0 and trained by mean squared error: the non-generative ablation of the same model.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from physgen.configs import Optimisation, Parts, check
 from physgen.data import Normalizer, WindowBatch
 from physgen.errors import PhysgenError
 from physgen.policies import diffusion, flow
+from physgen.policies.encoder import ImageEncoder
 from physgen.policies.guidance import Guide
 from physgen.policies.nets import ConditionalUnet1D, MLPDenoiser
 from physgen.policies.quantize import WEIGHTS, dequantize, quantize
@@ -82,6 +84,25 @@ class Network:
 
 
 @dataclass(frozen=True)
+class Vision:
+    """Image observations (`physgen.envs.images`): `image_size` > 0 reads each observation as a flattened
+    image_size x image_size RGB frame and encodes it with `physgen.policies.encoder.ImageEncoder` (conv widths
+    `encoder_channels`, `image_features` per frame, training shifts of up to `image_shift` pixels); an image task's
+    recipe sets it. 0: the policy is conditioned on the observation vector itself."""
+
+    image_size: int = 0
+    encoder_channels: tuple[int, ...] = (16, 32)
+    image_features: int = 64
+    image_shift: int = 0  # physgen's cameras do not move, and shifted frames slowed learning there (docs/recipes.md)
+
+    def __post_init__(self):
+        check(self, positive=("image_features",))
+        if self.image_size < 0 or self.image_shift < 0 or not self.encoder_channels or min(self.encoder_channels) < 1:
+            raise PhysgenError(f"image_size and image_shift must be 0 or more and encoder_channels positive widths, "
+                               f"got {self.image_size}, {self.image_shift}, {self.encoder_channels}")
+
+
+@dataclass(frozen=True)
 class Diffusion:
     train_diffusion_steps: int = 100
     schedule: str = "cosine"
@@ -116,6 +137,7 @@ class PolicyConfig(Parts):
     method: str = "diffusion"
     chunking: Chunking = Chunking()
     net: Network = Network()
+    vision: Vision = Vision()
     diffusion: Diffusion = Diffusion()
     flow: Flow = Flow()
     inference_steps: int = 10  # sampling steps (denoising or integration) unless the caller asks for another number
@@ -134,13 +156,34 @@ class PolicyConfig(Parts):
                                f"{self.chunking.action_steps} must be divisible by {2**depth}")
 
 
+class ImagePolicyNet(nnx.Module):
+    """An image policy's network: the encoder of its frames and the denoiser conditioned on their features."""
+
+    def __init__(self, encoder: ImageEncoder, denoiser: nnx.Module):
+        self.encoder, self.denoiser = encoder, denoiser
+
+
 def make_network(config: PolicyConfig, obs_dim: int, act_dim: int, key: jax.Array) -> nnx.Module:
-    net, chunking, rngs = config.net, config.chunking, nnx.Rngs(key)
-    chunk, cond_dim = (chunking.action_steps, act_dim), chunking.obs_steps * obs_dim
+    net, chunking, vision, rngs = config.net, config.chunking, config.vision, nnx.Rngs(key)
+    features = vision.image_features if vision.image_size else obs_dim
+    chunk, cond_dim = (chunking.action_steps, act_dim), chunking.obs_steps * features
     if net.network == "unet":
-        return ConditionalUnet1D(chunk, cond_dim, net.unet_dims, net.time_dim, net.unet_kernel, net.unet_groups,
-                                 rngs=rngs)
-    return MLPDenoiser(chunk, cond_dim, net.hidden, net.depth, net.time_dim, net.conditioning, rngs=rngs)
+        denoiser = ConditionalUnet1D(chunk, cond_dim, net.unet_dims, net.time_dim, net.unet_kernel, net.unet_groups,
+                                     rngs=rngs)
+    else:
+        denoiser = MLPDenoiser(chunk, cond_dim, net.hidden, net.depth, net.time_dim, net.conditioning, rngs=rngs)
+    if not vision.image_size:
+        return denoiser
+    return ImagePolicyNet(ImageEncoder(vision.encoder_channels, vision.image_features, rngs=rngs), denoiser)
+
+
+def observation_normalizer(config: PolicyConfig, observations) -> Normalizer:
+    """Min-max per dimension of `observations` (Diffusion Policy's), or for frames the fixed map of pixel values
+    [0, 255] onto [-1, 1]: a pixel's range in the data says nothing about the pixels a policy will see."""
+    if not config.vision.image_size:
+        return Normalizer.fit(observations)
+    half = jnp.full(observations.shape[-1], 127.5, jnp.float32)
+    return Normalizer(half, half)
 
 
 class Policy(NamedTuple):
@@ -162,13 +205,28 @@ class Policy(NamedTuple):
         return nnx.split(make_network(self.config, self.obs_dim, self.act_dim, key))[1]
 
     def network(self, params) -> nnx.Module:
-        """The network, called as `net(x, t, cond)` (see `physgen.policies.nets`)."""
+        """The network: the denoiser, called as `net(x, t, cond)` (see `physgen.policies.nets`), or an image
+        policy's `ImagePolicyNet`."""
         return nnx.merge(self.graphdef, params)
+
+    def conditioning(self, params, obs_history: jax.Array, key: jax.Array | None = None):
+        """(denoiser, cond (B, T_o * features)) for normalized histories (B, T_o, obs_dim): the observations as
+        they are, or frames through the encoder, once (each shifted at random with `key`: training)."""
+        net, batch, vision = self.network(params), obs_history.shape[0], self.config.vision
+        if not vision.image_size:
+            return net, obs_history.reshape(batch, -1)
+        frames = obs_history.reshape(-1, vision.image_size, vision.image_size, 3)
+        features = net.encoder(frames, key, vision.image_shift, obs_history.shape[1])
+        return net.denoiser, features.reshape(batch, -1)
 
     def loss(self, params, batch: WindowBatch, key: jax.Array) -> jax.Array:
         """The training loss on a normalized batch of windows."""
-        config, net = self.config, self.network(params)
-        x1, cond = batch.actions, batch.observations.reshape(batch.observations.shape[0], -1)
+        config = self.config
+        shift_key = None
+        if config.vision.image_size:
+            key, shift_key = jax.random.split(key)
+        net, cond = self.conditioning(params, batch.observations, shift_key)
+        x1 = batch.actions
         if config.method == "diffusion":
             schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.train_diffusion_steps)
             return diffusion.diffusion_loss(net, schedule, config.diffusion.prediction, x1, cond, key)
@@ -181,9 +239,8 @@ class Policy(NamedTuple):
                guide: Guide | None = None) -> jax.Array:
         """Normalized action chunks (B, T_p, act_dim) for normalized observation histories (B, T_o, obs_dim);
         `guide` (normalized): real-time chunking's guidance (`physgen.policies.guidance`)."""
-        config, net = self.config, self.network(params)
-        batch = obs_history.shape[0]
-        cond = obs_history.reshape(batch, -1)
+        config, batch = self.config, obs_history.shape[0]
+        net, cond = self.conditioning(params, obs_history)
         shape = (batch, config.chunking.action_steps, self.act_dim)
         steps = steps or config.inference_steps
         if config.method == "diffusion":

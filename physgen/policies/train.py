@@ -13,8 +13,9 @@ from rich.progress import Progress
 
 from physgen.data import Normalizer, Trajectories, sample_windows
 from physgen.devices import first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, replicated, seed_mesh
-from physgen.envs import Task
-from physgen.policies.policy import Policy, PolicyConfig, PolicyState
+from physgen.envs import Task, image_shape, observes_frames
+from physgen.errors import PhysgenError
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, observation_normalizer
 
 
 class TrainState(NamedTuple):
@@ -43,6 +44,19 @@ def _ema_decay(config: PolicyConfig, step):
     return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
 
 
+def fit_to_observations(task: Task, config: PolicyConfig) -> PolicyConfig:
+    """`config` with `image_size` set to the side of `task`'s camera frames when it observes frames
+    (`physgen.envs.images`); an image size that does not match the task's observations is refused."""
+    size, frames = config.vision.image_size, observes_frames(task)
+    if frames and not size:
+        return config.replace(image_size=image_shape(task)[0])
+    if size and (not frames or image_shape(task)[0] != size):
+        raise PhysgenError(f"image_size {size} makes an image policy of {size}x{size}x3 frames, but task {task.name!r} "
+                           f"observes {task.obs_dim} {'pixel values' if frames else 'numbers'}; use its image variant "
+                           f"(--obs image) or leave image_size at 0 (set from the task)")
+    return config
+
+
 def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: list[int], progress: bool = True,
                    callback=None, start: Any = None, teacher: Any = None, loss=None,
                    devices: int | str | None = None) -> TrainedPolicies:
@@ -57,9 +71,10 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     bit for bit as one device trains that group (which may differ from all the seeds together in the last bits:
     `physgen.devices`).
     """
+    config = fit_to_observations(task, config)
     n = len(seeds)
     mesh = fit_mesh(seed_mesh(devices), n)
-    obs_norm, act_norm = Normalizer.fit(data.observations), Normalizer.fit(data.actions)
+    obs_norm, act_norm = observation_normalizer(config, data.observations), Normalizer.fit(data.actions)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     # each device trains its seeds (placed after the split, which does not keep the placement) on its copy of the data
