@@ -143,6 +143,9 @@ SMOKE_BENCH = ["--budget", "smoke", "--methods", "bc", "--seeds", "1", "--episod
     (["export", "--checkpoint", "nowhere", "--out", "{file}/policy.jaxexport"], "--out {file} is not a folder"),
     (["train", "--task", "fork", "--method", "bc", "--dataset", "expert-v0,noisy-v0"],
      "--dataset takes one dataset for bc, got 'expert-v0,noisy-v0'; only the world models (rssm, vae)"),
+    (["bench", "--task", "hopper", "--obs", "image"], "task 'hopper' has no image variant; the tasks seen through a"),
+    (["bench", "--task", "fork", "--obs", "image", "--methods", "bc,ppo"],
+     "ppo cannot learn from the camera frames task 'fork-image' observes; choose from diffusion, flow, bc"),
 ])
 def test_bad_seeds_and_paths_are_refused_in_one_line_before_any_work(tmp_path, capsys, argv, message):
     taken = tmp_path / "taken"

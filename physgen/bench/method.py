@@ -68,6 +68,7 @@ class Method:
     online: bool = False  # learns by acting: joins the default methods only where the budget allows
     default: bool = True  # joins the default methods (False: run only when named with --methods)
     generative: bool = False  # compared against the non-generative methods (P(improvement), differences)
+    frames: bool = False  # learns from camera frames too (a task's image variant: physgen.envs.images)
     curve_axis: str = "gradient steps"
     curve_steps: Callable[[dict], list[int]] | None = None  # fixed in the protocol where known before training
     datasets: Callable[[Task], list[str]] | None = None  # datasets it learns from besides the expert one

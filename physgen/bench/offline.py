@@ -93,7 +93,7 @@ EVALUATION_FIELDS = ("exec_steps", "ensemble", "delay", "rtc", "inference_steps"
 
 def offline_method(name: str, generative: bool) -> Method:
     return Method(name, lambda task, budget: policy_config(task, name, budget).as_flat(), _run,
-                  work=lambda values: values["steps"], generative=generative,
+                  work=lambda values: values["steps"], generative=generative, frames=True,
                   curve_steps=lambda values: curve_steps(PolicyConfig.from_dict(values)), load=_load,
                   configure=PolicyConfig.from_dict, evaluation_fields=EVALUATION_FIELDS)
 
@@ -111,7 +111,7 @@ DIFFUSION, FLOW, BC = offline_method("diffusion", True), offline_method("flow", 
 # loaded by the flow method's `load`; its variants train apart (the parts nest the evaluation fields).
 FLOW_1STEP = Method("flow-1step", one_step_hyperparameters, _run_one_step,
                     work=lambda values: values["teacher"]["steps"] + values["distill"]["steps"], generative=True,
-                    default=False, curve_axis="distillation steps",
+                    default=False, frames=True, curve_axis="distillation steps",
                     curve_steps=lambda values: curve_steps(DistillConfig.from_dict(values["distill"])),
                     configure=lambda values: (PolicyConfig.from_dict(values["teacher"]),
                                               DistillConfig.from_dict(values["distill"])))

@@ -15,7 +15,7 @@ from physgen.bench.protocol import BUDGETS, Budget
 from physgen.bench.world import PPO_WM, RSSM_MPC
 from physgen.checkpoint import load_checkpoint
 from physgen.data import dataset_id
-from physgen.envs import Task, task_reference
+from physgen.envs import Task, observes_frames, task_reference
 from physgen.errors import PhysgenError
 
 _BUILT_IN = (DIFFUSION, FLOW, BC, PPO, RSSM_MPC, PPO_WM, FLOW_1STEP)
@@ -34,20 +34,28 @@ for _method in _BUILT_IN:
     register_method(_method)
 
 
-def get_methods(names: list[str]) -> list[Method]:
-    """The registered methods of these names, each once, in order."""
+def get_methods(names: list[str], task: Task | None = None) -> list[Method]:
+    """The registered methods of these names, each once, in order; on a task observed through a camera, only
+    those that learn from frames."""
     unknown = [name for name in names if name not in REGISTRY]
     if unknown or not names:
         raise PhysgenError(f"unknown method(s) {', '.join(unknown) or '(none given)'}; use some of "
                            f"{', '.join(REGISTRY)}")
+    blind = [name for name in names if task is not None and observes_frames(task) and not REGISTRY[name].frames]
+    if blind:
+        seeing = [name for name, method in REGISTRY.items() if method.frames]
+        raise PhysgenError(f"{', '.join(blind)} cannot learn from the camera frames task {task.name!r} observes; "
+                           f"choose from {', '.join(seeing)}, or bench the state task")
     return [REGISTRY[name] for name in dict.fromkeys(names)]
 
 
 def default_methods(task: Task, budget: Budget) -> tuple[list[str], str | None]:
     """The methods a run uses when none are named (those with `Method.default`), and why the online ones are left
     out (None when they are in)."""
-    defaults = [name for name, method in REGISTRY.items() if method.default]
-    if budget.ppo_by_default == "always" or (budget.ppo_by_default == "pure-jax" and task.functional is not None):
+    defaults = [name for name, method in REGISTRY.items() if method.default and (method.frames or
+                                                                                 not observes_frames(task))]
+    if observes_frames(task) or budget.ppo_by_default == "always" or (
+            budget.ppo_by_default == "pure-jax" and task.functional is not None):
         return defaults, None
     online = [name for name, method in REGISTRY.items() if method.online]
     return [name for name in defaults if name not in online], (

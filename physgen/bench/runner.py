@@ -48,7 +48,7 @@ def _resolve(task: Task, methods: list[str] | None, seeds: int | None, episodes:
     for name, value in (("seeds", seeds), ("episodes", episodes)):
         if value is not None and value < 1:
             raise PhysgenError(f"--{name} must be at least 1, got {value}")
-    return get_methods(methods), list(range(seeds or settings.seeds)), episodes or settings.episodes, note
+    return get_methods(methods, task), list(range(seeds or settings.seeds)), episodes or settings.episodes, note
 
 
 def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | None = None, episodes: int | None = None,

@@ -25,7 +25,7 @@ from physgen.bench.failures import LEAD_FRACTION, task_categories
 from physgen.bench.units import row_folder, unit_path
 from physgen.bench.registry import load_agent
 from physgen.data import load_dataset
-from physgen.envs import Task
+from physgen.envs import Task, image_shape, observes_frames
 from physgen.envs.rollout import episode_seeds, run_episodes
 from physgen.errors import PhysgenError
 from physgen.io import write_bytes
@@ -89,20 +89,30 @@ def _mujoco_camera(env):
     return frame
 
 
+def _with_policy_view(task: Task, image: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """The third-person `image`, and beside it, for a task observed through a camera (`physgen.envs.images`), the
+    frame the policy saw (its observation), enlarged to the same height."""
+    if not observes_frames(task):
+        return image
+    height = image.shape[0]
+    seen = Image.fromarray(np.asarray(obs).reshape(image_shape(task))).resize((height, height), Image.NEAREST)
+    return np.concatenate([image, np.full((height, 2 * GAP, 3), 255, np.uint8), np.asarray(seen)], axis=1)
+
+
 def episode_frames(task: Task, episode_seed: int, actions: np.ndarray) -> Frames:
     """Replay `actions` from the reset of `episode_seed`, rendering at most `MAX_FPS` frames per simulated second,
-    each at least `MIN_WIDTH` pixels wide."""
+    each at least `MIN_WIDTH` pixels wide (with the policy's own view beside the task's, for an image task)."""
     env = task.make_env(render_mode="rgb_array")
-    env.reset(seed=int(episode_seed))
+    obs, _ = env.reset(seed=int(episode_seed))
     render = _mujoco_camera(env) or env.render
-    first = render()
+    first = _with_policy_view(task, render(), obs)
     scale = math.ceil(MIN_WIDTH / first.shape[1])
     stride = max(1, math.ceil(task.control_hz / MAX_FPS))
     images, steps = [first], [0]
     for t, action in enumerate(actions, 1):
-        env.step(action)
+        obs = env.step(action)[0]
         if t % stride == 0 or t == len(actions):
-            images.append(render())
+            images.append(_with_policy_view(task, render(), obs))
             steps.append(t)
     env.close()
     return Frames([image.repeat(scale, axis=0).repeat(scale, axis=1) for image in images], steps,
