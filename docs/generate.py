@@ -153,6 +153,25 @@ def _tasks_section() -> list[str]:
     return lines
 
 
+def _images_section() -> list[str]:
+    """Bench runs of the same task from states and from camera frames (`docs/results/images-*.json`), and the act
+    latency of image policies (`docs/results/latency-images.json`)."""
+    lines = ["## Image policies", ""]
+    for path in sorted(RESULTS.glob("images-*.json")):
+        lines += _success_table(path, "success per seed over its evaluation episodes.")
+    latency = RESULTS / "latency-images.json"
+    if latency.exists():
+        result = json.loads(latency.read_text())
+        lines += [f"`python benchmarks/image_latency.py --calls {result['calls']}` on {result['machine']} (JAX "
+                  f"{result['jax']}; `docs/results/{latency.name}`): `PolicyRunner.act` in microseconds, image and "
+                  "state policies timed alternately in the same run.", "",
+                  "| policy | input | p50 | p95 | p99 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['policy']} | {r['input']} | {r['p50_us']:.0f} | {r['p95_us']:.0f} | {r['p99_us']:.0f} |"
+                  for r in result["rows"]]
+        lines.append("")
+    return lines if len(lines) > 2 else []
+
+
 def _deployment_section() -> list[str]:
     """Bench runs of deployment settings (one-step students, quantized weights, delays, real-time chunking) and
     delay sweeps."""
@@ -225,7 +244,7 @@ def results_page(results: dict, coverage: list[dict]) -> str:
              "suite fails when it is out of date. Other benchmarks (`benchmarks/*.py`: environment throughput, "
              "sampler latency, PPO and RSSM training speed, the fork policies, world-model open-loop error) print "
              "their figures on the machine they run on.", ""]
-    return "\n".join(lines + _main_job_section(results) + _tasks_section() + _throughput_section()
+    return "\n".join(lines + _main_job_section(results) + _tasks_section() + _images_section() + _throughput_section()
                      + _deployment_section() + _world_models_section() + _coverage_section(coverage))
 
 
