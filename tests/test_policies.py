@@ -165,7 +165,7 @@ def test_configs_are_nested_by_concern_and_read_and_write_flat():
     config = PolicyConfig.of(method="flow", steps=20, exec_steps=1, hidden=8, unet_dims=[32, 64])
     assert (config.optim.steps, config.chunking.exec_steps, config.net.hidden, config.net.unet_dims) == (20, 1, 8, (32, 64))
     flat = config.as_flat()
-    assert len(flat) == 35 and flat["steps"] == 20 and flat["exec_steps"] == 1 and "optim" not in flat
+    assert len(flat) == 39 and flat["steps"] == 20 and flat["exec_steps"] == 1 and "optim" not in flat
     assert PolicyConfig.from_dict(json.loads(json.dumps(flat))) == config  # through JSON, lists back to tuples
     assert config.replace(steps=5).optim == dataclasses.replace(config.optim, steps=5)
     assert config.replace(steps=5).chunking is config.chunking  # the other parts untouched

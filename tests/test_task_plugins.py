@@ -99,7 +99,8 @@ def test_installed_tasks_are_found_lazily_and_listed_by_physgen_tasks(tmp_path, 
     install(tmp_path, "plugin-installed", {"installed": "plugin_installed:TASK"})
     monkeypatch.syspath_prepend(tmp_path)
     get_task("fork")
-    with pytest.raises(PhysgenError, match="unknown task 'nope'; known tasks: fork, hopper, installed, maze, push "):
+    known = "fork, fork-image, hopper, installed, maze, maze-image, push, push-image "
+    with pytest.raises(PhysgenError, match=f"unknown task 'nope'; known tasks: {known}"):
         get_task("nope")  # the names of installed tasks are read, their modules are not imported
     assert "plugin_installed" not in sys.modules
     task = get_task("installed")
