@@ -217,7 +217,7 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
 
 def compress_frames(path: Path) -> None:
     """Rewrite Minari's HDF5 file with its uint8 arrays (camera frames) gzip-compressed, as Minari writes every
-    array uncompressed and frames that are mostly background shrink some fiftyfold; h5py (and so Minari) reads
+    array uncompressed and frames that are mostly background shrink many times over; h5py (and so Minari) reads
     them as before."""
     packed = path.with_name(path.name + ".packed")
 
