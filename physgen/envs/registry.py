@@ -53,8 +53,8 @@ def get_task(name: str, obs: str = "state") -> Task:
     if obs not in OBSERVATIONS:
         raise PhysgenError(f"observations are one of {', '.join(OBSERVATIONS)}, got {obs!r}")
     if obs == "image" and not name.endswith(images.SUFFIX):
-        seen = [task.name for task in _TASKS.values() if images.observes_frames(task)]
         if name + images.SUFFIX not in _TASKS:
+            seen = [task.name for task in _TASKS.values() if images.observes_frames(task)]
             raise PhysgenError(f"task {name!r} has no image variant; the tasks seen through a camera: "
                                f"{', '.join(seen)} (pure-JAX tasks: physgen.envs.images.with_camera)")
         name += images.SUFFIX
