@@ -145,3 +145,13 @@ def test_a_video_is_complete_or_absent_and_falls_back_to_a_gif(tmp_path, monkeyp
     gif = video.write_video(frames, 10, tmp_path / "fallback.mp4")
     assert gif == tmp_path / "fallback.gif" and len(imageio.mimread(gif)) == 5
     assert not (tmp_path / "fallback.mp4").exists()
+
+
+def test_a_frame_of_odd_size_is_padded_with_white_not_resampled(tmp_path, caplog):
+    frame = np.zeros((13, 21, 3), np.uint8)
+    frame[:, :10] = 200  # a sharp edge, which resampling would blur
+    path = video.write_video([frame] * 3, 10, tmp_path / "odd.mp4")
+    decoded = imageio.mimread(path)[0].astype(int)
+    assert decoded.shape == (16, 24, 3) and not caplog.records
+    assert np.abs(decoded[:13, :21] - frame).max() < 12  # the frame where it was, up to the codec's loss
+    assert decoded[13:].mean() > 230 and decoded[:, 21:].mean() > 230  # white beyond it, where stretching puts black

@@ -38,6 +38,7 @@ MUJOCO_SIZE = 240
 MIN_WIDTH = 240  # smaller frames (the 2-D tasks') are enlarged by a whole factor, so that captions fit beside them
 STRIP_FRAMES = 6
 FONT_SIZE = 12  # pixels: legible, and small enough that a caption's lines fit frames `MIN_WIDTH` wide
+MACRO_BLOCK = 8  # the MP4 encoder's block: frame sides are padded to a multiple of it
 LINE = FONT_SIZE + 3
 PAD = 3
 GAP = 2  # pixels between a filmstrip's frames, so that neighbouring views do not read as one scene
@@ -194,6 +195,14 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _whole_blocks(image: np.ndarray) -> np.ndarray:
+    """`image` padded with white on the right and bottom to whole codec blocks, which imageio would otherwise
+    reach by resampling the frame, with a warning."""
+    height, width = image.shape[:2]
+    pad = ((0, -height % MACRO_BLOCK), (0, -width % MACRO_BLOCK), (0, 0))
+    return np.pad(image, pad, constant_values=255)
+
+
 def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     """`images` as an MP4 at `path`, or as a GIF beside it when the MP4 encoder fails; the path written. Either is
     complete or absent: the MP4 is encoded into a partial file (ffmpeg writes only to files, named by their
@@ -201,9 +210,9 @@ def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        with imageio.get_writer(partial, fps=fps, macro_block_size=8) as writer:
+        with imageio.get_writer(partial, fps=fps, macro_block_size=MACRO_BLOCK) as writer:
             for image in images:
-                writer.append_data(image)
+                writer.append_data(_whole_blocks(image))
         os.replace(partial, path)
         return path
     except (OSError, RuntimeError, ValueError):
