@@ -1,0 +1,78 @@
+"""How BC and diffusion pass `fork`'s obstacle from states and from frames: when the path takes a side, and where
+each policy's first action points from a centred start.
+
+Trains each case with its task's `quick` recipe (seeds 0..N-1 in one program, on the task's `expert-v0`, created if
+missing), runs every seed on the same evaluation episodes and prints per case: success; the share of episodes
+whose path held a side before the obstacle's middle (`fork.held_sides`, recovered from the actions, which frames
+do not hold as numbers), the left share of those, and the median step it first held one; the lateral component of
+the first action from a centred start (agent and goal at x = 0, where the two modes' mean points straight ahead),
+per seed; and the final training loss per seed. "state, image recipe" is BC on states with the image recipe's
+settings (T_o 1, learning rate 3e-3, batch 64, 1,500 steps), which separates the frames from the recipe.
+
+    python benchmarks/fork_sides.py [--seeds 4] [--episodes 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from physgen.bench.protocol import policy_config
+from physgen.data import ensure_dataset, split_episodes
+from physgen.envs import fork, get_task
+from physgen.envs.images import camera
+from physgen.envs.rollout import episode_seeds, reset_key, run_episodes
+from physgen.policies.agent import ChunkingAgent
+from physgen.policies.train import train_policies
+
+IMAGE_RECIPE = {"obs_steps": 1, "learning_rate": 3e-3, "batch_size": 64, "steps": 1_500}
+CASES = (("state", "bc", "state", {}), ("state, image recipe", "bc", "state", IMAGE_RECIPE),
+         ("frames", "bc", "image", {}), ("state", "diffusion", "state", {}), ("frames", "diffusion", "image", {}))
+CENTRED = fork.ForkState(jnp.array([0.0, fork.START_Y]), jnp.zeros(2), jnp.array([0.0, fork.GOAL_Y]),
+                         jnp.float32(1), jnp.int32(0), jnp.bool_(False))
+
+
+def paths(starts: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(seeds, episodes, steps + 1, 2) positions from the start positions (episodes, 2) and the actions taken."""
+    moves = np.cumsum(fork.DT * fork.MAX_SPEED * np.clip(actions, -1.0, 1.0), axis=2)
+    start = np.broadcast_to(starts[None, :, None], (*actions.shape[:2], 1, 2))
+    return np.concatenate([start, start + moves], axis=2)  # the arena's walls are never reached before the goal
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--episodes", type=int, default=100)
+    args = parser.parse_args()
+    seeds, episodes = list(range(args.seeds)), episode_seeds(7, args.episodes)
+    starts = np.asarray(jax.vmap(lambda s: fork.reset(reset_key(s))[0].pos)(jnp.asarray(episodes)))
+    print("| policy | input | success | held a side | left of those | first held (median step) | "
+          "first lateral action, centred start, per seed | final loss per seed |\n|---|---|---|---|---|---|---|---|")
+    started = time.perf_counter()
+    for label, method, obs, changes in CASES:
+        task = get_task("fork", obs=obs)
+        train, _ = split_episodes(ensure_dataset(task).trajectories, 0.1, 0)
+        trained = train_policies(task, policy_config(task, method, "quick").replace(**changes), train, seeds,
+                                 progress=False)
+        agent = ChunkingAgent(trained.policy)
+        rollouts = run_episodes(task, agent, trained.states, episodes)
+        first = [fork.held_sides(path)[:1] for per_seed in paths(starts, rollouts.actions) for path in per_seed]
+        held = [sides[0] for sides in first if sides]
+        centred = fork._obs(CENTRED) if obs == "state" else camera(fork.render, CENTRED)
+        lateral = []
+        for i in range(len(seeds)):
+            state = trained.state_of(i)
+            action, _ = agent.act(state, agent.start(state, centred), centred, jax.random.key(0))
+            lateral.append(f"{float(action[0]):+.2f}")
+        print(f"| {method} | {label} | {rollouts.success.mean():.2f} | {len(held) / len(first):.2f} | "
+              f"{sum(side < 0 for _, side in held)} of {len(held)} | {np.median([t for t, _ in held]):.0f} | "
+              f"{' '.join(lateral)} | {' '.join(f'{x:.4f}' for x in trained.losses[:, -1])} |", flush=True)
+    print(f"{time.perf_counter() - started:.0f} s; {len(seeds)} seeds x {len(episodes)} episodes each")
+
+
+if __name__ == "__main__":
+    main()
