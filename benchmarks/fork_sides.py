@@ -36,9 +36,11 @@ CENTRED = fork.ForkState(jnp.array([0.0, fork.START_Y]), jnp.zeros(2), jnp.array
                          jnp.float32(1), jnp.int32(0), jnp.bool_(False))
 
 
-def paths(starts: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """(seeds, episodes, steps + 1, 2) positions from the start positions (episodes, 2) and the actions taken."""
-    moves = np.cumsum(fork.DT * fork.MAX_SPEED * np.clip(actions, -1.0, 1.0), axis=2)
+def paths(starts: np.ndarray, actions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(seeds, episodes, steps + 1, 2) positions from the start positions (episodes, 2) and the actions taken,
+    standing still after each episode's end (`lengths`, (seeds, episodes))."""
+    taken = np.arange(actions.shape[2]) < lengths[..., None]
+    moves = np.cumsum(fork.DT * fork.MAX_SPEED * np.clip(actions, -1.0, 1.0) * taken[..., None], axis=2)
     start = np.broadcast_to(starts[None, :, None], (*actions.shape[:2], 1, 2))
     return np.concatenate([start, start + moves], axis=2)  # the arena's walls are never reached before the goal
 
@@ -60,7 +62,8 @@ def main() -> None:
                                  progress=False)
         agent = ChunkingAgent(trained.policy)
         rollouts = run_episodes(task, agent, trained.states, episodes)
-        first = [fork.held_sides(path)[:1] for per_seed in paths(starts, rollouts.actions) for path in per_seed]
+        walked = paths(starts, rollouts.actions, rollouts.lengths)
+        first = [fork.held_sides(path)[:1] for per_seed in walked for path in per_seed]
         held = [sides[0] for sides in first if sides]
         centred = fork._obs(CENTRED) if obs == "state" else camera(fork.render, CENTRED)
         lateral = []
