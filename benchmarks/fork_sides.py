@@ -2,12 +2,13 @@
 each policy's first action points from a centred start.
 
 Trains each case with its task's `quick` recipe (seeds 0..N-1 in one program, on the task's `expert-v0`, created if
-missing), runs every seed on the same evaluation episodes and prints per case: success; the share of episodes
-whose path held a side before the obstacle's middle (`fork.held_sides`, recovered from the actions, which frames
-do not hold as numbers), the left share of those, and the median step it first held one; the lateral component of
-the first action from a centred start (agent and goal at x = 0, where the two modes' mean points straight ahead),
-per seed; and the final training loss per seed. "state, image recipe" is BC on states with the image recipe's
-settings (T_o 1, learning rate 3e-3, batch 64, 1,500 steps), which separates the frames from the recipe.
+missing), runs every seed on the same evaluation episodes and prints per case: success; the share of episodes whose
+path held a side before the obstacle's middle (`fork.held_sides`, on the positions of `fork` replayed with the
+actions taken, which frames do not hold as numbers), the left share of those, and the median step it first held one;
+the lateral component of the first action from a centred start (agent and goal at x = 0, where the two modes' mean
+points straight ahead), per seed; and the final training loss per seed. "state, image recipe" is BC on states with
+the image recipe's settings (T_o 1, learning rate 3e-3, batch 64, 1,500 steps), which separates the frames from the
+recipe.
 
     python benchmarks/fork_sides.py [--seeds 4] [--episodes 100]
 """
@@ -36,13 +37,15 @@ CENTRED = fork.ForkState(jnp.array([0.0, fork.START_Y]), jnp.zeros(2), jnp.array
                          jnp.float32(1), jnp.int32(0), jnp.bool_(False))
 
 
-def paths(starts: np.ndarray, actions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """(seeds, episodes, steps + 1, 2) positions from the start positions (episodes, 2) and the actions taken,
-    standing still after each episode's end (`lengths`, (seeds, episodes))."""
-    taken = np.arange(actions.shape[2]) < lengths[..., None]
-    moves = np.cumsum(fork.DT * fork.MAX_SPEED * np.clip(actions, -1.0, 1.0) * taken[..., None], axis=2)
-    start = np.broadcast_to(starts[None, :, None], (*actions.shape[:2], 1, 2))
-    return np.concatenate([start, start + moves], axis=2)  # the arena's walls are never reached before the goal
+def paths(episodes: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """(seeds, episodes, steps + 1, 2) positions: `fork` replayed from each episode's reset with the actions taken
+    (its step leaves an ended episode where it ended)."""
+    def replay(episode, taken):
+        start, _ = fork.reset(reset_key(episode))
+        _, positions = jax.lax.scan(lambda state, a: (fork.step(state, a).state,) * 2, start, taken)
+        return jnp.concatenate([start.pos[None], positions.pos])
+
+    return np.asarray(jax.vmap(jax.vmap(replay), in_axes=(None, 0))(jnp.asarray(episodes), jnp.asarray(actions)))
 
 
 def main() -> None:
@@ -51,7 +54,6 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     args = parser.parse_args()
     seeds, episodes = list(range(args.seeds)), episode_seeds(7, args.episodes)
-    starts = np.asarray(jax.vmap(lambda s: fork.reset(reset_key(s))[0].pos)(jnp.asarray(episodes)))
     print("| policy | input | success | held a side | left of those | first held (median step) | "
           "first lateral action, centred start, per seed | final loss per seed |\n|---|---|---|---|---|---|---|---|")
     started = time.perf_counter()
@@ -62,7 +64,7 @@ def main() -> None:
                                  progress=False)
         agent = ChunkingAgent(trained.policy)
         rollouts = run_episodes(task, agent, trained.states, episodes)
-        walked = paths(starts, rollouts.actions, rollouts.lengths)
+        walked = paths(episodes, rollouts.actions)
         first = [fork.held_sides(path)[:1] for per_seed in walked for path in per_seed]
         held = [sides[0] for sides in first if sides]
         centred = fork._obs(CENTRED) if obs == "state" else camera(fork.render, CENTRED)
