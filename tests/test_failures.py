@@ -122,3 +122,13 @@ def test_maze_wrong_turn_and_stuck():
 def test_a_trajectory_shorter_than_its_length_is_refused():
     with pytest.raises(PhysgenError, match="shorter than its length 10"):
         diagnose(FORK, Trajectory(np.zeros((5, 6)), np.zeros((4, 2)), {}, np.zeros(5), 10), 1.0)
+
+
+def test_frames_are_compared_in_pixel_values_not_standardised_per_pixel():
+    """A frame one level off in a pixel the data never changes is 1/255 from its training frame, not millions."""
+    frames = np.random.default_rng(0).integers(0, 256, (40, 12), dtype=np.uint8)
+    frames[:, 0] = 255
+    support = fit_support(frames[:30], frames[30:])
+    query = frames[:2].copy()
+    query[:, 0] = 254
+    np.testing.assert_allclose(nearest_distances(support, query), 1 / 255, rtol=0.01)  # float32 expansion

@@ -1,5 +1,8 @@
 """Image observations: the tasks' cameras, the encoder, and image policies from data to actions."""
 
+from types import SimpleNamespace
+from typing import NamedTuple
+
 import h5py
 import jax
 import jax.numpy as jnp
@@ -8,6 +11,8 @@ import optax
 import pytest
 from flax import nnx
 
+from physgen.bench.failures import fit_support
+from physgen.bench.units import Evaluation
 from physgen.control import Controller, export_checkpoint, load_exported
 from physgen.data import Normalizer, WindowBatch, generate_dataset, load_dataset
 from physgen.envs import get_task
@@ -155,3 +160,33 @@ def test_an_image_policy_runs_in_the_controller_and_the_export_as_in_the_rollout
     history = np.asarray(rollouts.observations[0, 0, 3:5], np.float32)
     expected = act(policy, state, history[None], step_key(0, 0))[0]
     np.testing.assert_allclose(loaded.act(history, step_key(0, 0)), expected, rtol=1e-5, atol=1e-5)
+
+
+class Swerve(NamedTuple):
+    """A toy fork agent blind to what it sees: forward at 0.9 of the top speed, sideways at its parameter for
+    `turn` steps and at minus it after (0: straight at the obstacle)."""
+
+    turn: int = 8
+
+    def start(self, params, obs):
+        return jnp.int32(0)
+
+    def act(self, params, t, obs, key):
+        return jnp.stack([jnp.where(t < self.turn, params, -params), 0.9]), t + 1
+
+
+def test_image_failures_are_named_by_the_state_tasks_detectors_on_the_replayed_states():
+    """The states behind fork-image's frames, replayed from the recorded actions, are fork's own along the same
+    episodes; fork's detectors name the failures of a policy driving straight (mode averaging) or turning back half
+    way (mode switch), as the bench records them."""
+    image, state = get_task("fork-image"), get_task("fork")
+    seeds, params = episode_seeds(0, 6), jnp.array([0.0, 0.8])
+    frames, states = (run_episodes(task, Swerve(), params, seeds) for task in (image, state))
+    expert = np.concatenate([e.observations for e in rollout_jax(image, expert_policy(image), 0, 20)])
+    support = fit_support(expert[: len(expert) // 2], expert[len(expert) // 2:])
+    evaluation = Evaluation(image, SimpleNamespace(metadata={}), support,
+                            {"evaluation_seeds": seeds, "curve_episodes": 1})
+    for i, cause in enumerate(("mode_averaging", "mode_switch")):
+        record, arrays = evaluation.record("swerve", i, frames, i, [])
+        np.testing.assert_array_equal(arrays["states"], states.observations[i])
+        assert [e["category"] for e in record["episodes"]] == [cause] * len(seeds)

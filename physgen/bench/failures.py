@@ -7,8 +7,9 @@ episode's end when none does. The candidate causes, each with its onset step:
   the failure lie within 1% of the range from a bound.
 - the task's own detectors (`Task.failure_detectors`, such as fork's `mode_averaging`), each giving its onset step.
 - `distribution_shift`: the state left the support of the training data (nearest-neighbour distance to the training
-  states, normalised state space, beyond the 99th percentile of the validation states' distances, for `patience`
-  consecutive states) at least 10% of the horizon before the failure step: long before failing, not while failing.
+  states, normalised state space or a frame's pixels in [0, 1], beyond the 99th percentile of the validation
+  states' distances, for `patience` consecutive states) at least 10% of the horizon before the failure step: long
+  before failing, not while failing.
 
 The primary category is the cause with the earliest onset (ties: the order above). Without a cause, the failure
 happened in distribution and is named by when and how it happened:
@@ -69,9 +70,14 @@ def nearest_distances(support: StateSupport, states: np.ndarray, block: int = 51
 
 def fit_support(train_states: np.ndarray, validation_states: np.ndarray, seed: int = 0,
                 max_reference: int = 20_000) -> StateSupport:
-    """Fit the out-of-distribution score on the dataset: at most `max_reference` training states (seeded)."""
+    """Fit the out-of-distribution score on the dataset: at most `max_reference` training states (seeded), each
+    feature standardised; camera frames (uint8) in pixel values scaled to [0, 1] alike."""
+    frames = np.asarray(train_states).dtype == np.uint8
     train_states = np.asarray(train_states, np.float32)
-    mean, scale = train_states.mean(axis=0), np.maximum(train_states.std(axis=0), 1e-6)
+    mean = train_states.mean(axis=0)
+    # standardising each pixel would make a change of one level in a background pixel that the data never changes
+    # a distance of millions, and every frame with the agent somewhere new out of support by it alone
+    scale = np.full_like(mean, 255.0) if frames else np.maximum(train_states.std(axis=0), 1e-6)
     rng = np.random.default_rng(seed)
     keep = rng.choice(len(train_states), min(max_reference, len(train_states)), replace=False)
     reference = (train_states[np.sort(keep)] - mean) / scale

@@ -1,6 +1,7 @@
 """The units of a benchmark run, one per (method, seed): `units/<method>/seed_<s>.json` (outcomes, curve) and `.npz`
-(states, actions, events, out-of-distribution scores: enough to re-categorize without re-running), each written
-atomically, the JSON holding the digest of the arrays; and what every method's evaluation writes into them."""
+(observations, actions, events, out-of-distribution scores, and an image task's states behind its frames: enough
+to re-categorize without re-running), each written atomically, the JSON holding the digest of the arrays; and what
+every method's evaluation writes into them."""
 
 from __future__ import annotations
 
@@ -92,13 +93,15 @@ class Evaluation:
                                                    rollouts.lengths[i], rollouts.returns[i], rollouts.success[i])
         events = {k: v[i] for k, v in rollouts.events.items()}
         ood = nearest_distances(self.support, obs)
+        replayed = task.detector_observations
+        states = obs if replayed is None else np.asarray(replayed(self.episode_seeds, actions))
         normalized = (normalized_score(self.dataset.metadata, returns) if "ref_max_score" in self.dataset.metadata
                       else np.full(len(returns), np.nan))
         episodes = []
         for e, episode_seed in enumerate(self.episode_seeds):
             n = int(lengths[e])
             diagnosis = None if success[e] else diagnose(
-                task, Trajectory(obs[e], actions[e], {k: v[e] for k, v in events.items()}, ood[e], n),
+                task, Trajectory(states[e], actions[e], {k: v[e] for k, v in events.items()}, ood[e], n),
                 self.support.threshold)
             episodes.append({"episode_seed": int(episode_seed), "return": float(returns[e]),
                              "normalized_return": None if np.isnan(normalized[e]) else float(normalized[e]),
@@ -109,7 +112,7 @@ class Evaluation:
         record = {"method": method, "seed": seed, "episodes": episodes, "curve": curve,
                   "ood_threshold": self.support.threshold}
         arrays = {"observations": obs, "actions": actions, "lengths": lengths, "ood": ood,
-                  **{f"event_{k}": v for k, v in events.items()}}
+                  **{f"event_{k}": v for k, v in events.items()}, **({} if replayed is None else {"states": states})}
         return record, arrays
 
 

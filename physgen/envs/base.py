@@ -81,7 +81,9 @@ class Task:
     of them that end an episode as a failure;
     `make_env(render_mode=None)` builds the Gymnasium environment (`gym_id`), whose `info["events"]` holds them;
     `success(events, episode_return, length, expert_return)` applies the documented success rule to one episode.
-    `failure_detectors` name the task's own failure causes (docs/failures.md), each a `FailureDetector`.
+    `failure_detectors` name the task's own failure causes (docs/failures.md), each a `FailureDetector`; they read
+    the observations, or where `detector_observations(episode_seeds, actions)` is set, the observations it replays
+    along the recorded episodes (an image task's detectors read the state vectors behind its frames).
     Demonstrations come from `functional.expert` (pure-JAX tasks: `expert(state, key)` acts in one episode and is
     vmapped over episodes) or from `demonstrators` by name such as "expert" (Gymnasium tasks): factories of
     observation -> action callables, or paths of PPO checkpoints (hopper's shipped experts), which dataset generation
@@ -107,6 +109,7 @@ class Task:
     success: Callable[[dict[str, np.ndarray], float, int, float | None], bool]
     failure_events: tuple[str, ...] = ()
     failure_detectors: Mapping[str, FailureDetector] = field(default_factory=dict)
+    detector_observations: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
     functional: FunctionalEnv | None = None
     demonstrators: Mapping[str, Callable[[], Callable[[np.ndarray], np.ndarray]] | Path] = field(default_factory=dict)
     demonstrator_batched: bool = True

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from physgen.envs.base import FunctionalEnv, Recipe, Task
+from physgen.envs.rollout import replay
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4
@@ -46,8 +47,8 @@ def image_shape(task: Task) -> tuple[int, int, int]:
 def with_camera(task: Task, recipe: Recipe, size: int = IMAGE_SIZE) -> Task:
     """`task` observed through its camera at `size` x `size` pixels, named `<task>-image`.
 
-    Its failures are categorized by its events alone: the state task's failure detectors read positions from the
-    observations, which a frame does not hold as numbers. `recipe`: the policy settings that work on its frames,
+    Its failures are categorized by the state task's detectors, which read the state vectors behind the frames:
+    those of the state task replayed with the episode's actions. `recipe`: the policy settings that work on its frames,
     `image_size` among them (a policy trained without it takes it from the frames)."""
     functional = task.functional
     frame = partial(camera, functional.render, size=size)
@@ -64,5 +65,6 @@ def with_camera(task: Task, recipe: Recipe, size: int = IMAGE_SIZE) -> Task:
     return dataclasses.replace(
         task, name=task.name + SUFFIX, summary=f"{task.summary} Seen as {size}x{size} RGB frames.",
         observation_space=gym.spaces.Box(0, 255, (size * size * 3,), np.uint8), gym_id=gym_id,
-        make_env=partial(gym.make, gym_id), failure_detectors={}, recipe=recipe,
+        make_env=partial(gym.make, gym_id), recipe=recipe,
+        detector_observations=partial(replay, task),
         functional=FunctionalEnv(reset, step, functional.expert, functional.render))

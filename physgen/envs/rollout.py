@@ -97,6 +97,23 @@ def scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
     return jax.vmap(episode)(seeds)
 
 
+@partial(jax.jit, static_argnums=0)
+def replay(task: Task, episode_seeds: jax.Array, actions: jax.Array) -> jax.Array:
+    """The observations (E, H + 1, obs_dim) of pure-JAX `task` along recorded episodes: each reset from its episode
+    seed and stepped with its recorded actions (E, H, act_dim), as `run_episodes` stepped it."""
+    fns = task.functional
+
+    def episode(seed, actions):
+        def step(state, action):
+            out = fns.step(state, action)
+            return out.state, out.obs
+
+        state, obs = fns.reset(reset_key(seed))
+        return jnp.concatenate([obs[None], jax.lax.scan(step, state, actions)[1]])
+
+    return jax.vmap(episode)(episode_seeds, actions)
+
+
 def rollout_jax(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> list[Episode]:
     """Run `episodes` episodes of a pure-JAX task in one compiled program and cut each at its end."""
     seeds = episode_seeds(seed, episodes)
