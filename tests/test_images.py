@@ -17,7 +17,8 @@ from physgen.control import Controller, export_checkpoint, load_exported
 from physgen.data import Normalizer, WindowBatch, generate_dataset, load_dataset
 from physgen.envs import get_task
 from physgen.envs.images import SUPERSAMPLE, camera, image_shape
-from physgen.envs.rollout import episode_seeds, expert_policy, rollout_jax, run_episodes, step_key
+from physgen.envs.rollout import (episode_returns, episode_seeds, expert_policy, random_policy, rollout_jax,
+                                 run_episodes, step_key)
 from physgen.errors import PhysgenError
 from physgen.policies import ChunkingAgent, TrainedPolicies, act, save_policy
 from physgen.policies.encoder import Conv2d, ImageEncoder, random_shift, spatial_softmax
@@ -86,6 +87,14 @@ def test_image_policies_take_their_size_from_the_task_and_refuse_another():
     assert fit_to_observations(get_task("push"), PolicyConfig()).vision.image_size == 0
     with pytest.raises(PhysgenError, match="image_size 24.*--obs image"):
         fit_to_observations(get_task("push"), PolicyConfig.of(image_size=24))
+
+
+def test_returns_alone_are_those_of_the_recorded_episodes():
+    """The reference scores' returns, computed without drawing the frames, are the recorded episodes' returns."""
+    task = get_task("fork-image")
+    for policy in (random_policy(task), expert_policy(task)):
+        episodes = rollout_jax(task, policy, 3, 4)
+        np.testing.assert_array_equal(episode_returns(task, policy, 3, 4), [e.episode_return for e in episodes])
 
 
 def test_image_datasets_hold_the_frames_as_uint8_and_compressed(minari_root):

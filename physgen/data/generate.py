@@ -28,7 +28,8 @@ from physgen import interrupts
 from physgen.data.trajectories import (DATASET_FORMAT, Dataset, dataset_id, datasets_root, flatten_episodes,
                                        load_dataset, write_array_cache)
 from physgen.envs import Task, observes_frames
-from physgen.envs.rollout import Episode, expert_policy, random_policy, rollout_gym, rollout_jax
+from physgen.envs.rollout import (Episode, episode_returns, expert_policy, random_policy, rollout_gym,
+                                 rollout_jax)
 from physgen.errors import DatasetMissing, PhysgenError
 from physgen.io import check_folder, pid_alive, read_json, write_json
 from physgen.seeds import REFERENCE_OFFSET
@@ -61,10 +62,20 @@ def rollout(task: Task, policy: str, seed: int, episodes: int, load_demonstrator
         hint = f" ({task.demonstrations})" if policy == "expert" else ""
         raise PhysgenError(f"task {task.name!r} has no policy {policy!r}{hint}; its policies: {known}")
     if task.functional is not None and policy in ("expert", "random"):
-        make = expert_policy if policy == "expert" else random_policy
-        return rollout_jax(task, make(task), seed, episodes)
+        return rollout_jax(task, _jax_policy(task, policy), seed, episodes)
     return rollout_gym(task, None if policy == "random" else demonstrator(task, policy, load_demonstrator), seed,
                        episodes, name=policy)
+
+
+def _jax_policy(task: Task, policy: str):
+    return (expert_policy if policy == "expert" else random_policy)(task)
+
+
+def policy_return(task: Task, policy: str, seed: int, episodes: int, load_demonstrator=None) -> float:
+    """The mean return of `rollout`'s episodes; a pure-JAX task's computed alone (an image task's frames undrawn)."""
+    if task.functional is not None and policy in ("expert", "random"):
+        return float(np.mean(episode_returns(task, _jax_policy(task, policy), seed, episodes)))
+    return mean_return(rollout(task, policy, seed, episodes, load_demonstrator))
 
 
 def _buffer(index: int, episode: Episode) -> EpisodeBuffer:
@@ -123,12 +134,11 @@ def reference_scores(task: Task, seed: int = 0, load_demonstrator=None, expert_e
     `ref_max_score`, the expert's over `expert_episodes` when given, else over 100 episodes. The episodes' seeds
     start at `seed + REFERENCE_OFFSET`, disjoint from the datasets' and the evaluation's."""
     reference_seed = seed + REFERENCE_OFFSET
-    scores = {"ref_min_score": mean_return(rollout(task, "random", reference_seed, REFERENCE_EPISODES))}
+    scores = {"ref_min_score": policy_return(task, "random", reference_seed, REFERENCE_EPISODES)}
     if expert_episodes is not None:
         scores["ref_max_score"] = mean_return(expert_episodes)
     elif has_policy(task, "expert"):
-        expert = rollout(task, "expert", reference_seed, REFERENCE_EPISODES, load_demonstrator)
-        scores["ref_max_score"] = mean_return(expert)
+        scores["ref_max_score"] = policy_return(task, "expert", reference_seed, REFERENCE_EPISODES, load_demonstrator)
     return scores
 
 

@@ -97,6 +97,19 @@ def scan_episodes(task: Task, policy: JaxPolicy, seeds: jax.Array):
     return jax.vmap(episode)(seeds)
 
 
+def episode_returns(task: Task, policy: JaxPolicy, seed: int, episodes: int) -> np.ndarray:
+    """The returns of `rollout_jax`'s episodes, computed without the rest: what the policy does not read (an image
+    task's frames) is never drawn."""
+    rewards, ended = jax.device_get(_rewards(task, policy, jnp.asarray(episode_seeds(seed, episodes))))
+    return np.array([np.sum(r[:n], dtype=np.float64) for r, n in zip(rewards, episode_lengths(ended, task.horizon))])
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _rewards(task: Task, policy: JaxPolicy, seeds: jax.Array):
+    _, _, rewards, terminated, truncated, _, _ = scan_episodes(task, policy, seeds)
+    return rewards, terminated | truncated
+
+
 @partial(jax.jit, static_argnums=0)
 def replay(task: Task, episode_seeds: jax.Array, actions: jax.Array) -> jax.Array:
     """The observations (E, H + 1, obs_dim) of pure-JAX `task` along recorded episodes: each reset from its episode
