@@ -21,6 +21,9 @@ VARIABLES = {"TASK": "fork"}  # the guide's task variable, set to the fastest ta
 # smoke sizes, per sub-command: each flag replaced where the guide gives it, added where it does not
 SMOKE = {"data": {"--episodes": "200"}, "train": {"--seeds": "2", "--steps": "20", "--episodes": "2"},
          "bench": {"--budget": "smoke", "--seeds": "2", "--episodes": "2"}, "video": {"--episodes": "2"}}
+# and the online methods made cheaper where a bench runs them (`--set`, as a user would shrink them): the test checks
+# that the commands run, not what these learn
+SMOKE_SET = {"ppo": "epochs=2", "rssm-mpc": "population=16,elites=4,iterations=1"}
 SECTIONS = ["## Setup", "## Protocol", "## Results", "## Ablations", "## Failure analysis", "## Limitations"]
 
 
@@ -55,6 +58,10 @@ def smoke(argv: list[str]) -> list[str]:
             argv[argv.index(flag) + 1] = value
         else:
             argv += [flag, value]
+    if argv[0] == "bench" and "--methods" in argv:
+        settings = [SMOKE_SET[m] for m in argv[argv.index("--methods") + 1].split(",") if m in SMOKE_SET]
+        assert "--set" not in argv, "the guide sets fields itself: merge them with SMOKE_SET"
+        argv += ["--set", ",".join(settings)] if settings else []
     return argv
 
 
