@@ -3,7 +3,7 @@ each policy's first action points from a centred start.
 
 Trains each case with its task's `quick` recipe (seeds 0..N-1 in one program, on the task's `expert-v0`, created if
 missing), runs every seed on the same evaluation episodes and prints per case: success; the share of episodes whose
-path held a side before the obstacle's middle (`fork.held_sides`, on the positions of `fork` replayed with the
+path held a side before the obstacle's middle (`fork.held_sides`, on the states of `fork` replayed with the
 actions taken, which frames do not hold as numbers), the left share of those, and the median step it first held one;
 the lateral component of the first action from a centred start (agent and goal at x = 0, where the two modes' mean
 points straight ahead), per seed; and the final training loss per seed. "state, image recipe" is BC on states with
@@ -26,7 +26,7 @@ from physgen.bench.protocol import policy_config
 from physgen.data import ensure_dataset, split_episodes
 from physgen.envs import fork, get_task
 from physgen.envs.images import camera
-from physgen.envs.rollout import episode_seeds, reset_key, run_episodes
+from physgen.envs.rollout import episode_seeds, replay, run_episodes
 from physgen.policies.agent import ChunkingAgent
 from physgen.policies.train import train_policies
 
@@ -35,17 +35,6 @@ CASES = (("state", "bc", "state", {}), ("state, image recipe", "bc", "state", IM
          ("frames", "bc", "image", {}), ("state", "diffusion", "state", {}), ("frames", "diffusion", "image", {}))
 CENTRED = fork.ForkState(jnp.array([0.0, fork.START_Y]), jnp.zeros(2), jnp.array([0.0, fork.GOAL_Y]),
                          jnp.float32(1), jnp.int32(0), jnp.bool_(False))
-
-
-def paths(episodes: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """(seeds, episodes, steps + 1, 2) positions: `fork` replayed from each episode's reset with the actions taken
-    (its step leaves an ended episode where it ended)."""
-    def replay(episode, taken):
-        start, _ = fork.reset(reset_key(episode))
-        _, positions = jax.lax.scan(lambda state, a: (fork.step(state, a).state,) * 2, start, taken)
-        return jnp.concatenate([start.pos[None], positions.pos])
-
-    return np.asarray(jax.vmap(jax.vmap(replay), in_axes=(None, 0))(jnp.asarray(episodes), jnp.asarray(actions)))
 
 
 def main() -> None:
@@ -64,7 +53,7 @@ def main() -> None:
                                  progress=False)
         agent = ChunkingAgent(trained.policy)
         rollouts = run_episodes(task, agent, trained.states, episodes)
-        walked = paths(episodes, rollouts.actions)
+        walked = [np.asarray(replay(get_task("fork"), jnp.asarray(episodes), taken)) for taken in rollouts.actions]
         first = [fork.held_sides(path)[:1] for per_seed in walked for path in per_seed]
         held = [sides[0] for sides in first if sides]
         centred = fork._obs(CENTRED) if obs == "state" else camera(fork.render, CENTRED)
