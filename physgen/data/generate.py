@@ -61,20 +61,23 @@ def rollout(task: Task, policy: str, seed: int, episodes: int, load_demonstrator
         known = ", ".join(["random", *(["expert"] if task.functional else []), *task.demonstrators])
         hint = f" ({task.demonstrations})" if policy == "expert" else ""
         raise PhysgenError(f"task {task.name!r} has no policy {policy!r}{hint}; its policies: {known}")
-    if task.functional is not None and policy in ("expert", "random"):
-        return rollout_jax(task, _jax_policy(task, policy), seed, episodes)
+    if (jax_policy := _jax_policy(task, policy)) is not None:
+        return rollout_jax(task, jax_policy, seed, episodes)
     return rollout_gym(task, None if policy == "random" else demonstrator(task, policy, load_demonstrator), seed,
                        episodes, name=policy)
 
 
 def _jax_policy(task: Task, policy: str):
+    """A pure-JAX task's expert or random actions as a JAX policy; None for what runs through Gymnasium."""
+    if task.functional is None or policy not in ("expert", "random"):
+        return None
     return (expert_policy if policy == "expert" else random_policy)(task)
 
 
 def policy_return(task: Task, policy: str, seed: int, episodes: int, load_demonstrator=None) -> float:
     """The mean return of `rollout`'s episodes; a pure-JAX task's computed alone (an image task's frames undrawn)."""
-    if task.functional is not None and policy in ("expert", "random"):
-        return float(np.mean(episode_returns(task, _jax_policy(task, policy), seed, episodes)))
+    if (jax_policy := _jax_policy(task, policy)) is not None:
+        return float(np.mean(episode_returns(task, jax_policy, seed, episodes)))
     return mean_return(rollout(task, policy, seed, episodes, load_demonstrator))
 
 
