@@ -197,15 +197,16 @@ class Policy(NamedTuple):
     @classmethod
     def create(cls, config: PolicyConfig, obs_dim: int, act_dim: int, key: jax.Array) -> tuple["Policy", Any]:
         """The policy and freshly initialized parameters (an `nnx.State`, a pytree) from a PRNG key."""
-        policy = cls.of(config, obs_dim, act_dim)
+        policy, _ = cls.abstract(config, obs_dim, act_dim)
         return policy, policy.init(key)
 
     @classmethod
-    def of(cls, config: PolicyConfig, obs_dim: int, act_dim: int) -> "Policy":
-        """The policy alone, its network traced without computing any weights (`init` gives them): creating them
-        here would compile each initializer for each of the network's shapes."""
+    def abstract(cls, config: PolicyConfig, obs_dim: int, act_dim: int) -> tuple["Policy", Any]:
+        """The policy and its parameters' shapes, its network traced without computing any weights (`init` or a
+        checkpoint gives them): creating them would compile each initializer for each of the network's shapes."""
         network = nnx.eval_shape(lambda: make_network(config, obs_dim, act_dim, jax.random.key(0)))
-        return cls(config, nnx.split(network)[0], obs_dim, act_dim)
+        graphdef, shapes = nnx.split(network)
+        return cls(config, graphdef, obs_dim, act_dim), shapes
 
     def init(self, key: jax.Array):
         """Parameters from a key (vmappable over keys)."""

@@ -13,7 +13,7 @@ from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.data import Normalizer
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
-from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, make_network, stored_weights
+from physgen.policies.policy import Policy, PolicyConfig, PolicyState, flat_sampler, stored_weights
 from physgen.policies.train import TrainedPolicies
 
 
@@ -38,10 +38,8 @@ def load_policy(path: str | Path, task: str | None = None) -> tuple[Policy, Poli
     if meta["method"] not in ("diffusion", "flow", "bc"):
         raise PhysgenError(f"checkpoint {path} holds a {meta['method']!r} policy, not diffusion, flow or bc")
     config = PolicyConfig.from_dict(meta["config"])
-    dims = meta["obs_dim"], meta["act_dim"]
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: make_network(config, *dims, jax.random.key(0))))
+    policy, params = Policy.abstract(config, meta["obs_dim"], meta["act_dim"])
     nnx.replace_by_pure_dict(params, arrays["ema"])
-    policy = Policy(config, graphdef, *dims)
     spec = get_task(meta["task"]).action_space
     state = PolicyState(params, Normalizer(**arrays["obs_norm"]), Normalizer(**arrays["act_norm"]),
                         jnp.asarray(spec.low), jnp.asarray(spec.high))

@@ -80,7 +80,7 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
     # each device trains its seeds (placed after the split, which does not keep the placement) on its copy of the data
     init_keys, train_keys, start, teacher = placed_seeds((init_keys, train_keys, start, teacher), mesh)
     data = replicated(data, mesh)
-    policy = Policy.of(config, task.obs_dim, task.act_dim)
+    policy, _ = Policy.abstract(config, task.obs_dim, task.act_dim)
     optimizer = config.optim.optimizer()
     objective = (lambda params, teacher, batch, key: policy.loss(params, batch, key)) if loss is None else loss
 
