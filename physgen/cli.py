@@ -73,17 +73,18 @@ def _train(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set) if args.set else {}
     if "method" in overrides:
         raise PhysgenError("--set cannot change the method; pass it as --method")
-    if (args.devices is not None or jax.process_count() > 1) and args.method in ("ppo", "rssm", "vae"):
-        raise PhysgenError(f"--devices and several processes spread the offline policies' seeds; {args.method} "
-                           "trains on one device of one process")
+    if jax.process_count() > 1 and args.method in ("ppo", "rssm", "vae"):
+        raise PhysgenError(f"several processes train the offline policies; {args.method} trains in one process "
+                           "(--devices spreads its seeds over that process's devices)")
     seed_mesh(args.devices)  # a count JAX cannot provide is refused before any work
     if args.method == "ppo":
-        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides))
+        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides, args.devices))
         return
     if args.method in ("rssm", "vae"):
         datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
         print(train_world_model_from_cli(task.name, args.method, list(range(args.seeds)), args.steps,
-                                         str(out.absolute()), datasets, images=args.images, overrides=overrides))
+                                         str(out.absolute()), datasets, images=args.images, overrides=overrides,
+                                         devices=args.devices))
         return
     if args.dataset and "," in args.dataset:
         raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "
@@ -246,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "expert-v0,noisy-v0")
     train.add_argument("--episodes", type=int, default=100, help="evaluation episodes per seed (pure-JAX tasks)")
     train.add_argument("--eval-seed", type=int, default=TUNING, help="seed of the evaluation episodes")
-    train.add_argument("--devices", default=None, help="spread the seeds over N devices, or 'all' (offline policies "
-                       "and their pure-JAX evaluation; default one): docs/howto/gpu.md")
+    train.add_argument("--devices", default=None, help="spread the seeds over N devices, or 'all' (training, and "
+                       "the offline policies' pure-JAX evaluation; default one): docs/howto/gpu.md")
     train.add_argument("--set", default=None, help="field=value[,field=value...]: change any field of the "
                        "method's config, e.g. exec_steps=1,prediction=epsilon")
     train.add_argument("--out", default="runs")

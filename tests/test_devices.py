@@ -50,17 +50,63 @@ print(json.dumps(checks))
 
 
 def test_fork_smoke_trains_alike_on_1_and_4_devices(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""),
-                                                 "--xla_force_host_platform_device_count=4"])}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    checks = json.loads(done.stdout.strip().splitlines()[-1])
+    checks = _run_on_host_devices(SCRIPT, 4, str(tmp_path))
     assert checks["layout"] == [2, 4]  # 3 seeds on 4 devices: 2 devices of 2 seeds, the last seed padded
     assert checks["seed_devices"] == [1, 2]  # as used
     assert checks["training"] == 0.0  # every seed's weights, raw and EMA, and normalizers: bitwise
     # each device ran the one-device program on its seeds; all seeds on one device may differ from that in the last
     # bits (XLA picks kernels by the batch's size: physgen.devices), so the two runs' rollouts are not compared
     assert checks["evaluation by groups"] == 0.0, checks
+
+
+# PPO and the RSSM (tiny configs, fork) train 4 seeds on 2 host devices, and each device's pair of seeds as one device
+# trains that pair; prints the largest difference of each.
+PPO_RSSM_SCRIPT = """
+import json
+import jax, numpy as np
+from physgen.data import Trajectories
+from physgen.data.trajectories import flatten_episodes
+from physgen.envs import get_task
+from physgen.envs.rollout import expert_policy, rollout_jax
+from physgen.policies.ppo import PPOConfig, train_ppo
+from physgen.world_models.rssm import RSSMConfig
+from physgen.world_models.train import train_world_models
+
+task = get_task("fork")
+RSSM = RSSMConfig.of(deter=16, hidden=16, stoch=4, batch_size=4, sequence_length=8, steps=4, steps_per_call=2)
+PPO = PPOConfig(total_steps=128, num_envs=4, rollout_steps=16, minibatches=2, epochs=1, eval_episodes=0)
+data = Trajectories.from_steps(**flatten_episodes(task, rollout_jax(task, expert_policy(task), 0, 3)))
+
+
+def ppo(seeds, devices):
+    final = []
+    train_ppo(task, PPO, seeds, progress=False, devices=devices, callback=lambda _, learners: final.append(learners))
+    return final[-1].params
+
+
+def rssm(seeds, devices):
+    trained = train_world_models(task, RSSM, data, seeds, progress=False, devices=devices)
+    return trained.params, trained.metrics
+
+
+largest = lambda a, b: max(float(np.max(np.abs(np.asarray(x, float) - np.asarray(y, float))))
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+pairs = lambda train: jax.tree.map(lambda a, b: np.concatenate([a, b]), train([0, 1], None), train([2, 3], None))
+print(json.dumps({name: largest(train([0, 1, 2, 3], 2), pairs(train))
+                  for name, train in (("ppo", ppo), ("rssm", rssm))}))
+"""
+
+
+def _run_on_host_devices(script: str, devices: int, *args) -> dict:
+    env = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""),
+                                                 f"--xla_force_host_platform_device_count={devices}"])}
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_ppo_and_the_rssm_train_each_devices_seeds_as_one_device_trains_them():
+    assert _run_on_host_devices(PPO_RSSM_SCRIPT, 2) == {"ppo": 0.0, "rssm": 0.0}  # bitwise
 
 
 def test_seed_mesh_refuses_what_jax_cannot_provide():

@@ -75,7 +75,7 @@ def _run_one_step(job: Job) -> None:
     else:
         job.advance(teacher_config.optim.steps)
     _evaluate_and_save(job, lambda callback: distill_policies(job.task, teacher, job.train, distill, progress=False,
-                                                              callback=callback),
+                                                              callback=callback, devices=job.evaluation.devices),
                        distill.optim, lambda trained, variant: trained.policy._replace(
                            config=student_config(*variant.config)),
                        note=lambda variant: distilled_from(*variant.config))

@@ -25,7 +25,7 @@ def _run(job: Job) -> None:
         curves.add(env_steps, agent, params, env_steps == total)
 
     train_ppo(job.task, config, job.seeds, out_dir=job.out / "checkpoints" / row_folder(job.variants[0].row),
-              progress=False, callback=at_point)
+              progress=False, callback=at_point, devices=job.evaluation.devices)
     first = jax.tree.map(lambda x: x[0], final["params"])
     observations = np.asarray(job.evaluation.dataset.trajectories.observations[:200])
     job.finish(curves, measure_agent_latency(agent, first, observations))

@@ -86,11 +86,12 @@ def rssm_tag(variant: Variant) -> str:
     return f"({','.join(varied)})" if varied else ""
 
 
-def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], callback=None, tag: str = ""):
+def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], callback=None, tag: str = "",
+                 devices: int = 1):
     """(model, params stacked over seeds, train split, held-out split). Without `callback` the models are loaded
-    from `checkpoints/rssm<tag>/` when every seed is there; otherwise they are trained as one group (calling
-    `callback(done, model, params)` during training; training is seeded, so a retrained group is the same) and
-    saved. The open-loop evaluation is written to `world_model<tag>/` whenever it is missing."""
+    from `checkpoints/rssm<tag>/` when every seed is there; otherwise they are trained as one group, spread over
+    `devices` (calling `callback(done, model, params)` during training; training is seeded, so a retrained group is
+    the same) and saved. The open-loop evaluation is written to `world_model<tag>/` whenever it is missing."""
     train, test = _splits(task)
     folder = out / "checkpoints" / f"rssm{tag}"
     if callback is None and all((folder / f"seed_{s}").exists() for s in seeds):  # protocol check: same config
@@ -98,7 +99,8 @@ def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], ca
         model, params = loaded[0][0], jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p, _ in loaded])
         seconds = loaded[0][2]["training_seconds"]
     else:
-        trained = train_world_models(task, config, train, seeds, progress=False, callback=callback)
+        trained = train_world_models(task, config, train, seeds, progress=False, callback=callback,
+                                     devices=devices)
         for i, seed in enumerate(seeds):
             save_world_model(folder / f"seed_{seed}", task, trained, i)
         model, params, seconds = trained.model, trained.params, trained.seconds
@@ -136,7 +138,8 @@ def _run_rssm_mpc(job: Job) -> None:
         point(config.optim.steps, model, params)
         curves.points = {int(s): c for s, c in saved.items()}
     else:
-        model, params, train, _ = world_models(out, task, config, seeds, callback=point, tag=tag)
+        model, params, train, _ = world_models(out, task, config, seeds, callback=point, tag=tag,
+                                               devices=job.evaluation.devices)
         write_json(saved_curves, curves.points)
     first = jax.tree.map(lambda x: x[0], params)
     job.finish(curves, measure_agent_latency(MPC.for_task(model, mpc_config, task), first,

@@ -106,16 +106,18 @@ def _check_normalizers(teacher: TrainedPolicies, data: Trajectories) -> None:
 
 
 def distill_policies(task: Task, teacher: TrainedPolicies, data: Trajectories, distill: DistillConfig = DistillConfig(),
-                     progress: bool = True, callback=None) -> TrainedPolicies:
+                     progress: bool = True, callback=None, devices: int | str | None = None) -> TrainedPolicies:
     """One-step students of every seed of `teacher` (vmapped over its seeds, each student seeded as its teacher),
-    trained on `data`, the teacher's training split. `callback(step, trained)` runs after every call."""
+    trained on `data`, the teacher's training split, spread over `devices` as `train_policies` does.
+    `callback(step, trained)` runs after every call."""
     teacher_sampler(teacher.policy.config)  # refuses a stochastic teacher before any work
     _check_normalizers(teacher, data)
     config = student_config(teacher.policy.config, distill)
     student = teacher.policy._replace(config=config)
     return train_policies(task, config, data, list(teacher.seeds), progress, callback,
                           start=teacher.states.params if distill.start == "teacher" else None,
-                          teacher=teacher.states.params, loss=distillation_loss(student, teacher.policy))
+                          teacher=teacher.states.params, loss=distillation_loss(student, teacher.policy),
+                          devices=devices)
 
 
 def distilled_from(teacher: PolicyConfig, distill: DistillConfig, checkpoint: str | None = None) -> dict:

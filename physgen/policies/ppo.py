@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.configs import override
 from physgen.data import Normalizer
+from physgen.devices import first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, seed_mesh
 from physgen.envs import FunctionalEnv, Task, get_task
 from physgen.envs.rollout import episode_seeds, record_episodes
 from physgen.errors import PhysgenError
@@ -197,21 +198,25 @@ def _updates_functional(task: Task, config: PPOConfig, runs: Run, keys: jax.Arra
     return jax.vmap(partial(updates_in, task.functional, task, config))(runs, keys)
 
 
-def _train_functional(task: Task, config: PPOConfig, seeds: list[int], callback):
+def _train_functional(task: Task, config: PPOConfig, seeds: list[int], callback, mesh):
     """Train one learner per seed in the task's own pure-JAX environment, in equal compiled stretches of about
-    `checkpoint_every` steps when there is a `callback` to call between them (one stretch otherwise)."""
-    runs, update_keys = _start_functional(task, config, jnp.stack([jax.random.key(s) for s in seeds]))
+    `checkpoint_every` steps when there is a `callback` to call between them (one stretch otherwise); the seeds
+    spread over `mesh` (`physgen.devices`)."""
+    n = len(seeds)
+    keys = placed_seeds(jnp.stack([jax.random.key(s) for s in seeds]), mesh)
+    runs, update_keys = on_each_device(partial(_start_functional, task, config), mesh, keys)
     total = config.num_updates * config.steps_per_update
     stretches = (min(config.num_updates, max(1, round(total / config.checkpoint_every)))
                  if callback and config.checkpoint_every else 1)
     bounds = np.linspace(0, config.num_updates, stretches + 1).astype(int)
     curves = []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
-        runs, curve, metrics = _updates_functional(task, config, runs, update_keys[:, lo:hi])
-        curves.append(np.asarray(curve))
+        runs, curve, metrics = on_each_device(
+            lambda runs, keys: _updates_functional(task, config, runs, keys[:, lo:hi]), mesh, runs, update_keys)
+        curves.append(gathered(curve)[:n])
         if callback is not None and hi < config.num_updates:  # the last one follows training
-            callback(int(hi) * config.steps_per_update, runs.learner)
-    return runs.learner, np.concatenate(curves, axis=1), metrics
+            callback(int(hi) * config.steps_per_update, first_seeds(runs.learner, n, mesh))
+    return first_seeds(runs.learner, n, mesh), np.concatenate(curves, axis=1), first_seeds(gathered(metrics), n)
 
 
 # ---------------------------------------------------------------- Gymnasium tasks: Python steps the vector env
@@ -352,7 +357,7 @@ def _save_all(folder: Path, task: Task, config: PPOConfig, seeds: list[int], lea
 
 
 def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Path | None = None,
-              progress: bool = True, callback=None) -> dict:
+              progress: bool = True, callback=None, devices: int | str | None = None) -> dict:
     """Train one policy per seed, all together; with `out_dir`, write `out_dir/seed_<s>` checkpoints.
 
     Returns {"task", "seeds", "config", "eval_returns" (per seed, a list over `config.eval_episodes` deterministic
@@ -361,14 +366,19 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
     update's losses per seed)}. Gymnasium tasks also write `out_dir/steps/<k>/seed_<s>` every `checkpoint_every`
     env steps and `out_dir/curve.json`; `out_dir/result.json` holds the returned dict. `callback(env_steps,
     learners)`, if given, gets the learners (stacked over seeds) every `checkpoint_every` env steps and after the
-    last update (a pure-JAX task then trains in compiled stretches between those points).
+    last update (a pure-JAX task then trains in compiled stretches between those points). `devices` spreads a
+    pure-JAX task's seeds over devices as `physgen.policies.train_policies` does (`physgen.devices`); a Gymnasium
+    task trains on one device, its time going to the environments stepped on the host.
     """
     config = config.validate()
     if not seeds or len(set(seeds)) != len(seeds):
         raise PhysgenError(f"seeds must be distinct and at least one, got {seeds}")
     out_dir = Path(out_dir) if out_dir is not None else None
     if task.functional is not None:
-        learners, curve_array, metrics = _train_functional(task, config, seeds, callback)
+        learners, curve_array, metrics = _train_functional(task, config, seeds, callback,
+                                                           fit_mesh(seed_mesh(devices), len(seeds)))
+        if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
+            learners = jax.device_get(learners)
         curve = [{"env_steps": (u + 1) * config.steps_per_update,
                   "mean_return": [None if np.isnan(v) else float(v) for v in curve_array[:, u]]}
                  for u in range(config.num_updates)]
@@ -415,12 +425,12 @@ def load_ppo_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def train_from_cli(task_name: str, seeds: list[int], steps: int | None, out: str,
-                   overrides: dict[str, str] | None = None) -> str:
+                   overrides: dict[str, str] | None = None, devices: int | str | None = None) -> str:
     """`physgen train --method ppo`: train `seeds` together, write checkpoints under `out`, summarise in text."""
     task = get_task(task_name)
     config = PPOConfig() if steps is None else PPOConfig(total_steps=steps)
     config = PPOConfig.from_dict(override(dataclasses.asdict(config), overrides or {})).validate()
-    result = train_ppo(task, config, seeds, out_dir=out)
+    result = train_ppo(task, config, seeds, out_dir=out, devices=devices)
     means = [float(np.mean(r)) for r in result["eval_returns"]]
     lines = [f"PPO on {task.name}: {config.num_updates * config.steps_per_update:,} env steps per seed, "
              f"checkpoints in {out}/seed_<s>"]

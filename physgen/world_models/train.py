@@ -18,6 +18,8 @@ from rich.progress import Progress
 from physgen.checkpoint import load_checkpoint, save_checkpoint
 from physgen.configs import override
 from physgen.data import load_dataset, split_episodes
+from physgen.devices import (first_seeds, fit_mesh, gathered, on_each_device, placed_seeds, replicated,
+                             seed_mesh)
 from physgen.envs import Task, get_task
 from physgen.errors import PhysgenError
 from physgen.world_models.data import concat_trajectories
@@ -102,23 +104,27 @@ def _programs(model: RSSM | VAE):
 
 
 def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: list[int],
-                       progress: bool = True, callback: Callable | None = None) -> TrainedWorldModels:
+                       progress: bool = True, callback: Callable | None = None,
+                       devices: int | str | None = None) -> TrainedWorldModels:
     """Train one model per seed, all seeds in one compiled program.
 
     `data` is the training split (`Trajectories`) for an RSSM or a state VAE, or a frame array
     (`render_frames`) for an image VAE. `callback(done, model, params)` runs after every call of `steps_per_call`
-    steps with the gradient steps done, the model and the parameters so far (stacked over seeds).
+    steps with the gradient steps done, the model and the parameters so far (stacked over seeds). `devices`
+    spreads the seeds over devices as `physgen.policies.train_policies` does (`physgen.devices`).
     """
     if not seeds:
         raise PhysgenError("no seeds to train; pass at least one seed")
-    start = time.perf_counter()
+    start, n = time.perf_counter(), len(seeds)
+    mesh = fit_mesh(seed_mesh(devices), n)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     init_keys, train_keys = jax.vmap(jax.random.split, out_axes=1)(keys)
     if isinstance(config, RSSMConfig):
         config = fit_scales(config, data)
     model, _ = abstract_model(config, task.obs_dim, task.act_dim)
-    arrays = model.prepare(data)  # checks the data before anything is compiled
-    run, states = _programs(model), initial_states(model, init_keys)
+    arrays = replicated(model.prepare(data), mesh)  # checks the data before anything is compiled
+    run = _programs(model)
+    states, train_keys = placed_seeds((initial_states(model, init_keys), train_keys), mesh)
     history: list[dict] = []
     method = "rssm" if isinstance(model, RSSM) else "vae"
     with Progress(disable=not progress, transient=True) as bar:
@@ -127,18 +133,21 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
         while done < config.optim.steps:
             steps = min(config.optim.steps_per_call, config.optim.steps - done)
             call_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(train_keys, call)
-            states, metrics = run(states, call_keys, arrays, steps)
-            history.append(jax.device_get(metrics))
+            states, metrics = on_each_device(lambda *args: run(*args, steps), mesh, states, call_keys, arrays)
+            history.append(jax.tree.map(lambda x: x[:n], gathered(metrics)))
             if not np.all(np.isfinite(history[-1]["loss"])):
                 raise PhysgenError(f"{method} training diverged (loss {history[-1]['loss']}) after {done + steps} "
                                    "steps; lower learning_rate or grad_clip")
             done, call = done + steps, call + 1
             if callback is not None:
-                callback(done, model, states.params)
+                callback(done, model, first_seeds(states.params, n, mesh))
             bar.update(job, completed=done, description=f"{method} on {task.name}, {len(seeds)} seeds, "
                        f"loss {history[-1]['loss'].mean():.4f}")
     metrics = {name: np.stack([h[name] for h in history], axis=1) for name in history[0]}
-    return TrainedWorldModels(model, states.params, metrics, tuple(seeds), time.perf_counter() - start)
+    params = first_seeds(states.params, n, mesh)
+    if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
+        params = jax.device_get(params)
+    return TrainedWorldModels(model, params, metrics, tuple(seeds), time.perf_counter() - start)
 
 
 def save_world_model(path: str | Path, task: Task, trained: TrainedWorldModels, index: int) -> Path:
@@ -162,7 +171,7 @@ def load_world_model(path: str | Path, task: str | None = None) -> tuple[RSSM | 
 
 def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | None, out: str,
                    datasets: tuple[str, ...] = ("expert-v0",), images: bool = False,
-                   overrides: dict[str, str] | None = None) -> str:
+                   overrides: dict[str, str] | None = None, devices: int | str | None = None) -> str:
     """`physgen train --method rssm|vae`: train on the datasets' training splits (by episode, 10% held out),
     checkpoint each seed under `out/seed_<s>`, evaluate on the held-out episodes, summarise in text. With
     `images`, the VAE learns rendered frames of expert episodes instead (pure-JAX tasks), and is evaluated on
@@ -182,7 +191,7 @@ def train_from_cli(task_name: str, method: str, seeds: list[int], steps: int | N
         splits = [split_episodes(load_dataset(task, name).trajectories, validation_fraction=0.1, seed=0)
                   for name in datasets]
         train, test = (concat_trajectories([split[i] for split in splits]) for i in (0, 1))
-    trained = train_world_models(task, config, train, seeds)
+    trained = train_world_models(task, config, train, seeds, devices=devices)
     source = "rendered frames" if images else ", ".join(datasets)
     lines = [(f"{method} on {task.name} ({source}): {config.optim.steps} steps x {len(seeds)} seeds, "
               f"{trained.seconds:.0f} s")]
