@@ -175,7 +175,8 @@ def _placed(tree, sharding: NamedSharding):
 def on_each_device(program, mesh: Mesh | None, *trees):
     """`program(*trees)`, a jitted function of seeds on the leading axis, run on each device with its part of `trees`
     (placed by `placed_seeds` or `replicated`); its outputs, seeds on the leading axis, sharded over the mesh.
-    JAX dispatches each call asynchronously, so the devices compute at once; they share one compiled program."""
+    JAX dispatches each call asynchronously, so the devices compute at once. The program is traced and lowered
+    once; XLA compiles it for each device (an executable belongs to its device), the first call on each."""
     if mesh is None:
         return program(*trees)
     parts = [program(*(jax.tree.map(lambda x: _shard_on(x, device), tree) for tree in trees))
