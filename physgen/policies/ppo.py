@@ -377,8 +377,6 @@ def train_ppo(task: Task, config: PPOConfig, seeds: list[int], out_dir: str | Pa
     if task.functional is not None:
         learners, curve_array, metrics = _train_functional(task, config, seeds, callback,
                                                            fit_mesh(seed_mesh(devices), len(seeds)))
-        if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
-            learners = jax.device_get(learners)
         curve = [{"env_steps": (u + 1) * config.steps_per_update,
                   "mean_return": [None if np.isnan(v) else float(v) for v in curve_array[:, u]]}
                  for u in range(config.num_updates)]

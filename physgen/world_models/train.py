@@ -144,10 +144,8 @@ def train_world_models(task: Task, config: RSSMConfig | VAEConfig, data, seeds: 
             bar.update(job, completed=done, description=f"{method} on {task.name}, {len(seeds)} seeds, "
                        f"loss {history[-1]['loss'].mean():.4f}")
     metrics = {name: np.stack([h[name] for h in history], axis=1) for name in history[0]}
-    params = first_seeds(states.params, n, mesh)
-    if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
-        params = jax.device_get(params)
-    return TrainedWorldModels(model, params, metrics, tuple(seeds), time.perf_counter() - start)
+    return TrainedWorldModels(model, first_seeds(states.params, n, mesh), metrics, tuple(seeds),
+                              time.perf_counter() - start)
 
 
 def save_world_model(path: str | Path, task: Task, trained: TrainedWorldModels, index: int) -> Path:
