@@ -40,6 +40,13 @@ def _check_minimums(args: argparse.Namespace, **minimums: int) -> None:
             raise PhysgenError(f"--{name.replace('_', '-')} must be at least {minimum}, got {getattr(args, name)}")
 
 
+def _integers(text: str, flag: str, example: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise PhysgenError(f"{flag} takes comma-separated integers such as {example}, got {text!r}") from None
+
+
 def _tasks(args: argparse.Namespace) -> None:
     for task in list_tasks():
         print(f"{task.name}: {task.summary}\n"
@@ -154,8 +161,6 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _distill(args: argparse.Namespace) -> None:
-    if args.steps is not None:
-        _check_minimums(args, steps=1)
     out = Path(args.out or f"{Path(args.checkpoint).absolute()}-1step")
     check_folder(out.parent, "--out")
     path, student = distill_checkpoint(args.checkpoint, out, steps=args.steps, dataset=args.dataset)
@@ -164,31 +169,21 @@ def _distill(args: argparse.Namespace) -> None:
 
 
 def _sweep_steps(args: argparse.Namespace) -> None:
-    try:
-        steps = [int(k) for k in args.sampler_steps.split(",")]
-    except ValueError:
-        raise PhysgenError(f"--sampler-steps takes comma-separated integers such as 1,2,5,10, got "
-                           f"{args.sampler_steps!r}") from None
+    steps = _integers(args.sampler_steps, "--sampler-steps", "1,2,5,10")
     _check_minimums(args, episodes=1)
     check_folder(Path(args.out), "--out")
     sweep_steps(args.checkpoint, steps, args.episodes, args.out)
 
 
 def _sweep_delay(args: argparse.Namespace) -> None:
-    try:
-        delays = [int(d) for d in args.delays.split(",")]
-    except ValueError:
-        raise PhysgenError(f"--delays takes comma-separated integers such as 0,1,2,4,8, got {args.delays!r}") from None
+    delays = _integers(args.delays, "--delays", "0,1,2,4,8")
     _check_minimums(args, episodes=1)
     check_folder(Path(args.out), "--out")
     sweep_delay(args.checkpoint, delays, args.episodes, args.out, tuple(m for m in args.modes.split(",") if m))
 
 
 def _plan(args: argparse.Namespace) -> None:
-    try:
-        episodes = [int(e) for e in args.episodes.split(",")]
-    except ValueError:
-        raise PhysgenError(f"--episodes takes comma-separated integers such as 10,100, got {args.episodes!r}") from None
+    episodes = _integers(args.episodes, "--episodes", "10,100")
     if min(episodes) < 1 or not 0 < args.power < 1:
         raise PhysgenError(f"--episodes must be at least 1 and --power between 0 and 1, got {episodes}, {args.power}")
     spread, baseline = args.spread, args.baseline

@@ -179,20 +179,13 @@ def on_each_device(program, mesh: Mesh | None, *trees):
     once; XLA compiles it for each device (an executable belongs to its device), the first call on each."""
     if mesh is None:
         return program(*trees)
-    parts = [program(*(jax.tree.map(lambda x: _shard_on(x, device), tree) for tree in trees))
-             for device in _own(mesh)]
+    # each device this process drives (all of them in a single process), in the mesh's order, on its shards
+    own = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
+    parts = [program(*(jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
+                       for tree in trees)) for device in own]
     sharding = NamedSharding(mesh, PartitionSpec(SEEDS))
     return jax.tree.map(lambda *shards: jax.make_array_from_single_device_arrays(
         (len(shards[0]) * mesh.size, *shards[0].shape[1:]), sharding, list(shards)), *parts)
-
-
-def _own(mesh: Mesh) -> list:
-    """The mesh's devices this process drives (all of them in a single process), in the mesh's order."""
-    return [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
-
-
-def _shard_on(x: jax.Array, device) -> jax.Array:
-    return next(shard.data for shard in x.addressable_shards if shard.device == device)
 
 
 def gathered(tree):

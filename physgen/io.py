@@ -49,7 +49,8 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], compressed: bool = Fals
 
 
 def write_figure(path: Path, figure, dpi: int = 120) -> None:
-    """Write a matplotlib figure as a PNG, atomically."""
+    """Write a matplotlib figure as a PNG (its layout tightened first), atomically."""
+    figure.tight_layout()
     _replace_atomically(path, lambda file: figure.savefig(file, format="png", dpi=dpi))
 
 

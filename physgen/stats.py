@@ -42,6 +42,12 @@ def _check(confidence: float) -> None:
         raise PhysgenError(f"confidence must lie strictly between 0 and 1, got {confidence!r}; use e.g. 0.95")
 
 
+def _interval(bounds, *args, confidence: float) -> Interval:
+    """`bounds(*args, confidence)` as an `Interval` of floats, the confidence checked first."""
+    _check(confidence)
+    return Interval(*(float(v) for v in bounds(*args, confidence)))
+
+
 def _counts(counts, episodes: int, name: str = "counts") -> np.ndarray:
     array = _values(counts, name)
     if not isinstance(episodes, (int, np.integer)) or episodes < 1:
@@ -101,9 +107,7 @@ def rate_bounds(counts, episodes: int, confidence: float = 0.95) -> tuple[np.nda
 
 def rate_interval(counts, episodes: int, confidence: float = 0.95) -> Interval:
     """Mean success (or any per-episode event) rate over seeds from each seed's count out of `episodes`."""
-    array = _counts(counts, episodes)
-    _check(confidence)
-    return Interval(*(float(v) for v in rate_bounds(array, episodes, confidence)))
+    return _interval(rate_bounds, _counts(counts, episodes), episodes, confidence=confidence)
 
 
 def median_interval(values, confidence: float = 0.95) -> Interval:
@@ -140,9 +144,7 @@ def mean_bounds(values, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarra
 
 def mean_interval(values, confidence: float = 0.95) -> Interval:
     """Mean over seeds of per-episode `values` (one row per seed, one column per episode), e.g. returns."""
-    array = _values(values, ndim=2)
-    _check(confidence)
-    return Interval(*(float(v) for v in mean_bounds(array, confidence)))
+    return _interval(mean_bounds, _values(values, ndim=2), confidence=confidence)
 
 
 def difference_bounds(counts_x, counts_y, episodes: int, confidence: float = 0.95):
@@ -156,8 +158,7 @@ def difference_bounds(counts_x, counts_y, episodes: int, confidence: float = 0.9
 def difference_interval(counts_x, counts_y, episodes: int, confidence: float = 0.95) -> Interval:
     """Success rate of method x minus method y, both evaluated on the same `episodes` episodes per seed."""
     x, y = _counts(counts_x, episodes, "counts_x"), _counts(counts_y, episodes, "counts_y")
-    _check(confidence)
-    return Interval(*(float(v) for v in difference_bounds(x, y, episodes, confidence)))
+    return _interval(difference_bounds, x, y, episodes, confidence=confidence)
 
 
 def _improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -165,12 +166,6 @@ def _improvement(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     n, m = x.shape[-1], y.shape[-1]
     ranks = stats.rankdata(np.concatenate([x, y], axis=-1), axis=-1)[..., :n]
     return (ranks.sum(axis=-1) - n * (n + 1) / 2.0) / (n * m)
-
-
-def _improvement_variance(theta: np.ndarray, n: int, m: int) -> np.ndarray:
-    """Hanley and McNeil's variance of the Mann-Whitney estimate at `theta`, with both groups of size (n + m) / 2."""
-    size = (n + m) / 2.0
-    return theta * (1 - theta) * (1 + (size - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / (n * m)
 
 
 def improvement_bounds(x, y, confidence: float = 0.95, steps: int = 50):
@@ -181,8 +176,10 @@ def improvement_bounds(x, y, confidence: float = 0.95, steps: int = 50):
     estimate = _improvement(x, y)
     z2 = stats.norm.ppf(0.5 + confidence / 2.0) ** 2
 
-    def outside(theta):
-        return (estimate - theta) ** 2 > z2 * _improvement_variance(theta, n, m)
+    def outside(theta):  # Hanley and McNeil's variance of the estimate at theta, both groups of size (n + m) / 2
+        size = (n + m) / 2.0
+        variance = theta * (1 - theta) * (1 + (size - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta))) / (n * m)
+        return (estimate - theta) ** 2 > z2 * variance
 
     ends = []
     for far in (np.zeros_like(estimate), np.ones_like(estimate)):
@@ -197,9 +194,7 @@ def improvement_bounds(x, y, confidence: float = 0.95, steps: int = 50):
 
 def probability_of_improvement(x, y, confidence: float = 0.95) -> Interval:
     """P(X > Y) + 0.5 P(X = Y): the chance that a seed of x scores above a seed of y, with its score interval."""
-    x, y = _values(x, "x"), _values(y, "y")
-    _check(confidence)
-    return Interval(*(float(v) for v in improvement_bounds(x, y, confidence)))
+    return _interval(improvement_bounds, _values(x, "x"), _values(y, "y"), confidence=confidence)
 
 
 def summarize(per_seed_success, normalized_returns=None, confidence: float = 0.95) -> dict:

@@ -15,8 +15,6 @@ LAYERS = {"envs": 1, "data": 1, "policies": 2, "world_models": 2, "bench": 3, "c
 DEFERRED = {
     ("physgen.control", "physgen.control.controller"): "load_exported serves with jax and numpy only",
     ("physgen.control.export", "physgen.policies"): "an exported file loads without the training code",
-    ("physgen.control.export", "physgen.policies.diffusion"): "an exported file loads without the training code",
-    ("physgen.control.export", "physgen.policies.flow"): "an exported file loads without the training code",
     ("physgen.control.export", "jax2onnx"): "the onnx extra: heavy and optional, needed only to export ONNX",
     ("physgen.bench.video", "mujoco"): "rendering only: MuJoCo's GL backend is chosen when it is first imported",
 }

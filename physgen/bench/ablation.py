@@ -85,7 +85,6 @@ def ablation_figures(out: Path, result: dict) -> None:
             ax.set(xlabel=field, ylabel=label)
             ax.legend(fontsize=8)
         fig.suptitle(f"ablation of {field} (95% CI over seeds, same evaluation episodes)")
-        fig.tight_layout()
         write_figure(out / f"ablation_{field}.png", fig)
 
 

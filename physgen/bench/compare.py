@@ -17,7 +17,9 @@ world models' open-loop evaluation stay in each run's own report.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import time
 from collections import Counter
 from pathlib import Path
@@ -62,18 +64,12 @@ class Run:
             raise PhysgenError(f"{folder} is unfinished (no {missing}); rerun `{command} --out {folder}` to finish it")
 
 
-def _field(experiment: dict, path: str):
-    for key in path.split("."):
-        experiment = experiment[key]
-    return experiment
-
-
 def _check_shared(runs: list[Run]) -> None:
     """Refuse runs that differ from the first in a field the comparison's intervals rely on."""
     first = runs[0]
     for run in runs[1:]:
         for path, what in SHARED:
-            mine, theirs = _field(first.experiment, path), _field(run.experiment, path)
+            mine, theirs = (functools.reduce(operator.getitem, path.split("."), r.experiment) for r in (first, run))
             if mine != theirs:
                 raise PhysgenError(f"cannot compare {first.folder} and {run.folder}: {path} differs ({mine} and "
                                    f"{theirs}); rows are compared only on the same {what}, so rerun one of them "
@@ -107,17 +103,15 @@ def _union(runs: list[Run], key: str) -> list:
     return list(dict.fromkeys(item for run in runs for item in run.experiment[key] or []))
 
 
-def _by_row(runs: list[Run], names: list[dict[str, str]], key: str) -> dict:
-    """Every run's {row: value} of `key`, its rows renamed by `names`."""
-    return {mine[row]: value for run, mine in zip(runs, names) for row, value in run.experiment[key].items()}
-
-
 def _merged_protocol(runs: list[Run], names: list[dict[str, str]]) -> dict:
     """The first run's protocol with every run's rows, renamed by `names`, and a record of the compared runs."""
     renamed = any(row != new for mine in names for row, new in mine.items())
     budgets = ", ".join(dict.fromkeys(run.experiment["budget"] for run in runs))
     experiment = {**runs[0].experiment, "methods": _union(runs, "methods"),
-                  **{key: _by_row(runs, names, key) for key in ("rows", "hyperparameters", "curve_steps")},
+                  # every run's rows, renamed by `names`
+                  **{key: {mine[row]: value for run, mine in zip(runs, names)
+                           for row, value in run.experiment[key].items()}
+                     for key in ("rows", "hyperparameters", "curve_steps")},
                   "budget": budgets, "budget_settings": _agreed(runs, "budget_settings", None),
                   "overrides": _agreed(runs, "overrides", {}), "ppo_left_out": _agreed(runs, "ppo_left_out", None),
                   "variants": {} if renamed else _agreed(runs, "variants", {}),

@@ -22,10 +22,6 @@ TARGET = 0.8
 AXIS = "real environment steps"
 
 
-def _steps_to_target(curve: list[dict]) -> float:
-    return next((float(p["step"]) for p in curve if p["success_rate"] >= TARGET), math.inf)
-
-
 def sample_efficiency(units: dict[str, list[dict]], axis_of: dict[str, str], confidence: float) -> dict:
     """{row: {"points": [{"step", "success", "return"}], "steps_to_target", "reached", "seeds"}} for the rows on the
     real-step axis; an interval's end at infinity (seeds that never reached the target) is None."""
@@ -41,7 +37,7 @@ def sample_efficiency(units: dict[str, list[dict]], axis_of: dict[str, str], con
                            "success": stats.rate_interval(counts, point["episodes"], confidence).as_dict(),
                            "return": (stats.mean_interval(returns, confidence).as_dict()
                                       if all(x is not None for x in returns) else None)})
-        steps = [_steps_to_target(r["curve"]) for r in records]
+        steps = [next((float(p["step"]) for p in r["curve"] if p["success_rate"] >= TARGET), math.inf) for r in records]
         interval = stats.median_interval(steps, confidence).as_dict()
         interval["low"] = max(interval["low"], 0.0)  # steps are never negative
         efficiency[row] = {"points": points, "reached": int(np.isfinite(steps).sum()), "seeds": len(steps),
@@ -64,7 +60,6 @@ def efficiency_figure(out: Path, efficiency: dict) -> None:
             ax.set_ylim(-0.02, 1.02)
         ax.legend()
     fig.suptitle("sample efficiency (mean over seeds, 95% CI over seeds)")
-    fig.tight_layout()
     write_figure(out / "sample_efficiency.png", fig)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from physgen.bench.units import Curves, Evaluation, write_latency
+from physgen.bench.units import Curves, Evaluation, latency_path
+from physgen.io import write_json
 from physgen.envs import Task
 
 
@@ -47,10 +48,10 @@ class Job(NamedTuple):
         return self.variants[0].hyperparameters
 
     def finish(self, curves: Curves, latency: dict, variant: Variant | None = None) -> None:
-        """Write a variant's (default: the first's) latency (first, so that a run killed between them resumes with
-        it) and its pending units."""
+        """Write a variant's (default: the first's) latency (its first seed's, machine-dependent, so kept apart from
+        the outcomes; first, so that a run killed between them resumes with it) and its pending units."""
         variant = variant or self.variants[0]
-        write_latency(self.out, variant.row, latency)
+        write_json(latency_path(self.out, variant.row), latency)
         curves.write_units(self.out, variant.row, variant.pending)
 
 

@@ -209,7 +209,6 @@ def fix_protocol(out: Path, protocol: dict) -> None:
             raise PhysgenError(f"{out} holds a run with a different protocol ({', '.join(differing[:4])}{more} "
                                "differ); pass another --out, or delete that folder to start over")
         return
-    out.mkdir(parents=True, exist_ok=True)
     write_json(path, protocol)
 
 

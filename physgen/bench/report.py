@@ -118,7 +118,6 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
         ax.set(xlabel=label, ylabel="success rate", ylim=(-0.02, 1.02))
         ax.legend()
     fig.suptitle("success over training (mean over seeds, 95% CI over seeds)")
-    fig.tight_layout()
     write_figure(out / "curves.png", fig)
 
     fig = Figure(figsize=(6, 4))
@@ -127,7 +126,6 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
     ax.bar(methods, [s["estimate"] for s in means],
            yerr=[[s["estimate"] - s["low"] for s in means], [s["high"] - s["estimate"] for s in means]], capsize=6)
     ax.set(ylabel="final success rate", ylim=(0, 1.02), title="final success (95% CI over seeds)")
-    fig.tight_layout()
     write_figure(out / "success.png", fig)
 
     fig = Figure(figsize=(6, 4))
@@ -140,13 +138,7 @@ def _figures(out: Path, summary: dict, curves: dict, categories: tuple[str, ...]
             bottom += rates
     ax.set(ylabel="share of all episodes", ylim=(0, 1.02), title="failures by category")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     write_figure(out / "failures.png", fig)
-
-
-def _open_loop_path(out: Path) -> Path | None:
-    """The RSSMs' open-loop evaluation (with RSSM variants: the first variant's), None without world models."""
-    return next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
 
 
 def _world_model_section(path: Path | None, experiment: dict) -> list[str]:
@@ -352,7 +344,8 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     summary = summarize_units(units, statistics, categories, experiment["rows"])
     curves = _curves(units, statistics)
     ablation = ablations(units, summary, experiment, statistics["confidence"])
-    open_loop = _open_loop_path(out)
+    # the RSSMs' open-loop evaluation (with RSSM variants: the first variant's), None without world models
+    open_loop = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
     run = {"command": command or bench_command(task, experiment), "budget": experiment["budget"],
            "seeds": len(experiment["training_seeds"]), "episodes": experiment["episodes"], "minutes": seconds / 60,
            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

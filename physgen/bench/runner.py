@@ -66,7 +66,12 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
-    _check_processes(methods)
+    # with several processes, only the offline policies trained by `train_policies`: orbax refuses to checkpoint the
+    # arrays the other methods leave on one device of one process
+    others = [method.name for method in methods if method not in (DIFFUSION, FLOW, BC)]
+    if jax.process_count() > 1 and others:
+        raise PhysgenError(f"{', '.join(others)} cannot run in several processes yet (only diffusion, flow and bc "
+                           "can); pass --methods with those, or run in one process")
     # a count JAX cannot provide is refused before any work; the run records the devices its seeds fill
     devices = mesh_size(fit_mesh(seed_mesh(devices), len(seeds)))
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work
@@ -87,15 +92,6 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
                                  videos=videos, timing=read_json(folder / "timing.json"))
         write_writeup(folder)
     return out
-
-
-def _check_processes(methods: list[Method]) -> None:
-    """With several processes, only the offline policies trained by `train_policies`: orbax refuses to checkpoint the
-    arrays the other methods leave on one device of one process."""
-    others = [method.name for method in methods if method not in (DIFFUSION, FLOW, BC)]
-    if jax.process_count() > 1 and others:
-        raise PhysgenError(f"{', '.join(others)} cannot run in several processes yet (only diffusion, flow and bc "
-                           "can); pass --methods with those, or run in one process")
 
 
 def trainings(methods: list[Method], experiment: dict) -> list[tuple[Method, list[str]]]:

@@ -76,15 +76,9 @@ def sweep_steps(checkpoint: str | Path, steps: list[int], episodes: int, out: st
     latency = ax.twinx()
     latency.plot(steps, [r["chunk_p99_us"] / 1e3 for r in rows], color="tab:red", marker="s")
     latency.set_ylabel("chunk latency p99 (ms)", color="tab:red")
-    fig.tight_layout()
     write_figure(out / "sweep.png", fig)
     print("\n".join(lines))
     return rows
-
-
-def mode_config(config, mode: str, delay: int, rate: float):
-    """`config` acting by `mode` (`DELAY_MODES`) with chunks `delay` steps late."""
-    return config.replace(delay=delay, ensemble=rate if mode == "ensemble" else None, rtc=mode == "rtc")
 
 
 def sweep_delay(checkpoint: str | Path, delays: list[int], episodes: int, out: str | Path,
@@ -112,7 +106,9 @@ def sweep_delay(checkpoint: str | Path, delays: list[int], episodes: int, out: s
     rows = []
     for mode in modes:
         for delay in delays:
-            acting = policy._replace(config=mode_config(config, mode, delay, rate))
+            # acting by `mode`, with chunks `delay` steps late
+            acting = policy._replace(config=config.replace(delay=delay, ensemble=rate if mode == "ensemble" else None,
+                                                           rtc=mode == "rtc"))
             rollouts = run_episodes(task, ChunkingAgent(acting), stacked, episode_seeds(EVALUATION, episodes),
                                     reference)
             success = wilson_interval(int(rollouts.success.sum()), rollouts.success.size)
@@ -149,7 +145,6 @@ def delay_figure(sweep: dict, path: Path) -> None:
     change_axis.set(xlabel="delay (control steps)", ylabel="mean |a_t - a_(t-1)|")
     rate_axis.legend()
     fig.suptitle(f"{sweep['method']} on {sweep['task']}, T_p {sweep['action_steps']}, T_a {sweep['exec_steps']}")
-    fig.tight_layout()
     write_figure(path, fig)
 
 

@@ -31,13 +31,6 @@ def latency_path(out: Path, row: str) -> Path:
     return out / "units" / row_folder(row) / "latency.json"
 
 
-def write_unit(out: Path, method: str, seed: int, record: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Arrays first, then the JSON with their digest: a unit counts as done once its JSON exists and matches them."""
-    path = unit_path(out, method, seed)
-    write_npz(path.with_suffix(".npz"), arrays, compressed=True)
-    write_json(path.with_suffix(".json"), {**record, "npz_sha256": file_digest(path.with_suffix(".npz"))})
-
-
 def read_unit(out: Path, method: str, seed: int) -> dict | None:
     """A finished unit's record; None when it is missing, its JSON is cut short, or its arrays do not match the
     digest in the JSON (a unit to train again)."""
@@ -58,12 +51,6 @@ def pending_units(out: Path, method: str, seeds: list[int]) -> list[int]:
     if damaged:
         print(f"physgen: {', '.join(damaged)} damaged or incomplete; training {method} again to rewrite them")
     return pending
-
-
-def write_latency(out: Path, method: str, latency: dict) -> None:
-    """Latency of the method's first seed in this run (machine-dependent, so kept apart from the outcomes); written
-    before the method's units, so that a run killed between them resumes with it."""
-    write_json(latency_path(out, method), latency)
 
 
 class Evaluation:
@@ -135,7 +122,11 @@ class Curves:
             self.final = rollouts
 
     def write_units(self, out: Path, method: str, pending: list[int]) -> None:
-        """The units of the `pending` seeds, from the final rollouts."""
+        """The units of the `pending` seeds, from the final rollouts: arrays first, then the JSON with their digest (a
+        unit counts as done once its JSON exists and matches them)."""
         for i, seed in enumerate(self.seeds):
             if seed in pending:
-                write_unit(out, method, seed, *self.evaluation.record(method, seed, self.final, i, self.points[seed]))
+                record, arrays = self.evaluation.record(method, seed, self.final, i, self.points[seed])
+                path = unit_path(out, method, seed).with_suffix(".npz")
+                write_npz(path, arrays, compressed=True)
+                write_json(path.with_suffix(".json"), {**record, "npz_sha256": file_digest(path)})

@@ -189,20 +189,6 @@ def filmstrip(frames: Frames, indices: list[int], caption: tuple[str, ...]) -> n
     return np.concatenate([np.asarray(title), row, np.asarray(labels)])
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _whole_blocks(image: np.ndarray) -> np.ndarray:
-    """`image` padded with white on the right and bottom to whole codec blocks, which imageio would otherwise
-    reach by resampling the frame, with a warning."""
-    height, width = image.shape[:2]
-    pad = ((0, -height % MACRO_BLOCK), (0, -width % MACRO_BLOCK), (0, 0))
-    return np.pad(image, pad, constant_values=255)
-
-
 def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     """`images` as an MP4 at `path`, or as a GIF beside it when the MP4 encoder fails; the path written. Either is
     complete or absent: the MP4 is encoded into a partial file (ffmpeg writes only to files, named by their
@@ -211,8 +197,10 @@ def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         with imageio.get_writer(partial, fps=fps, macro_block_size=MACRO_BLOCK) as writer:
-            for image in images:
-                writer.append_data(_whole_blocks(image))
+            for image in images:  # padded with white to whole codec blocks, which imageio would otherwise reach by
+                # resampling the frame, with a warning
+                pad = ((0, -image.shape[0] % MACRO_BLOCK), (0, -image.shape[1] % MACRO_BLOCK), (0, 0))
+                writer.append_data(np.pad(image, pad, constant_values=255))
         os.replace(partial, path)
         return path
     except (OSError, RuntimeError, ValueError):
@@ -286,8 +274,9 @@ def _render_picked(out: Path, task: Task, units: dict[str, list[dict]]) -> dict[
                 evidence = episode["evidence"]
                 indices = filmstrip_indices(frames.steps, evidence["failure_step"], evidence["onset_step"],
                                             task.horizon)
-                image = png_bytes(filmstrip(frames, indices, caption))
-                strip = str(write_bytes(video.with_suffix(".png"), image).relative_to(out))
+                png = io.BytesIO()
+                Image.fromarray(filmstrip(frames, indices, caption)).save(png, format="PNG")
+                strip = str(write_bytes(video.with_suffix(".png"), png.getvalue()).relative_to(out))
             clips.append(Clip(label, str(video.relative_to(out)), strip, caption))
         written[method] = clips
     return written
@@ -300,11 +289,9 @@ def checkpoint_videos(task: Task, checkpoint: Path, episodes: int, out: Path) ->
     expert_return = load_dataset(task).metadata.get("ref_max_score")
     seeds = episode_seeds(EVALUATION, episodes)
     rollouts = run_episodes(task, agent, jax.tree.map(lambda x: x[None], params), seeds, expert_return)
-    outcomes = [(int(s), rollouts.actions[0, e, : rollouts.lengths[0, e]],
-                 {k: v[0, e] for k, v in rollouts.events.items()}, rollouts.returns[0, e]) for e, s in enumerate(seeds)]
     paths = []
-    for seed, actions, events, episode_return in outcomes:
-        fired = [k for k in task.events if np.any(events[k])]
-        label = "_".join(fired) or "no_events"
-        paths.append(render_episode(task, seed, actions, out / f"episode{seed}_{label}_return{episode_return:.0f}.mp4"))
+    for e, seed in enumerate(seeds):
+        label = "_".join(k for k in task.events if np.any(rollouts.events[k][0, e])) or "no_events"
+        paths.append(render_episode(task, int(seed), rollouts.actions[0, e, : rollouts.lengths[0, e]],
+                                    out / f"episode{seed}_{label}_return{rollouts.returns[0, e]:.0f}.mp4"))
     return paths

@@ -22,7 +22,6 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +49,7 @@ def export_policy(policy, state, path: str | Path, steps: int | None = None, tas
     """
     from physgen.policies import act, stored_weights  # deferred: loading an export never imports the training code
 
-    path = _check_request(path, steps)
-    _check_sampler_steps(policy.config, steps)
+    path = _check_request(path, steps, policy.config)
     policy, state = stored_weights(policy, state, weights)
 
     def sample(obs_history, key_data):
@@ -77,17 +75,18 @@ def export_onnx(policy, state, path: str | Path, steps: int | None = None, task:
     keeps the model deterministic. `sampler_noise` gives the draws the jax sampler makes from a key; N is
     `noise_draws` in the metadata entry `physgen`. `weights` as for `export_policy`.
     """
-    from physgen.policies import stored_weights  # deferred, as in export_policy
+    from physgen.policies import act, stored_weights  # deferred, as in export_policy
 
-    path = _check_request(path, steps)
-    _check_sampler_steps(policy.config, steps)
+    path = _check_request(path, steps, policy.config)
     jax2onnx = _import_jax2onnx()
     policy, state = stored_weights(policy, state, weights)
     config = policy.config
     draws = _noise_draws(config, steps)
     specs = (jax.ShapeDtypeStruct((config.chunking.obs_steps, policy.obs_dim), jnp.float32),
              jax.ShapeDtypeStruct((draws, config.chunking.action_steps, policy.act_dim), jnp.float32))
-    model = jax2onnx.to_onnx(lambda obs_history, noise: _act_with_noise(policy, state, obs_history, noise, steps),
+    # the draws of one history: noise[0] the initial chunk, noise[1 + i] reverse step i's (as `sampler_noise`)
+    model = jax2onnx.to_onnx(lambda obs_history, noise: act(policy, state, obs_history[None], None, steps,
+                                                            noise=noise[:, None])[0],
                              specs, model_name="physgen_policy", input_names=["obs_history", "noise"],
                              output_names=["chunk"])
     model.metadata_props.add(key="physgen", value=json.dumps({**_header(policy, state, steps, task),
@@ -234,32 +233,6 @@ def _noise_draws(config, steps: int | None) -> int:
     return 1
 
 
-def _act_with_noise(policy, state, obs_history, noise, steps: int | None):
-    """`act` for one history (T_o, obs_dim) with the sampler's draws given: noise[0] the initial chunk, noise[1 + i]
-    reverse step i's, as `sampler_noise` orders them; the chunk (T_p, act_dim)."""
-    from physgen.policies import act, diffusion, flow  # deferred, as in export_policy
-
-    config = policy.config
-    steps = steps or config.inference_steps
-
-    def sample(params, obs, noise, steps, guide=None):  # Policy.sample's, with `noise` where it takes a key;
-        # act passes no guide here (None): real-time chunking is not exported
-        net, cond = policy.conditioning(params, obs)
-        if config.method == "bc":
-            return policy.sample(params, obs, None, steps)  # draws nothing
-        if config.method == "flow":
-            return flow.integrate(net, noise, cond, steps, config.flow.integrator)
-        d = config.diffusion
-        with jax.ensure_compile_time_eval():  # constants in the model: the schedule's cumprod has no ONNX operator
-            schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
-        return diffusion.sample_from_noise(net, schedule, d.prediction, cond, noise[:1],
-                                           noise[1:, None] if len(noise) > 1 else None, steps, d.sampler, d.ddim_eta)
-
-    # act only reads the config and calls policy.sample: a stand-in whose sample takes the draws where the
-    # policy's takes a key
-    return act(SimpleNamespace(config=config, sample=sample), state, obs_history[None], noise, steps)[0]
-
-
 def _import_jax2onnx():
     try:
         import jax2onnx  # deferred: a heavy optional dependency (onnx, onnx-ir, its plugins), for ONNX exports only
@@ -268,18 +241,16 @@ def _import_jax2onnx():
     return jax2onnx
 
 
-def _check_sampler_steps(config, steps: int | None) -> None:
-    if config.method == "diffusion" and steps is not None and steps > config.diffusion.train_diffusion_steps:
-        raise PhysgenError(f"steps must be at most the {config.diffusion.train_diffusion_steps} diffusion steps the "
-                           f"policy was trained with, got {steps}")
-
-
-def _check_request(out: str | Path, steps) -> Path:
-    """Refuse an output path that is a folder and a number of sampler steps that is not a positive integer."""
+def _check_request(out: str | Path, steps, config=None) -> Path:
+    """Refuse an output path that is a folder and a number of sampler steps that is not a positive integer (or,
+    given the policy's `config`, more than a diffusion policy was trained with)."""
     out = Path(out)
     if out.is_dir():
         raise PhysgenError(f"the output {out} is a folder; name the file to write, e.g. {out / 'policy.jaxexport'}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1):
         raise PhysgenError(f"steps must be a positive integer number of sampler steps, got {steps!r}; leave it "
                            "out for the policy's own")
+    if config is not None and config.method == "diffusion" and steps and steps > config.diffusion.train_diffusion_steps:
+        raise PhysgenError(f"steps must be at most the {config.diffusion.train_diffusion_steps} diffusion steps the "
+                           f"policy was trained with, got {steps}")
     return out

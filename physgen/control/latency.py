@@ -13,7 +13,13 @@ from physgen.envs.rollout import Agent
 from physgen.policies import Policy, PolicyRunner, PolicyState
 
 
-def _percentiles(nanoseconds: list[int]) -> tuple[float, float]:
+def _timed(call, calls: int) -> tuple[float, float]:
+    """p50 and p99 (microseconds) of `call(i)` for i in range(calls)."""
+    nanoseconds = []
+    for i in range(calls):
+        begin = time.perf_counter_ns()
+        call(i)
+        nanoseconds.append(time.perf_counter_ns() - begin)
     p50, p99 = np.percentile(np.asarray(nanoseconds) / 1e3, [50, 99])
     return float(p50), float(p99)
 
@@ -29,17 +35,12 @@ def measure_latency(policy: Policy, state: PolicyState, observations: np.ndarray
     runner = PolicyRunner(policy, state, steps)
     compile_s = time.perf_counter() - start
     history = np.repeat(observations[:1], policy.config.chunking.obs_steps, axis=0)
-    chunk_ns = []
-    for call in range(calls):
-        begin = time.perf_counter_ns()
-        runner.act(history, call)
-        chunk_ns.append(time.perf_counter_ns() - begin)
+    chunk_p50, chunk_p99 = _timed(lambda call: runner.act(history, call), calls)
     with Controller(policy, state, rate_hz=rate_hz, steps=steps, prefetch=0) as controller:
         controller.reset()
         for call in range(calls):
             controller.act(observations[call % len(observations)])
         actions = controller.stats()
-    chunk_p50, chunk_p99 = _percentiles(chunk_ns)
     return {"compile_s": compile_s, "chunk_p50_us": chunk_p50, "chunk_p99_us": chunk_p99,
             "action_p50_us": actions["p50_us"], "action_p99_us": actions["p99_us"],
             "sustainable_hz": 1e6 / actions["p99_us"], "calls": calls, "steps": steps or policy.config.inference_steps}
@@ -59,11 +60,6 @@ def measure_agent_latency(agent: Agent, params, observations: np.ndarray, calls:
     start = time.perf_counter()
     act(observations[0])
     compile_s = time.perf_counter() - start
-    times = []
-    for call in range(calls):
-        begin = time.perf_counter_ns()
-        act(observations[call % len(observations)])
-        times.append(time.perf_counter_ns() - begin)
-    p50, p99 = _percentiles(times)
+    p50, p99 = _timed(lambda call: act(observations[call % len(observations)]), calls)
     return {"compile_s": compile_s, "chunk_p50_us": p50, "chunk_p99_us": p99, "action_p50_us": p50,
             "action_p99_us": p99, "sustainable_hz": 1e6 / p99, "calls": calls, "steps": None}

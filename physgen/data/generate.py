@@ -7,7 +7,6 @@ folder is named after its process: one left by a killed run (its process gone) i
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
@@ -16,6 +15,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import h5py
 import minari
@@ -92,20 +92,6 @@ def _buffer(index: int, episode: Episode) -> EpisodeBuffer:
 
 def mean_return(episodes: list[Episode]) -> float:
     return float(np.mean([e.episode_return for e in episodes]))
-
-
-@contextlib.contextmanager
-def _minari_root(path: Path):
-    """Point Minari at another datasets root for the duration of the block."""
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(path)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["MINARI_DATASETS_PATH"]
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
 
 
 def generate_dataset(task: Task, episodes: int | None = None, seed: int = 0, policy: str = "expert",
@@ -191,7 +177,8 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
     remove_stale_staging(root.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=root.parent))
     try:
-        with _minari_root(staging), warnings.catch_warnings():
+        # Minari writes under the staging folder for the duration of the block
+        with mock.patch.dict(os.environ, MINARI_DATASETS_PATH=str(staging)), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Minari warns about unset optional metadata such as author e-mail
             created = minari.create_dataset_from_buffers(
                 dataset_id=dataset,

@@ -33,20 +33,14 @@ class SequenceBatch(NamedTuple):
     next_observations: jax.Array  # (B, L, obs_dim)
 
 
-def window_indices(data: Trajectories, steps: jax.Array, obs_steps: int, action_steps: int):
-    """Step indices (padded at episode edges) of the observation histories and action chunks anchored at `steps`."""
+def windows_at(data: Trajectories, steps: jax.Array, obs_steps: int, action_steps: int,
+               obs_norm: Normalizer | None = None, act_norm: Normalizer | None = None) -> WindowBatch:
+    """The windows anchored at `steps`, their step indices padded at the episodes' edges."""
     episodes = data.step_episodes[steps]
     first = data.episode_starts[episodes][:, None]
     last = first + data.episode_lengths[episodes][:, None] - 1
-    obs_idx = jnp.clip(steps[:, None] + jnp.arange(1 - obs_steps, 1), first, last)
-    act_idx = jnp.clip(steps[:, None] + jnp.arange(action_steps), first, last)
-    return obs_idx, act_idx
-
-
-def windows_at(data: Trajectories, steps: jax.Array, obs_steps: int, action_steps: int,
-               obs_norm: Normalizer | None = None, act_norm: Normalizer | None = None) -> WindowBatch:
-    obs_idx, act_idx = window_indices(data, steps, obs_steps, action_steps)
-    obs, act = data.observations[obs_idx], data.actions[act_idx]
+    obs = data.observations[jnp.clip(steps[:, None] + jnp.arange(1 - obs_steps, 1), first, last)]
+    act = data.actions[jnp.clip(steps[:, None] + jnp.arange(action_steps), first, last)]
     return WindowBatch(obs if obs_norm is None else obs_norm.normalize(obs),
                        act if act_norm is None else act_norm.normalize(act))
 

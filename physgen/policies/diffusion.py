@@ -67,12 +67,6 @@ def _clean(schedule, prediction, output, x, t):
     return (x - jnp.sqrt(1.0 - ab) * output) / jnp.sqrt(ab) if prediction == "epsilon" else output
 
 
-def _noise(schedule, x0, x, t):
-    """The noise eps consistent with x_t and x0."""
-    ab = schedule.alphas_cumprod[t]
-    return (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)
-
-
 def _alpha_bar_prev(schedule, t_prev):
     return jnp.where(t_prev >= 0, schedule.alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
 
@@ -145,7 +139,8 @@ def sample_from_noise(denoise: Callable, schedule: NoiseSchedule, prediction: st
             clean = lambda x: _clean(schedule, prediction, apply(x, context), x, t)
             x0 = guided_estimate(clean, x, guide, *diffusion_time(schedule.alphas_cumprod[t]))
         x0 = jnp.clip(x0, -1.0, 1.0)
-        eps = _noise(schedule, x0, x, t)
+        ab = schedule.alphas_cumprod[t]
+        eps = (x - jnp.sqrt(ab) * x0) / jnp.sqrt(1.0 - ab)  # the noise consistent with x_t and x0
         if sampler == "ddpm":
             mean, var = ddpm_posterior(schedule, x0, x, t, t_prev)
             return mean + jnp.sqrt(var) * noise, None

@@ -244,20 +244,29 @@ class Policy(NamedTuple):
         return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
 
     def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None,
-               guide: Guide | None = None) -> jax.Array:
+               guide: Guide | None = None, noise: jax.Array | None = None) -> jax.Array:
         """Normalized action chunks (B, T_p, act_dim) for normalized observation histories (B, T_o, obs_dim);
-        `guide` (normalized): real-time chunking's guidance (`physgen.policies.guidance`)."""
+        `guide` (normalized): real-time chunking's guidance (`physgen.policies.guidance`); `noise` (N, B, T_p,
+        act_dim): the sampler's standard normal draws, in `physgen.control.sampler_noise`'s order, in place of those
+        it draws from `key` (an ONNX export takes them as an input)."""
         config, batch = self.config, obs_history.shape[0]
         net, cond = self.conditioning(params, obs_history)
         shape = (batch, config.chunking.action_steps, self.act_dim)
         steps = steps or config.inference_steps
         if config.method == "diffusion":
             d = config.diffusion
-            schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
-            return diffusion.sample(net, schedule, d.prediction, cond, key, shape, steps, d.sampler, d.ddim_eta,
-                                    guide)
+            if noise is None:
+                schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
+                return diffusion.sample(net, schedule, d.prediction, cond, key, shape, steps, d.sampler, d.ddim_eta,
+                                        guide)
+            with jax.ensure_compile_time_eval():  # constants in an ONNX model: its cumprod has no ONNX operator
+                schedule = diffusion.make_schedule(d.schedule, d.train_diffusion_steps)
+            return diffusion.sample_from_noise(net, schedule, d.prediction, cond, noise[0],
+                                               noise[1:] if len(noise) > 1 else None, steps, d.sampler, d.ddim_eta,
+                                               guide)
         if config.method == "flow":
-            return flow.integrate(net, jax.random.normal(key, shape), cond, steps, config.flow.integrator, guide)
+            x0 = jax.random.normal(key, shape) if noise is None else noise[0]
+            return flow.integrate(net, x0, cond, steps, config.flow.integrator, guide)
         return net(jnp.zeros(shape), jnp.zeros(batch), cond)
 
 
@@ -272,9 +281,9 @@ class PolicyState(NamedTuple):
 
 
 def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Array,
-        steps: int | None = None, guide: Guide | None = None) -> jax.Array:
+        steps: int | None = None, guide: Guide | None = None, noise: jax.Array | None = None) -> jax.Array:
     """Raw action chunks (B, T_p, act_dim), inside the action bounds, for raw observation histories (B, T_o, obs_dim);
-    `guide` holds raw actions.
+    `guide` holds raw actions; `noise` as `Policy.sample` takes it.
 
     Normalized observations are clipped to +-`OBS_CLIP`: far outside the data, FiLM multiplies the network's
     hidden units by the observations at every layer, and a flow's Euler steps compound the resulting velocity
@@ -287,7 +296,7 @@ def act(policy: Policy, state: PolicyState, obs_history: jax.Array, key: jax.Arr
     params = dequantize(quantize(state.params, policy.config.weights))
     if guide is not None:
         guide = guide._replace(target=state.act_norm.normalize(guide.target))
-    chunk = policy.sample(params, obs, key, steps, guide)
+    chunk = policy.sample(params, obs, key, steps, guide, noise)
     return jnp.clip(state.act_norm.unnormalize(chunk), state.action_low, state.action_high)
 
 

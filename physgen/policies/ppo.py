@@ -92,13 +92,6 @@ def _graphdef(task: Task, config: PPOConfig):
     return nnx.split(nnx.eval_shape(lambda: _network(task, config, 0)))[0]
 
 
-def _init_learner(task: Task, config: PPOConfig, optimizer, key) -> Learner:
-    init_key, key = jax.random.split(key)
-    params = nnx.split(_network(task, config, init_key))[1]
-    return Learner(params, optimizer.init(params), RunningStats.create((task.obs_dim,)), RunningStats.create(),
-                   jnp.zeros(config.num_envs), key)
-
-
 def _bounds(task: Task):
     return jnp.asarray(task.action_space.low), jnp.asarray(task.action_space.high)
 
@@ -134,7 +127,11 @@ def reset_envs(fns: FunctionalEnv, config: PPOConfig, run: Run, key: jax.Array) 
 
 def new_learner(task: Task, config: PPOConfig, key: jax.Array, num_updates: int | None = None) -> Learner:
     """A fresh learner, its learning rate annealed over `num_updates` (default: the config's)."""
-    return _init_learner(task, config, make_optimizer(config, num_updates or config.num_updates), key)
+    optimizer = make_optimizer(config, num_updates or config.num_updates)
+    init_key, key = jax.random.split(key)
+    params = nnx.split(_network(task, config, init_key))[1]
+    return Learner(params, optimizer.init(params), RunningStats.create((task.obs_dim,)), RunningStats.create(),
+                   jnp.zeros(config.num_envs), key)
 
 
 def start_in(fns: FunctionalEnv, task: Task, config: PPOConfig, learner_key: jax.Array, reset_key: jax.Array,
@@ -254,8 +251,7 @@ def _gym_rollout(task, config, act_all, learners, envs, raw_obs, episode_returns
 def _train_gym(task: Task, config: PPOConfig, seeds: list[int], out_dir: Path | None, progress: bool, callback):
     graphdef = _graphdef(task, config)
     optimizer = make_optimizer(config, config.num_updates)
-    learners = jax.jit(jax.vmap(partial(_init_learner, task, config, optimizer)))(
-        jnp.stack([jax.random.key(s) for s in seeds]))
+    learners = jax.jit(jax.vmap(partial(new_learner, task, config)))(jnp.stack([jax.random.key(s) for s in seeds]))
     act_all = jax.jit(jax.vmap(partial(act, graphdef, config=config)))
     update_all = jax.jit(jax.vmap(partial(update, graphdef, optimizer, config=config)))
 
@@ -403,17 +399,10 @@ def load_ppo(path: str | Path, task: str | None = None) -> tuple[Task, PPOConfig
         raise PhysgenError(f"{path} is a {meta['method']!r} checkpoint, not a PPO one; load it with its own method")
     task_obj, config = get_task(meta["task"]), PPOConfig.from_dict(meta["config"])
     params = nnx.split(nnx.eval_shape(lambda: _network(task_obj, config, 0)))[1]
-    nnx.replace_by_pure_dict(params, _int_keys(arrays["params"]))
+    nnx.replace_by_pure_dict(params, arrays["params"])  # it turns orbax's string keys back into ints
     params = jax.tree.map(jnp.asarray, params)
     normalizer = Normalizer(**{k: jnp.asarray(v) for k, v in arrays["obs_normalizer"].items()})
     return task_obj, config, params, normalizer, meta
-
-
-def _int_keys(tree):
-    """Orbax writes integer dict keys (layer indices) as strings; turn them back."""
-    if not isinstance(tree, dict):
-        return tree
-    return {int(k) if isinstance(k, str) and k.isdigit() else k: _int_keys(v) for k, v in tree.items()}
 
 
 def load_ppo_policy(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:

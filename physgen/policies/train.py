@@ -39,11 +39,6 @@ class TrainedPolicies(NamedTuple):
         return jax.tree.map(lambda x: x[index], self.states)
 
 
-def _ema_decay(config: PolicyConfig, step):
-    """Diffusion Policy's EMA warm-up: the decay grows towards `ema_decay` over the first steps."""
-    return jnp.minimum(config.ema_decay, (1.0 + step) / (10.0 + step))
-
-
 def fit_to_observations(task: Task, config: PolicyConfig) -> PolicyConfig:
     """`config` with `image_size` set to the side of `task`'s camera frames when it observes frames
     (`physgen.envs.images`); an image size that does not match the task's observations is refused."""
@@ -96,7 +91,8 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
         loss, grads = jax.value_and_grad(objective)(state.params, teacher, batch, k_loss)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = _ema_decay(config, state.step)
+        # Diffusion Policy's EMA warm-up: the decay grows towards `ema_decay` over the first steps
+        decay = jnp.minimum(config.ema_decay, (1.0 + state.step) / (10.0 + state.step))
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
         return TrainState(params, ema, opt_state, state.step + 1), loss
 

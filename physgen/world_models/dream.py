@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from physgen.configs import check
 from physgen.envs import FunctionalEnv, TimeStep
 from physgen.errors import PhysgenError
 from physgen.world_models.data import Frames, sample_frames
@@ -30,9 +31,7 @@ class DreamConfig:
     windows: int = 16  # recorded windows (of the RSSM's sequence length) whose states episodes start from
 
     def __post_init__(self):
-        for name in ("horizon", "windows"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self, positive=("horizon", "windows"))
 
 
 class Starts(NamedTuple):

@@ -116,7 +116,6 @@ def plot_open_loop(path: str | Path, result: OpenLoop, dims: tuple[int, int] = (
     """Left: true vs imagined (first seed) and linear-model trajectories of `shown` chunks in observation dimensions
     `dims` (e.g. a 2-D position); right: error against steps ahead, the RSSM with its interval over seeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(11, 4.5))
     traj, err = fig.subplots(1, 2)
     c, (i, j), chunks, imagined, linear = result.context, dims, result.chunks, result.imagined[0], result.linear_path
@@ -138,6 +137,5 @@ def plot_open_loop(path: str | Path, result: OpenLoop, dims: tuple[int, int] = (
     err.plot(steps, result.linear, color="C2", label="linear least squares")
     err.set(title="open-loop error", xlabel="steps ahead", ylabel="RMSE (raw units)", yscale="log")
     err.legend()
-    fig.tight_layout()
     write_figure(path, fig)
     return path

@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from physgen.configs import check
 from physgen.envs import Task
 from physgen.errors import PhysgenError
 from physgen.world_models.rssm import RSSM, State
@@ -43,11 +44,7 @@ class MPCConfig:
     terminal_value: bool = True  # add the RSSM's value of the plan's last state
 
     def __post_init__(self):
-        if self.planner not in PLANNERS:
-            raise PhysgenError(f"planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}")
-        for name in ("horizon", "population", "elites", "iterations"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self, {"planner": PLANNERS}, ("horizon", "population", "elites", "iterations"))
         for name in ("temperature", "init_std", "min_std", "discount"):
             if not getattr(self, name) > 0:
                 raise PhysgenError(f"{name} must be positive, got {getattr(self, name)}")

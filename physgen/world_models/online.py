@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from physgen.configs import check
 from physgen.envs import Task
 from physgen.envs.rollout import episode_seeds
 from physgen.errors import PhysgenError
@@ -49,9 +50,7 @@ class OnlineConfig:
     curve_points: int = 1  # stretches of iterations, a callback after each (the bench evaluates there)
 
     def __post_init__(self):
-        for name in ("envs", "collect_steps", "model_steps", "dream_updates"):
-            if getattr(self, name) < 1:
-                raise PhysgenError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check(self, positive=("envs", "collect_steps", "model_steps", "dream_updates"))
         if self.iterations < 1:
             raise PhysgenError(f"real_steps {self.real_steps} is below one iteration ({self.steps_per_iteration} "
                                "steps = envs x collect_steps); raise real_steps")
@@ -132,9 +131,12 @@ def append(learning: Learning, segment: Frames, kept: jax.Array) -> Learning:
     return learning._replace(replay=replay, size=learning.size + kept.sum())
 
 
-def _mean_return(returns: jax.Array, done: jax.Array) -> jax.Array:
+def _recorded(learning: Learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns):
+    """`learning` with one collection's frames appended (`_segment`), and the mean return of the episodes that ended
+    in it (`returns`: theirs where `done`, nan when none ended)."""
     count = done.sum()
-    return jnp.where(count > 0, returns.sum() / jnp.maximum(count, 1), jnp.nan)
+    return (append(learning, *_segment(start_obs, actions, rewards, terminated, arrived, fresh, done)),
+            jnp.where(count > 0, returns.sum() / jnp.maximum(count, 1), jnp.nan))
 
 
 def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array]:
@@ -155,8 +157,9 @@ def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning,
 
     (env_state, obs, _), (actions, rewards, terminated, arrived, fresh, done, returns) = jax.lax.scan(
         one, (learning.env_state, learning.obs, jnp.zeros(online.envs)), jax.random.split(key, online.collect_steps))
-    learning = append(learning, *_segment(learning.obs, actions, rewards, terminated, arrived, fresh, done))
-    return learning._replace(env_state=env_state, obs=obs), _mean_return(returns, done)
+    learning, real_return = _recorded(learning, learning.obs, actions, rewards, terminated, arrived, fresh, done,
+                                      returns)
+    return learning._replace(env_state=env_state, obs=obs), real_return
 
 
 class GymCollector:
@@ -197,13 +200,7 @@ class GymCollector:
         self.envs.close()
 
 
-@jax.jit
-def _append_all(learning: Learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns):
-    def one(learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns):
-        learning = append(learning, *_segment(start_obs, actions, rewards, terminated, arrived, fresh, done))
-        return learning, _mean_return(returns, done)
-
-    return jax.vmap(one)(learning, start_obs, actions, rewards, terminated, arrived, fresh, done, returns)
+_append_all = jax.jit(jax.vmap(_recorded))
 
 
 def learn(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning, jax.Array, jax.Array]:
