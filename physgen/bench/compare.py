@@ -17,9 +17,7 @@ world models' open-loop evaluation stay in each run's own report.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import operator
 import time
 from collections import Counter
 from pathlib import Path
@@ -64,12 +62,18 @@ class Run:
             raise PhysgenError(f"{folder} is unfinished (no {missing}); rerun `{command} --out {folder}` to finish it")
 
 
+def _field(experiment: dict, path: str):
+    for key in path.split("."):
+        experiment = experiment[key]
+    return experiment
+
+
 def _check_shared(runs: list[Run]) -> None:
     """Refuse runs that differ from the first in a field the comparison's intervals rely on."""
     first = runs[0]
     for run in runs[1:]:
         for path, what in SHARED:
-            mine, theirs = (functools.reduce(operator.getitem, path.split("."), r.experiment) for r in (first, run))
+            mine, theirs = _field(first.experiment, path), _field(run.experiment, path)
             if mine != theirs:
                 raise PhysgenError(f"cannot compare {first.folder} and {run.folder}: {path} differs ({mine} and "
                                    f"{theirs}); rows are compared only on the same {what}, so rerun one of them "

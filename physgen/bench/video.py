@@ -197,8 +197,9 @@ def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
         with imageio.get_writer(partial, fps=fps, macro_block_size=MACRO_BLOCK) as writer:
-            for image in images:  # padded with white to whole codec blocks, which imageio would otherwise reach by
-                # resampling the frame, with a warning
+            # each frame padded with white to whole codec blocks, which imageio would otherwise reach by resampling
+            # the frame, with a warning
+            for image in images:
                 pad = ((0, -image.shape[0] % MACRO_BLOCK), (0, -image.shape[1] % MACRO_BLOCK), (0, 0))
                 writer.append_data(np.pad(image, pad, constant_values=255))
         os.replace(partial, path)

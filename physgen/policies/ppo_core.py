@@ -78,6 +78,10 @@ def gaussian_log_prob(action: jax.Array, mean: jax.Array, log_std: jax.Array) ->
     return jnp.sum(-0.5 * z**2 - log_std - 0.5 * LOG_2PI, axis=-1)
 
 
+def gaussian_entropy(log_std: jax.Array) -> jax.Array:
+    return jnp.sum(log_std + 0.5 * (LOG_2PI + 1.0), axis=-1)
+
+
 class RunningStats(NamedTuple):
     """Running mean and variance over a stream of batches (Chan et al.), as in Gymnasium's normalisation wrappers."""
 
@@ -213,7 +217,7 @@ def ppo_loss(params, graphdef, batch: Batch, config):
         value_loss = clipped_value_loss(value, batch.value, batch.target, config.clip).mean()
     else:
         value_loss = 0.5 * ((value - batch.target) ** 2).mean()
-    entropy = jnp.sum(log_std + 0.5 * (LOG_2PI + 1.0), axis=-1)  # the Gaussian's
+    entropy = gaussian_entropy(log_std)
     loss = policy_loss + config.value_coef * value_loss - config.entropy_coef * entropy
     return loss, {"policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
                   "clip_fraction": jnp.mean(jnp.abs(ratio - 1.0) > config.clip)}

@@ -45,6 +45,11 @@ def _is_quantized(x) -> bool:
     return isinstance(x, QuantizedArray)
 
 
+def _is_weight(x) -> bool:
+    """A float32 (or float64) weight matrix or convolution kernel: not yet in a storage form."""
+    return jnp.ndim(x) >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.bfloat16
+
+
 def quantize_int8(w: jax.Array) -> QuantizedArray:
     """Symmetric per-output-channel int8: scale = max|w| / 127 over all axes but the last (1 for an all-zero
     channel, which then stays exactly zero)."""
@@ -64,9 +69,7 @@ def quantize(params, weights: str):
     if weights == "float32":
         return params
     convert = quantize_int8 if weights == "int8" else (lambda w: w.astype(jnp.bfloat16))
-    # a float32 (or float64) weight matrix or convolution kernel, not yet in a storage form
-    weight = lambda x: jnp.ndim(x) >= 2 and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != jnp.bfloat16
-    return jax.tree.map(lambda x: convert(x) if not _is_quantized(x) and weight(x) else x, params,
+    return jax.tree.map(lambda x: convert(x) if not _is_quantized(x) and _is_weight(x) else x, params,
                         is_leaf=_is_quantized)
 
 
