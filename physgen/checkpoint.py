@@ -37,6 +37,8 @@ def save_checkpoint(path: str | Path, arrays: Any, meta: dict) -> Path:
     if dataclasses.is_dataclass(meta["config"]):  # configs made of parts are written flat
         config = meta["config"]
         meta["config"] = config.as_flat() if hasattr(config, "as_flat") else dataclasses.asdict(config)
+    if jax.process_count() > 1:  # orbax refuses arrays held by one process of several; numpy it writes
+        arrays = jax.device_get(arrays)
     meta["sha256"] = _digest(arrays, meta)
     path = Path(path).absolute()
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -53,9 +55,14 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> tuple[Any, dic
                            "`physgen train` wrote")
     previous_hook = _filter_closed_loop_callbacks()
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-            restored = checkpointer.restore(path, ocp.args.Composite(arrays=ocp.args.StandardRestore(),
-                                                                     meta=ocp.args.JsonRestore()))
+        # a read of this process alone, onto its first device: with several processes one process may load a
+        # checkpoint the others do not (process 0 generating a dataset), and a checkpoint's devices (one process's)
+        # need not exist in this one
+        alone = ocp.options.MultiprocessingOptions(jax.process_index(), {jax.process_index()})
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler(), multiprocessing_options=alone) as checkpointer:
+            restored = checkpointer.restore(path, ocp.args.Composite(
+                arrays=ocp.args.StandardRestore(fallback_sharding=here), meta=ocp.args.JsonRestore()))
     except Exception as error:  # orbax raises many types for truncated or foreign files
         # TensorStore's messages carry its whole spec (over 1,000 characters): keep the start of the first line
         reason = f"{type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}"

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
-
 from physgen.bench import run_bench
 from physgen.bench.compare import compare_runs
 from physgen.bench.experiments import read_experiment
@@ -80,18 +78,19 @@ def _train(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set) if args.set else {}
     if "method" in overrides:
         raise PhysgenError("--set cannot change the method; pass it as --method")
-    if jax.process_count() > 1 and args.method in ("ppo", "rssm", "vae"):
-        raise PhysgenError(f"several processes train the offline policies; {args.method} trains in one process "
-                           "(--devices spreads its seeds over that process's devices)")
     seed_mesh(args.devices)  # a count JAX cannot provide is refused before any work
-    if args.method == "ppo":
-        print(train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(out), overrides, args.devices))
-        return
-    if args.method in ("rssm", "vae"):
-        datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
-        print(train_world_model_from_cli(task.name, args.method, list(range(args.seeds)), args.steps,
-                                         str(out.absolute()), datasets, images=args.images, overrides=overrides,
-                                         devices=args.devices))
+    if args.method in ("ppo", "rssm", "vae"):
+        with written_folder(out) as folder:  # every process saves (orbax waits for all); process 0's files stay
+            if args.method == "ppo":
+                summary = train_ppo_from_cli(task.name, list(range(args.seeds)), args.steps, str(folder), overrides,
+                                             args.devices)
+            else:
+                datasets = tuple(args.dataset.split(",")) if args.dataset else ("expert-v0",)
+                summary = train_world_model_from_cli(task.name, args.method, list(range(args.seeds)), args.steps,
+                                                     str(folder.absolute()), datasets, images=args.images,
+                                                     overrides=overrides, devices=args.devices)
+        if is_writer():
+            print(summary)
         return
     if args.dataset and "," in args.dataset:
         raise PhysgenError(f"--dataset takes one dataset for {args.method}, got {args.dataset!r}; only the world "

@@ -23,7 +23,8 @@ every process's devices, taken in turns from each process so that every process 
 runs only its own devices' groups; what every process needs whole (losses, trained weights, rollouts) is gathered
 from all of them (`gathered`, a collective every process calls), so each group still runs the single-device program.
 Where the seeds fill fewer devices than there are processes, every process computes all of them as one device.
-Work that runs on the host (Gymnasium environments) is split over the processes instead (`own_share`, `joined`).
+Gymnasium environments, stepped on the host, follow the same groups: each process steps the environments of its
+devices' seeds, and each device acts for its group (`device_parts`, `assembled`).
 """
 
 from __future__ import annotations
@@ -96,6 +97,13 @@ def agreed(values: np.ndarray) -> np.ndarray:
     """Process 0's `values` (an array of the same shape in every process) in every process: what processes decide from
     files they may not share (the units a resumed run still needs), decided once for all of them."""
     return values if jax.process_count() == 1 else np.asarray(multihost_utils.broadcast_one_to_all(values))
+
+
+def everywhere(found: bool) -> bool:
+    """Whether `found` holds in every process: what a process found in its own files (an earlier run's checkpoints)
+    is used only where every process found it, since the others write to a new temporary folder (`written_folder`)
+    and would compute it again, out of step with the collectives of the ones that did not."""
+    return found if jax.process_count() == 1 else bool(np.all(multihost_utils.process_allgather(np.array(found))))
 
 
 def seed_mesh(devices: int | str | None) -> Mesh | None:
@@ -179,37 +187,42 @@ def on_each_device(program, mesh: Mesh | None, *trees):
     once; XLA compiles it for each device (an executable belongs to its device), the first call on each."""
     if mesh is None:
         return program(*trees)
-    # each device this process drives (all of them in a single process), in the mesh's order, on its shards
-    own = [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
-    parts = [program(*(jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
-                       for tree in trees)) for device in own]
-    sharding = NamedSharding(mesh, PartitionSpec(SEEDS))
+    return assembled([program(*part) for part in device_parts(mesh, *trees)], mesh)
+
+
+def device_parts(mesh: Mesh, *trees) -> list[tuple]:
+    """For each device of `mesh` this process drives (all of them in a single process), in the mesh's order, its
+    part of each of `trees` (placed by `placed_seeds` or `replicated`), on that device."""
+    return [tuple(jax.tree.map(lambda x: next(s.data for s in x.addressable_shards if s.device == device), tree)
+                  for tree in trees) for device in _own_devices(mesh)]
+
+
+def assembled(parts: list, mesh: Mesh):
+    """The outputs of `device_parts`' devices, one tree each (seeds on the leading axis, numpy or on the device),
+    as one tree sharded over the mesh."""
+    sharding, own = NamedSharding(mesh, PartitionSpec(SEEDS)), _own_devices(mesh)
     return jax.tree.map(lambda *shards: jax.make_array_from_single_device_arrays(
-        (len(shards[0]) * mesh.size, *shards[0].shape[1:]), sharding, list(shards)), *parts)
+        (len(shards[0]) * mesh.size, *shards[0].shape[1:]), sharding,
+        [jax.device_put(shard, device) for shard, device in zip(shards, own)]), *parts)
+
+
+def _own_devices(mesh: Mesh) -> list:
+    """The devices of `mesh` this process drives, in the mesh's order."""
+    return [device for device in mesh.devices.flat if device.process_index == jax.process_index()]
 
 
 def gathered(tree):
-    """Every leaf whole, as numpy: one spread over several processes' devices is gathered from all of them (a
-    collective, which every process calls in the same order)."""
-    return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True) if isinstance(x, jax.Array)
-                        and not x.is_fully_addressable else np.asarray(x), tree)
+    """Every leaf whole, as numpy (keys, which have none, as keys on this process's device): one spread over several
+    processes' devices is gathered from all of them (a collective, which every process calls in the same order)."""
+    def whole(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return x if x.is_fully_addressable else jax.random.wrap_key_data(
+                whole(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
 
-
-def own_share(count: int) -> np.ndarray:
-    """The indices of the `count` items (seeds) that this process takes of an even split over the processes:
-    contiguous shares, the last one padded with copies of the last item (every share the same size, as a gather
-    needs); all of them in one process."""
-    share = -(-count // jax.process_count())
-    return np.minimum(np.arange(share * jax.process_count()), count - 1).reshape(-1, share)[jax.process_index()]
-
-
-def joined(tree, count: int):
-    """Every process's `own_share` of each leaf (numpy, items on the leading axis) put back together: the `count`
-    items in order, the padding dropped (a collective, which every process calls in the same order)."""
-    if jax.process_count() == 1:
-        return tree
-    return jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(np.asarray(x), tiled=True))[:count],
-                        tree)
+    return jax.tree.map(whole, tree)
 
 
 def first_seeds(tree, seeds: int, mesh: Mesh | None = None):

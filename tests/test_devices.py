@@ -9,8 +9,8 @@ from physgen.devices import fit_mesh, padded_count, seed_mesh
 from physgen.errors import PhysgenError
 
 # Run in a subprocess: the CPU is split into 4 devices only by XLA_FLAGS set before JAX starts. It benches flow on fork
-# (smoke) with 3 seeds on 1 and on 4 devices (4 devices fit 3 seeds as 2 groups, [0, 1] and [2, 2]: padding), and
-# prints for each check the largest difference it finds.
+# (smoke) with 3 seeds on 1 and on 4 devices (4 devices fit 3 seeds as 2 groups, [0, 1] and [2, 2]: padding), records
+# hopper episodes of 3 PPO policies on 4 devices, and prints for each check the largest difference it finds.
 SCRIPT = """
 import json, sys
 from pathlib import Path
@@ -21,6 +21,7 @@ from physgen.devices import fit_mesh, mesh_size, padded_count, seed_mesh
 from physgen.envs import get_task
 from physgen.envs.rollout import record_episodes
 from physgen.policies import ChunkingAgent, load_policy
+from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, new_learner
 
 root = Path(sys.argv[1])
 runs = {d: run_bench("fork", methods=["flow"], seeds=3, episodes=2, budget="smoke", out=root / str(d), progress=False,
@@ -45,6 +46,14 @@ for group, kept in groups.items():
 units = [np.load(runs[4] / "units" / "flow" / f"seed_{s}.npz") for s in range(3)]
 checks["evaluation by groups"] = largest((u[k], recorded[s][i]) for s, u in enumerate(units)
                                          for i, k in enumerate(("observations", "actions")))
+hopper, ppo = get_task("hopper"), PPOConfig()  # 3 untrained PPO policies: episodes of about 100 steps
+agents = agent_params(jax.vmap(lambda key: new_learner(hopper, ppo, key))(jax.random.split(jax.random.key(0), 3)))
+gaussian = GaussianAgent.for_task(hopper, ppo)
+spread = record_episodes(hopper, gaussian, agents, episodes, devices=4)
+by_group = [record_episodes(hopper, gaussian, jax.tree.map(lambda x: x[np.array(group)], agents), episodes)
+            for group in groups]
+by_group = jax.tree.map(lambda *x: np.concatenate(x)[:3], *by_group)
+checks["hopper by groups"] = largest(zip(jax.tree.leaves(spread), jax.tree.leaves(by_group)))
 print(json.dumps(checks))
 """
 
@@ -57,6 +66,8 @@ def test_fork_smoke_trains_alike_on_1_and_4_devices(tmp_path):
     # each device ran the one-device program on its seeds; all seeds on one device may differ from that in the last
     # bits (XLA picks kernels by the batch's size: physgen.devices), so the two runs' rollouts are not compared
     assert checks["evaluation by groups"] == 0.0, checks
+    # hopper's environments step on the CPU, and each device acts for its group of seeds as one device would
+    assert checks["hopper by groups"] == 0.0, checks
 
 
 # PPO and the RSSM (tiny configs, fork) train 4 seeds on 2 host devices, and each device's pair of seeds as one device
@@ -67,6 +78,7 @@ import jax, numpy as np
 from physgen.data import Trajectories
 from physgen.data.trajectories import flatten_episodes
 from physgen.envs import get_task
+from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, new_learner
 from physgen.envs.rollout import expert_policy, rollout_jax
 from physgen.policies.ppo import PPOConfig, train_ppo
 from physgen.world_models.rssm import RSSMConfig

@@ -1,3 +1,4 @@
+import itertools
 import json
 import os
 import socket
@@ -14,20 +15,18 @@ from physgen.checkpoint import load_checkpoint
 from physgen.devices import _in_turns, initialize
 from physgen.errors import PhysgenError
 
-# One process of a run: joins `processes` processes through jax.distributed (none for 1), checks that PPO is refused
-# there, benches flow on fork (smoke, 4 seeds, every device), records hopper episodes of 3 seeds (split over the
-# processes; in one process, the same shares one after the other), and prints what it was. A start that
-# jax.distributed refuses exits with code 3.
+# One process of a run: joins `processes` processes through jax.distributed (none for 1), benches flow and PPO on fork
+# (smoke, 4 seeds, every device), records hopper episodes of 3 seeds (every device), and prints what it was. A start
+# that jax.distributed refuses exits with code 3.
 SCRIPT = """
 import json, sys
 from pathlib import Path
-import jax, jax.numpy as jnp, numpy as np
+import jax, numpy as np
 from physgen.devices import initialize, is_writer
 from physgen.envs import get_task
 from physgen.envs.rollout import episode_seeds, record_episodes
+from physgen.policies.ppo import GaussianAgent, PPOConfig, agent_params, new_learner
 from physgen.errors import PhysgenError
-
-SHARES = [[0, 1], [2, 2]]
 
 coordinator, processes, process_id, out = sys.argv[1:]
 if processes != "1":
@@ -37,35 +36,14 @@ if processes != "1":
         print(error)
         sys.exit(3)
 from physgen.bench import run_bench
-refused = None
-if jax.process_count() > 1:  # refused before any work (in one process it would bench PPO)
-    try:
-        run_bench("fork", methods=["flow", "ppo"], seeds=4, budget="smoke", out=Path(out), devices="all")
-    except PhysgenError as error:
-        refused = str(error)
-run_bench("fork", methods=["flow"], seeds=4, episodes=2, budget="smoke", out=Path(out), progress=False, videos=False,
-          devices="all")
-
-
-class Linear:  # an agent for hopper: tanh of a seed's linear map of the observation
-    def start(self, params, obs):
-        return jnp.zeros(())
-
-    def act(self, params, carry, obs, key):
-        return jnp.tanh(params @ obs), carry
-
-
-hopper = get_task("hopper")
-weights = jnp.stack([0.3 * jax.random.normal(jax.random.key(s), (hopper.act_dim, hopper.obs_dim)) for s in range(3)])
-if jax.process_count() > 1:  # every process steps its seeds' environments: [0, 1] and [2] (padded: [2, 2])
-    recorded = record_episodes(hopper, Linear(), weights, episode_seeds(0, 2))
-else:  # those two groups, one after the other
-    parts = [record_episodes(hopper, Linear(), weights[np.array(group)], episode_seeds(0, 2)) for group in SHARES]
-    recorded = jax.tree.map(lambda *x: np.concatenate(x)[:3], *parts)
+run_bench("fork", methods=["flow", "ppo"], seeds=4, episodes=2, budget="smoke", out=Path(out), progress=False,
+          videos=False, devices="all")
+hopper, ppo = get_task("hopper"), PPOConfig()  # 3 untrained PPO policies: episodes of about 100 steps
+agents = agent_params(jax.vmap(lambda key: new_learner(hopper, ppo, key))(jax.random.split(jax.random.key(0), 3)))
+recorded = record_episodes(hopper, GaussianAgent.for_task(hopper, ppo), agents, episode_seeds(0, 2), devices="all")
 if is_writer():
     np.savez(out + "-hopper.npz", *jax.tree.leaves(recorded))
-print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "writer": is_writer(),
-                  "refused": refused}))
+print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(), "writer": is_writer()}))
 """
 TIMEOUT = 240  # seconds; a smoke bench takes well under a minute, a hung collective never ends
 
@@ -80,15 +58,15 @@ def _last_json(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def _checkpoint_leaves(run: Path, seed: int) -> list:
-    return jax.tree.leaves(load_checkpoint(run / "checkpoints" / "flow" / f"seed_{seed}", "fork")[0])
+def _checkpoint_leaves(run: Path, method: str, seed: int) -> list:
+    return jax.tree.leaves(load_checkpoint(run / "checkpoints" / method / f"seed_{seed}", "fork")[0])
 
 
 def test_two_processes_bench_as_one_process_with_two_devices(tmp_path):
     """2 processes of 1 CPU device each (CPU collectives) against 1 process with the CPU split into 2 devices: the
-    same 2 groups of seeds on 2 devices, so every checkpoint and unit is bitwise the same; process 0 alone wrote.
-    Hopper's environments, split over the processes, join into what each share records in one process: every seed's
-    episodes, in order."""
+    same 2 groups of seeds on 2 devices, so every checkpoint and unit (flow's and PPO's) is bitwise the same; process
+    0 alone wrote. Hopper's episodes too: each process steps its devices' environments, each device acting for its
+    seeds."""
     split = {**os.environ, "XLA_FLAGS": " ".join([os.environ.get("XLA_FLAGS", ""),
                                                    "--xla_force_host_platform_device_count=2"])}
     one = subprocess.run([sys.executable, "-c", SCRIPT, "", "1", "0", str(tmp_path / "one")], env=split,
@@ -109,21 +87,19 @@ def test_two_processes_bench_as_one_process_with_two_devices(tmp_path):
     assert codes == [0, 0], [stderr[-3000:] for _, stderr in outputs]
     printed = [_last_json(stdout) for stdout, _ in outputs]
     assert [(p["process"], p["processes"], p["writer"]) for p in printed] == [(0, 2, True), (1, 2, False)]
-    for p in printed:  # what orbax cannot checkpoint there is refused before any work
-        assert p["refused"].startswith("ppo cannot run in several processes"), p
     runs = tmp_path / "one", tmp_path / "two"
     seed_devices = [json.loads((run / "protocol.json").read_text())["environment"]["seed_devices"] for run in runs]
     assert seed_devices == [2, 2]  # both spread the 4 seeds over 2 devices
-    for seed in range(4):
-        for a, b in zip(*(_checkpoint_leaves(run, seed) for run in runs), strict=True):
+    for method, seed in itertools.product(["flow", "ppo"], range(4)):
+        for a, b in zip(*(_checkpoint_leaves(run, method, seed) for run in runs), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-        units = [np.load(run / "units" / "flow" / f"seed_{seed}.npz") for run in runs]
+        units = [np.load(run / "units" / method / f"seed_{seed}.npz") for run in runs]
         for key in units[0].files:
             np.testing.assert_array_equal(units[0][key], units[1][key])
     results = [json.loads((run / "results.json").read_text()) for run in runs]
     assert results[0]["units"] == results[1]["units"]
     assert (tmp_path / "two" / "report.md").is_file()
-    # hopper (Gymnasium): each process stepped its share of the seeds, as one process steps that share
+    # hopper (Gymnasium): each process stepped its devices' seeds, [0, 1] and [2, 2], as one process steps them
     hopper = [np.load(f"{run}-hopper.npz") for run in runs]
     assert len(hopper[0].files) == len(hopper[1].files) > 4  # observations, actions, rewards, ends, events
     for key in hopper[0].files:

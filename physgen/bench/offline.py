@@ -14,6 +14,7 @@ from physgen.bench.method import Job, Method
 from physgen.bench.protocol import BUDGETS, curve_steps, policy_config
 from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_latency
+from physgen.devices import everywhere
 from physgen.policies import (ChunkingAgent, PolicyConfig, TrainedPolicies, load_policy, save_policy,
                              train_policies)
 from physgen.policies.distill import DistillConfig, distill_policies, distilled_from, student_config
@@ -54,7 +55,7 @@ def _flow_row_teachers(job: Job, config: PolicyConfig) -> TrainedPolicies | None
     """The `flow` row's final policies of this run, where it wrote every seed's with the teacher's config: the
     teacher this method would train (the same recipe, seeds and data), without training it again."""
     paths = [job.out / "checkpoints" / "flow" / f"seed_{seed}" for seed in job.seeds]
-    if not all(path.is_dir() for path in paths):
+    if not everywhere(all(path.is_dir() for path in paths)):
         return None
     loaded = [load_policy(path, job.task.name) for path in paths]
     if any(policy.config != config for policy, _, _ in loaded):

@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from rich.markup import escape
 from rich.progress import Progress
@@ -25,7 +24,6 @@ from rich.progress import Progress
 from physgen.bench.experiments import experiment_toml
 from physgen.bench.failures import fit_support
 from physgen.bench.method import Job, Method, Variant
-from physgen.bench.offline import BC, DIFFUSION, FLOW
 from physgen.bench.protocol import BUDGETS, fix_protocol, make_protocol, make_rows
 from physgen.bench.registry import default_methods, get_methods
 from physgen.bench.report import write_results_and_report
@@ -66,12 +64,6 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     started = time.perf_counter()
     task = get_task(task_name)
     methods, seeds, episodes, note = _resolve(task, methods, seeds, episodes, budget)
-    # with several processes, only the offline policies trained by `train_policies`: orbax refuses to checkpoint the
-    # arrays the other methods leave on one device of one process
-    others = [method.name for method in methods if method not in (DIFFUSION, FLOW, BC)]
-    if jax.process_count() > 1 and others:
-        raise PhysgenError(f"{', '.join(others)} cannot run in several processes yet (only diffusion, flow and bc "
-                           "can); pass --methods with those, or run in one process")
     # a count JAX cannot provide is refused before any work; the run records the devices its seeds fill
     devices = mesh_size(fit_mesh(seed_mesh(devices), len(seeds)))
     rows = make_rows(task, methods, budget, overrides or {}, variants or {})  # bad values refused before any work

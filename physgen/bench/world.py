@@ -22,6 +22,7 @@ from physgen.bench.protocol import BUDGETS, Budget
 from physgen.bench.units import Curves, row_folder
 from physgen.control.latency import measure_agent_latency
 from physgen.data import ensure_dataset, split_episodes
+from physgen.devices import everywhere, writer_first
 from physgen.envs import Task
 from physgen.io import read_json, write_json
 from physgen.policies.ppo import (GaussianAgent, PPOConfig, agent_params, learner_of, load_ppo, load_ppo_policy,
@@ -72,8 +73,8 @@ def configure_ppo_wm(values: dict) -> tuple[RSSMConfig, PPOConfig, DreamConfig, 
 def _splits(task: Task):
     """Train and held-out splits of the world-model datasets, generating the missing ones (never a broken one)."""
     noisy = lambda: generate_noisy_dataset(task, episodes=task.dataset_episodes, seed=1)
-    datasets = [ensure_dataset(task, name, noisy if name == "noisy-v0" else None, load_ppo_policy)
-                for name in world_model_datasets(task)]
+    datasets = [writer_first(lambda: ensure_dataset(task, name, noisy if name == "noisy-v0" else None,
+                                                    load_ppo_policy)) for name in world_model_datasets(task)]
     parts = [split_episodes(dataset.trajectories, validation_fraction=0.1, seed=0) for dataset in datasets]
     return tuple(concat_trajectories([split[i] for split in parts]) for i in (0, 1))
 
@@ -94,7 +95,7 @@ def world_models(out: Path, task: Task, config: RSSMConfig, seeds: list[int], ca
     the same) and saved. The open-loop evaluation is written to `world_model<tag>/` whenever it is missing."""
     train, test = _splits(task)
     folder = out / "checkpoints" / f"rssm{tag}"
-    if callback is None and all((folder / f"seed_{s}").exists() for s in seeds):  # protocol check: same config
+    if callback is None and everywhere(all((folder / f"seed_{s}").exists() for s in seeds)):  # same config: protocol
         loaded = [load_world_model(folder / f"seed_{s}", task.name) for s in seeds]
         model, params = loaded[0][0], jax.tree.map(lambda *x: jnp.stack(x), *[p for _, p, _ in loaded])
         seconds = loaded[0][2]["training_seconds"]
@@ -133,7 +134,7 @@ def _run_rssm_mpc(job: Job) -> None:
         curves.add(done, MPC.for_task(model, mpc_config, task), params, done == config.optim.steps)
 
     saved = read_json(saved_curves)  # None when missing or cut short: the curves are computed again
-    if saved is not None:
+    if everywhere(saved is not None):
         model, params, train, _ = world_models(out, task, config, seeds, tag=tag)
         point(config.optim.steps, model, params)
         curves.points = {int(s): c for s, c in saved.items()}
@@ -155,7 +156,7 @@ def _run_ppo_wm(job: Job) -> None:
     folder, saved_curves = out / "checkpoints" / row_folder(variant.row), out / "units" / row_folder(variant.row)
     agent, curves = GaussianAgent.for_task(task, ppo), Curves(job.evaluation, seeds)
     saved = read_json(saved_curves / "curves.json")  # None when missing or cut short: trained again
-    if saved is not None and all((folder / f"seed_{s}").exists() for s in seeds):
+    if everywhere(saved is not None and all((folder / f"seed_{s}").exists() for s in seeds)):
         policies = jax.tree.map(lambda *x: jnp.stack(x), *[load_ppo(folder / f"seed_{s}", task.name)[2:4]
                                                           for s in seeds])
         curves.add(online.iterations * online.steps_per_iteration, agent, policies, final=True)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from physgen.devices import (first_seeds, fit_mesh, gathered, joined, on_each_device, own_share, placed_seeds,
+from physgen.devices import (assembled, device_parts, first_seeds, fit_mesh, gathered, on_each_device, placed_seeds,
                              replicated, seed_mesh)
 from physgen.envs.base import Task
 from physgen.errors import PhysgenError
@@ -255,17 +255,18 @@ def record_episodes(task: Task, agent: Agent, params, episode_seeds: np.ndarray,
     """(observations, actions, rewards, ended, events) of `run_episodes`, unscored: a pure-JAX task in one compiled
     program (vmap over seeds and episodes, scan over steps), a Gymnasium task stepped in lockstep with one compiled
     call per step for every (seed, episode). `devices` (`physgen.devices.seed_mesh`) spreads a pure-JAX task's seeds
-    over up to that many devices, each running whole episodes of its seeds: a seed's rollouts are those of its
+    over up to that many devices, each running whole episodes of its seeds, and a Gymnasium task's the same way, its
+    environments stepped on the CPU and each device acting for its seeds: a seed's rollouts are those of its
     device's group of seeds on one device, which may differ from all seeds' on one device in the last bits (XLA
-    picks kernels by the batch's size); a Gymnasium task steps on the CPU and acts on one device. With several
-    processes (`physgen.devices.initialize`) a Gymnasium task's seeds are split over them (`own_share`), each process
-    stepping its seeds' environments and acting for them as one group."""
+    picks kernels by the batch's size). With several processes (`physgen.devices.initialize`) each process runs its
+    own devices' groups, environments included."""
     seeds = len(jax.tree.leaves(params)[0])
-    if task.functional is None:
-        share = own_share(seeds)
-        own = params if len(share) == seeds else jax.tree.map(lambda x: np.asarray(x)[share], params)
-        return joined(_lockstep(task, agent, own, np.asarray(episode_seeds)), seeds)
     mesh = fit_mesh(seed_mesh(devices), seeds)
+    if task.functional is None:
+        if mesh is None:
+            return _lockstep(task, agent, [params], np.asarray(episode_seeds))[0]
+        groups = [part for part, in device_parts(mesh, placed_seeds(params, mesh))]
+        return first_seeds(gathered(assembled(_lockstep(task, agent, groups, np.asarray(episode_seeds)), mesh)), seeds)
     recorded = on_each_device(partial(_scan, task, agent), mesh, placed_seeds(params, mesh),
                               replicated(jnp.asarray(episode_seeds), mesh))
     return first_seeds(gathered(recorded), seeds)
@@ -304,10 +305,16 @@ def _act_all(agent: Agent, params, carries, obs: jax.Array, seeds: jax.Array, t)
     return jax.vmap(jax.vmap(act, in_axes=(None, 0, 0, 0)), in_axes=(0, 0, 0, None))(params, carries, obs, seeds)
 
 
-def _lockstep(task: Task, agent: Agent, params, episode_seeds: np.ndarray):
-    """Step (seeds x episodes) Gymnasium environments in lockstep, finished episodes repeating their last
-    observation, and record them padded to the horizon with frozen copies as the compiled rollouts are."""
-    shape, horizon = (len(jax.tree.leaves(params)[0]), len(episode_seeds)), task.horizon
+def _lockstep(task: Task, agent: Agent, groups: list, episode_seeds: np.ndarray) -> list[tuple]:
+    """Step the Gymnasium environments of every (seed, episode) of `groups` (each a group of seeds' parameters, on
+    one device) in lockstep, each group acting in one compiled call on its device; finished episodes repeat their
+    last observation, and are recorded padded to the horizon with frozen copies as the compiled rollouts are. One
+    recording per group."""
+    sizes = [len(jax.tree.leaves(params)[0]) for params in groups]
+    rows = np.split(np.arange(sum(sizes)), np.cumsum(sizes)[:-1])
+    places = [jax.tree.leaves(params)[0] for params in groups]
+    places = [next(iter(x.devices())) if isinstance(x, jax.Array) else None for x in places]
+    shape, horizon = (sum(sizes), len(episode_seeds)), task.horizon
     obs = np.zeros((*shape, horizon + 1, task.obs_dim), np.float32)
     actions = np.zeros((*shape, horizon, task.act_dim), np.float32)
     rewards = np.zeros((*shape, horizon), np.float32)
@@ -317,12 +324,14 @@ def _lockstep(task: Task, agent: Agent, params, episode_seeds: np.ndarray):
     for row in envs:
         for j, env in enumerate(row):
             obs[:, j, 0] = env.reset(seed=int(episode_seeds[j]))[0]
-    seeds = jnp.asarray(episode_seeds)
-    carries = _start_all(agent, params, jnp.asarray(obs[:, :, 0]))
+    seeds = [jax.device_put(episode_seeds, place) for place in places]
+    carries = [_start_all(agent, params, jax.device_put(obs[r, :, 0], place))
+               for params, r, place in zip(groups, rows, places)]
     live = np.ones(shape, bool)
     for t in range(horizon):
-        chosen, carries = _act_all(agent, params, carries, jnp.asarray(obs[:, :, t]), seeds, t)
-        chosen = np.asarray(chosen)
+        acted = [_act_all(agent, params, carry, jax.device_put(obs[r, :, t], place), s, t)
+                 for params, carry, r, place, s in zip(groups, carries, rows, places, seeds)]
+        chosen, carries = np.concatenate([np.asarray(a) for a, _ in acted]), [carry for _, carry in acted]
         obs[:, :, t + 1] = obs[:, :, t]
         for i, j in zip(*np.nonzero(live)):
             observation, reward, terminated, truncated, info = envs[i][j].step(chosen[i, j])
@@ -337,7 +346,7 @@ def _lockstep(task: Task, agent: Agent, params, episode_seeds: np.ndarray):
     for row in envs:
         for env in row:
             env.close()
-    return obs, actions, rewards, ended, events
+    return [jax.tree.map(lambda x: x[r], (obs, actions, rewards, ended, events)) for r in rows]
 
 
 def scored(task: Task, obs, actions, rewards, ended, events, expert_return: float | None) -> Rollouts:

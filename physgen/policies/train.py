@@ -109,8 +109,6 @@ def train_policies(task: Task, config: PolicyConfig, data: Trajectories, seeds: 
         broadcast = (jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), v)
                      for v in (obs_norm, act_norm, low, high))
         stacked, params = PolicyState(first_seeds(states.ema, n, mesh), *broadcast), first_seeds(states.params, n, mesh)
-        if jax.process_count() > 1:  # numpy: orbax refuses to checkpoint arrays on one device of several processes
-            stacked, params = jax.device_get((stacked, params))
         return TrainedPolicies(policy, stacked, params, np.stack(losses, axis=1) if losses else np.zeros((n, 0)),
                                tuple(seeds))
 
