@@ -29,6 +29,7 @@ devices' seeds, and each device acts for its group (`device_parts`, `assembled`)
 
 from __future__ import annotations
 
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,11 +60,15 @@ def initialize(coordinator: str | None = None, processes: int | None = None, pro
         raise PhysgenError(f"--processes must be at least 1, got {processes}")
     if process_id is not None and not 0 <= process_id < (processes or process_id + 1):
         raise PhysgenError(f"--process-id must be from 0 to --processes - 1, got {process_id}")
+    stop = signal.getsignal(signal.SIGTERM)
     try:
         jax.distributed.initialize(None if coordinator == "auto" else coordinator, processes, process_id)
     except (RuntimeError, ValueError) as error:  # JAX's for a cluster it cannot detect or a coordinator it cannot reach
         raise PhysgenError(f"jax.distributed could not start: {error}; pass --coordinator HOST:PORT, --processes "
                            "and --process-id, the same coordinator and count in every process") from error
+    # jax.distributed's preemption notifier takes SIGTERM over and only records it, so a run would go on after a
+    # `kill` or a scheduler's stop: the handler before it (physgen's clean stop, or the default) is put back
+    signal.signal(signal.SIGTERM, stop)
 
 
 def is_writer() -> bool:

@@ -124,3 +124,13 @@ def test_devices_are_taken_in_turns_from_each_process():
     devices = [Device(0, 0), Device(1, 0), Device(2, 1), Device(3, 1)]  # JAX lists them by process
     assert [d.id for d in _in_turns(devices)] == [0, 2, 1, 3]
     assert _in_turns(devices[:2]) == devices[:2]  # one process: its order
+
+
+def test_a_process_of_a_distributed_run_still_stops_on_sigterm():
+    """jax.distributed's preemption notifier takes SIGTERM over and only records it; `initialize` puts the handler
+    before it back, so that a `kill` or a scheduler's stop ends the process (here: the default handler)."""
+    script = ("import os, signal, sys, time\nfrom physgen.devices import initialize\n"
+              "initialize(sys.argv[1], 1, 0)\nos.kill(os.getpid(), signal.SIGTERM)\ntime.sleep(10)\nprint('went on')")
+    ran = subprocess.run([sys.executable, "-c", script, f"localhost:{_free_port()}"], capture_output=True, text=True,
+                         timeout=TIMEOUT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert ran.returncode == -15 and "went on" not in ran.stdout, (ran.returncode, ran.stdout, ran.stderr[-2000:])

@@ -72,12 +72,14 @@ def run_bench(task_name: str, methods: list[str] | None = None, seeds: int | Non
     dataset_seconds = time.perf_counter() - started
     protocol = make_protocol(task, methods, seeds, budget, episodes, dataset, note, rows, overrides or {},
                              variants or {}, devices)
-    progress, videos = progress and is_writer(), videos and is_writer()  # shown and rendered by process 0 alone
+    progress = progress and is_writer()  # shown by process 0 alone
     with written_folder(out) as folder, folder_lock(folder, "physgen bench"):
         fix_protocol(folder, protocol)
         write_text(folder / "experiment.toml", experiment_toml(protocol["experiment"]))
         write_json(folder / "timing.json", {**(read_json(folder / "timing.json") or {}), "dataset": dataset_seconds})
         _run_methods(folder, task, methods, seeds, budget, dataset, protocol, progress, devices)
+        if not is_writer():  # the others' folders lack the units an earlier run wrote; nothing here is collective
+            return out
         units = {row: [read_unit(folder, row, s) for s in seeds] for row in rows}
         latency = {row: read_json(latency_path(folder, row)) for row in rows}
         write_results_and_report(folder, task, protocol, units, latency, time.perf_counter() - started,
