@@ -6,12 +6,15 @@ For MLP diffusion, flow and BC (hopper's quick recipe: T_o 2, T_p 4, width 256, 
   - the FLOPs of one gradient step (loss, gradient, AdamW update) from XLA's cost analysis, the GFLOP/s that
     rate achieves, and its share of the peak, measured in the same run as the median of a 2048 x 2048 x 2048
     jitted float32 matmul;
+  - the seed-steps/s of the step's matrix products alone (same shapes, random operands, one jitted program): the
+    ceiling for this step's arithmetic on XLA's CPU kernels, and the share of it physgen reaches;
   - with `--baseline DIR` (a checkout of another physgen version, e.g. `git worktree add /tmp/old HEAD~5`): the
     same measurement of that version's code, in a subprocess, interleaved with this one's;
   - with the `compare` extra: the same MLP and loss trained by eager PyTorch (AdamW, gradient clipping, EMA), one
     model, and physgen's ratio to it.
 
-    python benchmarks/train_throughput.py [--steps 300] [--repeats 3] [--batch 128] [--baseline DIR]
+    python benchmarks/train_throughput.py [--steps 300] [--repeats 3] [--batch 128] [--methods diffusion,flow,bc]
+                                          [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def seed_steps_per_second(method: str, seeds: int, steps: int) -> float:
     from physgen.policies.policy import PolicyConfig
     from physgen.policies.train import train_policies
 
-    config = PolicyConfig.of(method=method, steps=4 * steps, steps_per_call=steps, **SIZE, **METHODS[method])
+    make = getattr(PolicyConfig, "of", PolicyConfig)  # versions before the nested configs took the fields flat
+    config = make(method=method, steps=4 * steps, steps_per_call=steps, **SIZE, **METHODS[method])
     marks = []
     train_policies(get_task("hopper"), config, random_data(), list(range(seeds)), progress=False,
                    callback=lambda done, trained: marks.append((done, time.perf_counter())))
@@ -56,8 +60,8 @@ def seed_steps_per_second(method: str, seeds: int, steps: int) -> float:
     return seeds * (last_steps - first_steps) / (last_time - first_time)
 
 
-def step_flops(method: str) -> float:
-    """FLOPs of one gradient step of one seed: the loss, its gradient and the AdamW update, per XLA."""
+def one_step(method: str, seeds: int):
+    """One gradient step of `seeds` seeds (vmapped when several): the loss, its gradient and the AdamW update."""
     import optax
 
     from physgen.data import Normalizer, sample_windows
@@ -75,9 +79,47 @@ def step_flops(method: str) -> float:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    compiled = jax.jit(step).lower(params, optimizer.init(params), jax.random.key(1)).compile()
-    analysis = compiled.cost_analysis()
+    arguments = params, optimizer.init(params), jax.random.key(1)
+    if seeds == 1:
+        return step, arguments
+    return jax.vmap(step), jax.tree.map(lambda leaf: jax.numpy.stack([leaf] * seeds), arguments)
+
+
+def step_flops(method: str) -> float:
+    """FLOPs of one gradient step of one seed, per XLA's cost analysis."""
+    step, arguments = one_step(method, 1)
+    analysis = jax.jit(step).lower(*arguments).compile().cost_analysis()
     return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
+def matrix_products(jaxpr):
+    """(operand shapes, dimension numbers) of every dot_general in `jaxpr` and in the jaxprs it calls."""
+    from jax.extend.core import jaxprs_in_params
+
+    for equation in jaxpr.eqns:
+        if equation.primitive.name == "dot_general":
+            yield [variable.aval.shape for variable in equation.invars], equation.params["dimension_numbers"]
+        for inner in jaxprs_in_params(equation.params):
+            yield from matrix_products(inner)
+
+
+def matmul_floor(method: str, seeds: int, repeats: int) -> float:
+    """Seed-steps/s of a step's matrix products alone: the same shapes and dimensions, on random operands, in one
+    jitted program. No trainer computing this step with XLA's CPU kernels is faster."""
+    step, arguments = one_step(method, seeds)
+    products = list(matrix_products(jax.make_jaxpr(step)(*arguments).jaxpr))
+    keys = iter(jax.random.split(jax.random.key(0), 2 * len(products)))
+    operands = [[jax.random.normal(next(keys), shape) for shape in shapes] for shapes, _ in products]
+    numbers = [dimensions for _, dimensions in products]
+    products_only = jax.jit(lambda operands: [jax.lax.dot_general(a, b, dimensions)
+                                              for (a, b), dimensions in zip(operands, numbers)])
+    jax.block_until_ready(products_only(operands))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready([products_only(operands) for _ in range(50)])
+        times.append((time.perf_counter() - start) / 50)
+    return seeds / float(np.median(times))
 
 
 def peak_gflops(n: int = 2048, repeats: int = 20) -> float:
@@ -90,6 +132,14 @@ def peak_gflops(n: int = 2048, repeats: int = 20) -> float:
         matmul(a).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / np.median(times) / 1e9
+
+
+def cpu() -> str:
+    """The processor's model and widest vector unit (peak and kernels differ by both between machines)."""
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    vectors = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
+    return f"{model or 'unknown CPU'}, {vectors}"
 
 
 def torch_steps_per_second(method: str, steps: int) -> float | None:
@@ -158,29 +208,42 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="measurements per row; the median is printed")
     parser.add_argument("--baseline", default=None, help="a checkout of another physgen version to measure beside")
     parser.add_argument("--batch", type=int, default=SIZE["batch_size"], help="batch size (default: the recipe's)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of: " + ", ".join(METHODS))
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     SIZE["batch_size"] = args.batch
     peak = peak_gflops()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores; peak (2048^3 float32 "
-          f"matmul, median of 20): {peak:.0f} GFLOP/s; medians of {args.repeats} measurements", flush=True)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores ({cpu()}); peak "
+          f"(2048^3 float32 matmul, median of 20): {peak:.0f} GFLOP/s; medians of {args.repeats} measurements",
+          flush=True)
     header = f"{'method':<10} {'seeds':>5} {'seed-steps/s':>12} {'MFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>6}"
-    print(header + (f" {'baseline':>9} {'speed-up':>8}" if args.baseline else "") + f" {'pytorch':>8} {'ratio':>6}")
-    rows = []
-    for method in METHODS:
+    print(header + (f" {'baseline':>9} {'speed-up':>8}" if args.baseline else "")
+          + f" {'matmuls':>8} {'of them':>7} {'pytorch':>8} {'ratio':>6}")
+    rows, baseline_commit = [], None
+    if args.baseline:
+        baseline_commit = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"],
+                                         capture_output=True, text=True).stdout.strip() or None
+        print(f"earlier code: {args.baseline} (commit {baseline_commit})")
+    for method in methods:
         flops = step_flops(method)
         torch_rate = torch_steps_per_second(method, 200)
         for seeds in (1, 10):
             rate = float(np.median([seed_steps_per_second(method, seeds, args.steps) for _ in range(args.repeats)]))
+            floor = matmul_floor(method, seeds, args.repeats)
             row = dict(method=method, seeds=seeds, seed_steps_per_s=rate, mflop_per_step=flops / 1e6,
-                       gflops=rate * flops / 1e9, peak_gflops=peak, pytorch_steps_per_s=torch_rate)
+                       gflops=rate * flops / 1e9, peak_gflops=peak, cpu=cpu(), matmuls_only_seed_steps_per_s=floor,
+                       pytorch_steps_per_s=torch_rate)
             line = (f"{method:<10} {seeds:>5} {rate:12.0f} {flops / 1e6:10.0f} {rate * flops / 1e9:8.0f} "
                     f"{100 * rate * flops / 1e9 / peak:5.0f}%")
             if args.baseline:
                 base = float(np.median([baseline_rate(args.baseline, method, seeds, args.steps)
                                         for _ in range(args.repeats)]))
-                row["baseline_seed_steps_per_s"] = base
+                row.update(baseline_seed_steps_per_s=base, baseline_commit=baseline_commit)
                 line += f" {base:9.0f} {rate / base:7.2f}x"
+            line += f" {floor:8.0f} {100 * rate / floor:6.0f}%"
             if torch_rate is not None:
                 line += f" {torch_rate:8.0f} {rate / torch_rate:5.1f}x"
             rows.append(row)

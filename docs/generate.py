@@ -118,12 +118,13 @@ def _throughput_section() -> list[str]:
              "[training throughput](train_throughput.md).", ""]
     for path, batch in _throughput_files():
         lines += [f"`python benchmarks/train_throughput.py --baseline DIR --batch {batch} --json docs/results/"
-                  f"{path.name}`:", "", "| method | seeds | seed-steps/s | % of peak | physgen / PyTorch |",
-                  "|---|---|---|---|---|"]
+                  f"{path.name}`:", "", "| method | seeds | seed-steps/s | % of peak | % of matmuls alone | "
+                  "physgen / PyTorch |", "|---|---|---|---|---|---|"]
         for r in json.loads(path.read_text()):
-            torch = r.get("pytorch_steps_per_s")
+            floor, torch = r.get("matmuls_only_seed_steps_per_s"), r.get("pytorch_steps_per_s")
             lines.append(f"| {r['method']} | {r['seeds']} | {r['seed_steps_per_s']:.0f} | "
                          f"{100 * r['gflops'] / r['peak_gflops']:.0f}% | "
+                         + (f"{100 * r['seed_steps_per_s'] / floor:.0f}% | " if floor else "| ")
                          + (f"{r['seed_steps_per_s'] / torch:.1f}x |" if torch else "|"))
         lines.append("")
     return lines
@@ -251,20 +252,27 @@ def results_page(results: dict, coverage: list[dict]) -> str:
 def throughput_page() -> str:
     lines = ["# Training throughput", "", "Written by `docs/generate.py` from `docs/results/train-throughput-*.json`, "
              "which `python benchmarks/train_throughput.py --baseline DIR --batch B --json FILE` printed (DIR: a "
-             "checkout of the code before this version's changes). Seed-steps/s: gradient steps per second summed "
-             "over seeds; peak: a 2048^3 float32 matmul measured in the same run; PyTorch: the same MLP and loss in "
-             "eager mode, one model.", ""]
+             "checkout of an earlier version, named under each table's title). Seed-steps/s: gradient steps per second "
+             "summed over seeds; peak: a 2048^3 float32 matmul measured in the same run; matmuls alone: the step's "
+             "matrix products by themselves (same shapes, random operands, one jitted program), the ceiling for this "
+             "step on XLA's CPU kernels; PyTorch: the same MLP and loss in eager mode, one model. Tables measured on "
+             "different machines differ in every absolute figure; compare the ratios within a table.", ""]
     for path, _ in _throughput_files():
         rows = json.loads(path.read_text())
-        lines += [f"## {path.stem}", "", f"Peak {rows[0]['peak_gflops']:.0f} GFLOP/s.", "",
+        earlier = f" Earlier code: commit {rows[0]['baseline_commit']}." if rows[0].get("baseline_commit") else ""
+        machine = f" on {rows[0]['cpu']}" if rows[0].get("cpu") else ""
+        lines += [f"## {path.stem}", "", f"Peak {rows[0]['peak_gflops']:.0f} GFLOP/s{machine}.{earlier}", "",
                   "| method | seeds | seed-steps/s | MFLOP/step | GFLOP/s | % of peak | earlier code | speed-up | "
-                  "PyTorch steps/s | physgen / PyTorch |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "matmuls alone | % of matmuls alone | PyTorch steps/s | physgen / PyTorch |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             base = r.get("baseline_seed_steps_per_s")
+            floor = r.get("matmuls_only_seed_steps_per_s")
             torch = r.get("pytorch_steps_per_s")
             lines.append(f"| {r['method']} | {r['seeds']} | {r['seed_steps_per_s']:.0f} | {r['mflop_per_step']:.0f} | "
                          f"{r['gflops']:.0f} | {100 * r['gflops'] / r['peak_gflops']:.0f}% | "
                          + (f"{base:.0f} | {r['seed_steps_per_s'] / base:.2f}x | " if base else "| | ")
+                         + (f"{floor:.0f} | {100 * r['seed_steps_per_s'] / floor:.0f}% | " if floor else "| | ")
                          + (f"{torch:.0f} | {r['seed_steps_per_s'] / torch:.1f}x |" if torch else "| |"))
         lines.append("")
     return "\n".join(lines)
