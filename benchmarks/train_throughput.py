@@ -215,8 +215,8 @@ def main() -> None:
     if unknown := set(methods) - set(METHODS):
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     SIZE["batch_size"] = args.batch
-    peak = peak_gflops()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores ({cpu()}); peak "
+    peak, machine = peak_gflops(), cpu()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores ({machine}); peak "
           f"(2048^3 float32 matmul, median of 20): {peak:.0f} GFLOP/s; medians of {args.repeats} measurements",
           flush=True)
     header = f"{'method':<10} {'seeds':>5} {'seed-steps/s':>12} {'MFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>6}"
@@ -234,7 +234,7 @@ def main() -> None:
             rate = float(np.median([seed_steps_per_second(method, seeds, args.steps) for _ in range(args.repeats)]))
             floor = matmul_floor(method, seeds, args.repeats)
             row = dict(method=method, seeds=seeds, seed_steps_per_s=rate, mflop_per_step=flops / 1e6,
-                       gflops=rate * flops / 1e9, peak_gflops=peak, cpu=cpu(), matmuls_only_seed_steps_per_s=floor,
+                       gflops=rate * flops / 1e9, peak_gflops=peak, cpu=machine, matmuls_only_seed_steps_per_s=floor,
                        pytorch_steps_per_s=torch_rate)
             line = (f"{method:<10} {seeds:>5} {rate:12.0f} {flops / 1e6:10.0f} {rate * flops / 1e9:8.0f} "
                     f"{100 * rate * flops / 1e9 / peak:5.0f}%")
