@@ -136,6 +136,8 @@ def test_smoke_bench_writes_every_file_and_the_report_quotes_results(smoke_run):
         rates = [np.mean([e["success"] for e in unit["episodes"]]) for unit in results["units"][method]]
         assert summary["per_seed_success"] == pytest.approx(rates)
         assert len(results["curves"][method]) == 4
+        # the last curve point is the final evaluation: the same episodes the summary reads
+        assert results["curves"][method][-1]["normalized_return"] == summary["normalized_return"]
         videos = list((out / "videos" / method).glob("*.mp4"))
         assert 1 <= len(videos) <= 7 and all(v.stat().st_size > 0 for v in videos)
     phases = results["run"]["seconds_per_phase"]

@@ -155,6 +155,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def machine() -> str:
+    """The OS, architecture, CPU count, and the processor's model and widest vector unit: machines with the same
+    count differ in both, and a run's time with them."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 platform.processor() or "unknown CPU")
+    vectors = ", AVX-512" if " avx512f" in info else ", AVX2" if " avx2" in info else ""
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs ({model}{vectors})"
+
+
 def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str, episodes: int, dataset,
                   note: str | None, rows: dict, overrides: dict[str, str], variants: dict[str, list[str]],
                   devices: int = 1) -> dict:
@@ -191,7 +201,7 @@ def make_protocol(task: Task, methods: list, seeds: list[int], budget_name: str,
             "world_model_datasets": list(dict.fromkeys(datasets)) or None,
         },
         "environment": {"packages": _versions(), "git_commit": _git_commit(), "python": platform.python_version(),
-                        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+                        "machine": machine(),
                         "jax_devices": [str(d) for d in jax.devices()], "seed_devices": devices},
     }
 

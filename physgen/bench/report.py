@@ -18,6 +18,7 @@ from physgen.bench.experiments import flatten_table
 from physgen.bench.failures import LEAD_FRACTION, hidden_by_aggregates, task_categories
 from physgen.bench.registry import REGISTRY, bench_command
 from physgen.bench.video import FAILURE_VIDEOS, STRIP_FRAMES, SUCCESS_VIDEOS, Clip, failure_videos
+from physgen.data import normalized_score
 from physgen.io import write_figure, write_json, write_text
 from physgen.stats import interval_text
 from physgen.envs import Task
@@ -91,14 +92,20 @@ def _comparison(ours: dict, base: dict, ours_counts: np.ndarray, base_counts: np
             "detectable_difference": detectable}
 
 
-def _curves(units: dict[str, list[dict]], statistics: dict) -> dict[str, list[dict]]:
+def _curves(units: dict[str, list[dict]], statistics: dict, dataset: dict) -> dict[str, list[dict]]:
+    """Per row and curve point: the success interval over seeds and, where the dataset has reference scores and the
+    point kept its returns, the normalised return's (`normalized_return`, else None)."""
     curves = {}
     for method, records in units.items():
         points = []
         for i, point in enumerate(records[0]["curve"]):
             counts = [round(r["curve"][i]["success_rate"] * point["episodes"]) for r in records]
             interval = stats.rate_interval(counts, point["episodes"], statistics["confidence"])
-            points.append({"step": point["step"], "episodes": point["episodes"], **interval.as_dict()})
+            returns = [r["curve"][i].get("returns") for r in records]
+            normalized = (stats.mean_interval(normalized_score(dataset, returns), statistics["confidence"]).as_dict()
+                          if "ref_max_score" in dataset and all(x is not None for x in returns) else None)
+            points.append({"step": point["step"], "episodes": point["episodes"], **interval.as_dict(),
+                           "normalized_return": normalized})
         curves[method] = points
     return curves
 
@@ -342,7 +349,7 @@ def write_results_and_report(out: Path, task: Task, protocol: dict, units: dict[
     categories = task_categories(task)
     experiment = protocol["experiment"]
     summary = summarize_units(units, statistics, categories, experiment["rows"])
-    curves = _curves(units, statistics)
+    curves = _curves(units, statistics, experiment["dataset"])
     ablation = ablations(units, summary, experiment, statistics["confidence"])
     # the RSSMs' open-loop evaluation (with RSSM variants: the first variant's), None without world models
     open_loop = next(iter(sorted(out.glob("world_model*/open_loop.json"))), None)
