@@ -134,14 +134,6 @@ def peak_gflops(n: int = 2048, repeats: int = 20) -> float:
     return 2 * n**3 / np.median(times) / 1e9
 
 
-def cpu() -> str:
-    """The processor's model and widest vector unit (peak and kernels differ by both between machines)."""
-    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    vectors = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{model or 'unknown CPU'}, {vectors}"
-
-
 def torch_steps_per_second(method: str, steps: int) -> float | None:
     """Steps/s of the same MLP and loss in eager PyTorch (one model), after 20 warm-up steps."""
     try:
@@ -215,8 +207,10 @@ def main() -> None:
     if unknown := set(methods) - set(METHODS):
         parser.error(f"unknown method(s) {', '.join(sorted(unknown))}; choose from {', '.join(METHODS)}")
     SIZE["batch_size"] = args.batch
-    peak, machine = peak_gflops(), cpu()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores ({machine}); peak "
+    from physgen.bench import protocol
+
+    peak, machine = peak_gflops(), protocol.machine()
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {machine}; peak "
           f"(2048^3 float32 matmul, median of 20): {peak:.0f} GFLOP/s; medians of {args.repeats} measurements",
           flush=True)
     header = f"{'method':<10} {'seeds':>5} {'seed-steps/s':>12} {'MFLOP/step':>10} {'GFLOP/s':>8} {'% peak':>6}"
@@ -234,8 +228,8 @@ def main() -> None:
             rate = float(np.median([seed_steps_per_second(method, seeds, args.steps) for _ in range(args.repeats)]))
             floor = matmul_floor(method, seeds, args.repeats)
             row = dict(method=method, seeds=seeds, seed_steps_per_s=rate, mflop_per_step=flops / 1e6,
-                       gflops=rate * flops / 1e9, peak_gflops=peak, cpu=machine, matmuls_only_seed_steps_per_s=floor,
-                       pytorch_steps_per_s=torch_rate)
+                       gflops=rate * flops / 1e9, peak_gflops=peak, machine=machine,
+                       matmuls_only_seed_steps_per_s=floor, pytorch_steps_per_s=torch_rate)
             line = (f"{method:<10} {seeds:>5} {rate:12.0f} {flops / 1e6:10.0f} {rate * flops / 1e9:8.0f} "
                     f"{100 * rate * flops / 1e9 / peak:5.0f}%")
             if args.baseline:

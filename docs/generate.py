@@ -23,7 +23,9 @@ import json
 import sys
 from pathlib import Path
 
-from physgen.io import write_text
+from matplotlib.figure import Figure  # drawn without pyplot: no backend is chosen or changed
+
+from physgen.io import write_figure, write_text
 from physgen.stats import interval_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,8 @@ INDEX = ROOT / "docs" / "index.md"
 RESULTS_PAGE = ROOT / "docs" / "results.md"
 THROUGHPUT = ROOT / "docs" / "train_throughput.md"
 INTERVALS = ROOT / "docs" / "intervals.md"
+FRONTIER_FIGURE = ROOT / "docs" / "images" / "hopper-frontier.png"
+BAR_MINUTES, BAR_RETURN = 15, 0.85  # the main job's bar: this long, this normalised return for diffusion and flow
 BEGIN = "<!-- main-job table: written by docs/generate.py from docs/results/hopper-quick.json -->"
 END = "<!-- end of main-job table -->"
 GENERATED = "<!-- written by docs/generate.py from docs/results/*.json: edit the generator, not this page -->"
@@ -103,6 +107,69 @@ def _main_job_section(results: dict) -> list[str]:
     for method, lat in results["latency"].items():
         lines.append(f"| {method} | {lat['compile_s']:.2f} | {lat['chunk_p50_us']:.0f} / {lat['chunk_p99_us']:.0f} "
                      f"| {lat['action_p50_us']:.0f} / {lat['action_p99_us']:.0f} | {lat['sustainable_hz']:,.0f} |")
+    return lines + [""]
+
+
+def frontier(results: dict) -> dict[str, list[dict]]:
+    """Per method with normalised returns on its curve: each curve point's step, normalised return and success, and
+    the training seconds it took (the method's training time, pro rata to steps)."""
+    points = {}
+    for method, curve in results["curves"].items():
+        if not all(p.get("normalized_return") for p in curve):
+            continue
+        seconds = results["run"]["seconds_per_phase"][method]["training"]
+        points[method] = [{"step": p["step"], "seconds": seconds * p["step"] / curve[-1]["step"],
+                           "normalized_return": p["normalized_return"],
+                           "success": {k: p[k] for k in ("estimate", "low", "high")}} for p in curve]
+    return points
+
+
+def frontier_figure(points: dict[str, list[dict]]) -> Figure:
+    """Normalised return against training minutes per method, bands over seeds, the bar's return dotted."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for method, curve in points.items():
+        minutes = [p["seconds"] / 60 for p in curve]
+        ax.plot(minutes, [p["normalized_return"]["estimate"] for p in curve], marker="o", label=method)
+        ax.fill_between(minutes, [p["normalized_return"]["low"] for p in curve],
+                        [p["normalized_return"]["high"] for p in curve], alpha=0.2)
+    ax.axhline(BAR_RETURN, color="gray", ls=":", lw=1)
+    ax.set(xlabel="training minutes (this machine)", ylabel="normalised return",
+           title="the main job: return against training time")
+    ax.legend()
+    return fig
+
+
+def _frontier_section(results: dict) -> list[str]:
+    points = frontier(results)
+    if not points:
+        return []
+    run, phases = results["run"], results["run"]["seconds_per_phase"]
+    training = sum(phases[m]["training"] for m in points)
+    fixed = run["minutes"] * 60 - training  # the dataset, evaluations and videos: what fewer steps do not shorten
+    per_method = (BAR_MINUTES * 60 - fixed) / len(points)
+    lines = ["### Return against training time", "",
+             f"![normalised return against training minutes](images/{FRONTIER_FIGURE.name})", "",
+             "The same run's curve points (the last on every evaluation episode, the others on "
+             f"{results['curves'][next(iter(points))][0]['episodes']} per seed), the training time pro rata to "
+             "steps:", "", "| method | step | training minutes | normalised return | success |",
+             "|---|---|---|---|---|"]
+    for method, curve in points.items():
+        lines += [f"| {method} | {p['step']:,} | {p['seconds'] / 60:.1f} | {interval_text(p['normalized_return'])} | "
+                  f"{interval_text(p['success'])} |" for p in curve]
+    lines += ["", f"Within {BAR_MINUTES} minutes on this run's machine, the {fixed / 60:.1f} minutes that fewer steps "
+              f"do not shorten (dataset, evaluations, videos) leave {max(per_method, 0) / 60:.1f} minutes of training "
+              "per method:"]
+    for method, curve in points.items():
+        seconds_per_step = curve[-1]["seconds"] / curve[-1]["step"]
+        affordable = [p for p in curve if p["seconds"] <= per_method]
+        reached = next((p for p in curve if p["normalized_return"]["estimate"] >= BAR_RETURN), None)
+        lines.append(f"- {method}: {max(per_method, 0) / seconds_per_step:,.0f} steps"
+                     + (f", where the curve stood at {interval_text(affordable[-1]['normalized_return'])} "
+                        f"(step {affordable[-1]['step']:,})" if affordable else "")
+                     + (f"; its mean first reached {BAR_RETURN} at step {reached['step']:,}, "
+                        f"{reached['seconds'] / 60:.1f} minutes of training" if reached else
+                        f"; its mean never reached {BAR_RETURN}") + ".")
     return lines + [""]
 
 
@@ -260,7 +327,7 @@ def throughput_page() -> str:
     for path, _ in _throughput_files():
         rows = json.loads(path.read_text())
         earlier = f" Earlier code: commit {rows[0]['baseline_commit']}." if rows[0].get("baseline_commit") else ""
-        machine = f" on {rows[0]['cpu']}" if rows[0].get("cpu") else ""
+        machine = f" on {rows[0]['machine']}" if rows[0].get("machine") else ""
         lines += [f"## {path.stem}", "", f"Peak {rows[0]['peak_gflops']:.0f} GFLOP/s{machine}.{earlier}", "",
                   "| method | seeds | seed-steps/s | MFLOP/step | GFLOP/s | % of peak | earlier code | speed-up | "
                   "matmuls alone | % of matmuls alone | PyTorch steps/s | physgen / PyTorch |",
@@ -336,6 +403,8 @@ def main() -> int:
         return 1 if stale else 0
     for path in stale:
         write_text(path, expected[path])
+    if points := frontier(json.loads(MAIN_JOB.read_text())):
+        write_figure(FRONTIER_FIGURE, frontier_figure(points))
     return 0
 
 

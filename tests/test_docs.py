@@ -35,6 +35,17 @@ def test_the_main_job_tables_are_the_ones_generated_from_the_committed_results()
         assert row in readme and row in results_page
 
 
+def test_the_frontier_gives_each_curve_point_its_share_of_the_training_time():
+    generate = _generator()
+    point = {"estimate": 0.5, "low": 0.4, "high": 0.6}
+    curve = [{"step": s, "episodes": 2, **point, "normalized_return": point} for s in (250, 1000)]
+    results = {"curves": {"flow": curve, "ppo": [{**curve[0], "normalized_return": None}]},
+               "run": {"seconds_per_phase": {"flow": {"training": 120.0, "evaluation": 9.0}}}}
+    points = generate.frontier(results)
+    assert list(points) == ["flow"]  # a row without normalised returns has no place on the frontier
+    assert [p["seconds"] for p in points["flow"]] == [30.0, 120.0]
+
+
 def test_the_docs_front_page_is_the_readme_with_links_relative_to_docs():
     generate = _generator()
     readme = "See [results](docs/results.md) and ![figure](docs/images/a.png); keep [x](https://a.org/docs/b)."
