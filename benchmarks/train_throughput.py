@@ -6,12 +6,13 @@ For MLP diffusion, flow and BC (hopper's quick recipe: T_o 2, T_p 4, width 256, 
   - the FLOPs of one gradient step (loss, gradient, AdamW update) from XLA's cost analysis, the GFLOP/s that
     rate achieves, and its share of the peak, measured in the same run as the median of a 2048 x 2048 x 2048
     jitted float32 matmul;
-  - the seed-steps/s of the step's matrix products alone (same shapes, random operands, one jitted program): the
-    ceiling for this step's arithmetic on XLA's CPU kernels, and the share of it physgen reaches;
+  - the seed-steps/s of the step's matrix products alone (same shapes, random operands, one after another in one
+    jitted program): the ceiling for this step's arithmetic on XLA's CPU kernels, and the share of it physgen
+    reaches;
   - with `--baseline DIR` (a checkout of another physgen version, e.g. `git worktree add /tmp/old HEAD~5`): the
     same measurement of that version's code, in a subprocess, interleaved with this one's;
   - with the `compare` extra: the same MLP and loss trained by eager PyTorch (AdamW, gradient clipping, EMA), one
-    model, and physgen's ratio to it.
+    model, in a subprocess, and physgen's ratio to it.
 
     python benchmarks/train_throughput.py [--steps 300] [--repeats 3] [--batch 128] [--methods diffusion,flow,bc]
                                           [--baseline DIR]
@@ -105,14 +106,23 @@ def matrix_products(jaxpr):
 
 def matmul_floor(method: str, seeds: int, repeats: int) -> float:
     """Seed-steps/s of a step's matrix products alone: the same shapes and dimensions, on random operands, in one
-    jitted program. No trainer computing this step with XLA's CPU kernels is faster."""
+    jitted program, one after another as in the step (an optimization barrier makes each wait for the one before:
+    independent products run side by side on XLA:CPU and fight over the cores). No trainer computing this step with
+    XLA's CPU kernels is faster."""
     step, arguments = one_step(method, seeds)
     products = list(matrix_products(jax.make_jaxpr(step)(*arguments).jaxpr))
     keys = iter(jax.random.split(jax.random.key(0), 2 * len(products)))
     operands = [[jax.random.normal(next(keys), shape) for shape in shapes] for shapes, _ in products]
     numbers = [dimensions for _, dimensions in products]
-    products_only = jax.jit(lambda operands: [jax.lax.dot_general(a, b, dimensions)
-                                              for (a, b), dimensions in zip(operands, numbers)])
+
+    def in_sequence(operands):
+        outputs = [jax.lax.dot_general(*operands[0], numbers[0])]
+        for (a, b), dimensions in zip(operands[1:], numbers[1:]):
+            a, _ = jax.lax.optimization_barrier((a, outputs[-1]))
+            outputs.append(jax.lax.dot_general(a, b, dimensions))
+        return outputs
+
+    products_only = jax.jit(in_sequence)
     jax.block_until_ready(products_only(operands))
     times = []
     for _ in range(repeats):
@@ -184,14 +194,14 @@ def torch_steps_per_second(method: str, steps: int) -> float | None:
     return steps / (time.perf_counter() - start)
 
 
-def baseline_rate(directory: str, method: str, seeds: int, steps: int) -> float:
-    """The same measurement of the physgen code in `directory`, in a fresh interpreter."""
+def in_fresh_interpreter(call: str, physgen: str | None = None):
+    """The value of `call` (an expression on this module, `t`) computed in a fresh interpreter, whose threads then
+    leave this one's measurements alone (PyTorch's keep spinning after a step); `physgen`: the checkout to import."""
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import train_throughput as t; t.SIZE['batch_size'] = {SIZE['batch_size']}; "
-            f"print(t.seed_steps_per_second({method!r}, {seeds}, {steps}))")
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(directory)}
+            f"import train_throughput as t; t.SIZE['batch_size'] = {SIZE['batch_size']}; print({call})")
+    env = {**os.environ, **({"PYTHONPATH": os.path.abspath(physgen)} if physgen else {})}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    return json.loads(out.stdout.split()[-1].replace("None", "null"))
 
 
 def main() -> None:
@@ -223,7 +233,7 @@ def main() -> None:
         print(f"earlier code: {args.baseline} (commit {baseline_commit})")
     for method in methods:
         flops = step_flops(method)
-        torch_rate = torch_steps_per_second(method, 200)
+        torch_rate = in_fresh_interpreter(f"t.torch_steps_per_second({method!r}, 200)")
         for seeds in (1, 10):
             rate = float(np.median([seed_steps_per_second(method, seeds, args.steps) for _ in range(args.repeats)]))
             floor = matmul_floor(method, seeds, args.repeats)
@@ -233,7 +243,8 @@ def main() -> None:
             line = (f"{method:<10} {seeds:>5} {rate:12.0f} {flops / 1e6:10.0f} {rate * flops / 1e9:8.0f} "
                     f"{100 * rate * flops / 1e9 / peak:5.0f}%")
             if args.baseline:
-                base = float(np.median([baseline_rate(args.baseline, method, seeds, args.steps)
+                base = float(np.median([in_fresh_interpreter(f"t.seed_steps_per_second({method!r}, {seeds}, "
+                                                             f"{args.steps})", args.baseline)
                                         for _ in range(args.repeats)]))
                 row.update(baseline_seed_steps_per_s=base, baseline_commit=baseline_commit)
                 line += f" {base:9.0f} {rate / base:7.2f}x"
