@@ -107,7 +107,7 @@ def _main_job_section(results: dict) -> list[str]:
     for method, lat in results["latency"].items():
         lines.append(f"| {method} | {lat['compile_s']:.2f} | {lat['chunk_p50_us']:.0f} / {lat['chunk_p99_us']:.0f} "
                      f"| {lat['action_p50_us']:.0f} / {lat['action_p99_us']:.0f} | {lat['sustainable_hz']:,.0f} |")
-    return lines + [""]
+    return lines + [""] + _frontier_section(results)
 
 
 def frontier(results: dict) -> dict[str, list[dict]]:
@@ -145,8 +145,8 @@ def _frontier_section(results: dict) -> list[str]:
     if not points:
         return []
     run, phases = results["run"], results["run"]["seconds_per_phase"]
-    training = sum(phases[m]["training"] for m in points)
-    fixed = run["minutes"] * 60 - training  # the dataset, evaluations and videos: what fewer steps do not shorten
+    # the dataset, evaluations and videos (timed after `minutes`): what fewer steps do not shorten
+    fixed = run["minutes"] * 60 + phases["videos"] - sum(phases[m]["training"] for m in points)
     per_method = (BAR_MINUTES * 60 - fixed) / len(points)
     lines = ["### Return against training time", "",
              f"![normalised return against training minutes](images/{FRONTIER_FIGURE.name})", "",
@@ -321,8 +321,9 @@ def throughput_page() -> str:
              "which `python benchmarks/train_throughput.py --baseline DIR --batch B --json FILE` printed (DIR: a "
              "checkout of an earlier version, named under each table's title). Seed-steps/s: gradient steps per second "
              "summed over seeds; peak: a 2048^3 float32 matmul measured in the same run; matmuls alone: the step's "
-             "matrix products by themselves (same shapes, random operands, one jitted program), the ceiling for this "
-             "step on XLA's CPU kernels; PyTorch: the same MLP and loss in eager mode, one model. Tables measured on "
+             "matrix products by themselves (same shapes, random operands, one after another in one jitted program), "
+             "the ceiling for this step on XLA's CPU kernels; PyTorch: the same MLP and loss in eager mode, one "
+             "model, in its own process. Tables measured on "
              "different machines differ in every absolute figure; compare the ratios within a table.", ""]
     for path, _ in _throughput_files():
         rows = json.loads(path.read_text())
