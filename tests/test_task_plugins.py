@@ -60,6 +60,15 @@ def error_of(name: str) -> str:
     return str(caught.value)
 
 
+def test_a_module_task_whose_gymnasium_id_is_not_registered_is_refused_before_any_work(tmp_path, monkeypatch):
+    write_module(tmp_path, "plugin_unregistered", MODULE.format(name="unregistered").replace(
+        'name="unregistered"', 'name="unregistered", gym_id="physgen/NotRegistered-v0"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    message = error_of("plugin_unregistered:TASK")
+    assert "'physgen/NotRegistered-v0'" in message and "gymnasium.register" in message
+    assert "unregistered" not in registry._TASKS
+
+
 def test_a_module_task_is_found_by_module_and_name_and_then_by_its_own_name(tmp_path, monkeypatch):
     write_module(tmp_path, "plugin_mine", MODULE.format(name="mine"))
     monkeypatch.syspath_prepend(tmp_path)
