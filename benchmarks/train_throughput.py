@@ -198,10 +198,11 @@ def in_fresh_interpreter(call: str, physgen: str | None = None):
     """The value of `call` (an expression on this module, `t`) computed in a fresh interpreter, whose threads then
     leave this one's measurements alone (PyTorch's keep spinning after a step); `physgen`: the checkout to import."""
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
-            f"import train_throughput as t; t.SIZE['batch_size'] = {SIZE['batch_size']}; print({call})")
+            f"import json, train_throughput as t; t.SIZE['batch_size'] = {SIZE['batch_size']}; "
+            f"print(json.dumps({call}))")
     env = {**os.environ, **({"PYTHONPATH": os.path.abspath(physgen)} if physgen else {})}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.split()[-1].replace("None", "null"))
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def main() -> None:
