@@ -1,7 +1,8 @@
 """Write the measured figures a user reads from result files copied to `docs/results/`, never typed by hand:
 the README's main-job table, `docs/results.md`, `docs/train_throughput.md`, the coverage table of
-`docs/intervals.md`, and `docs/index.md` (the README as the documentation's front page, links made relative to
-`docs/`).
+`docs/intervals.md`, `docs/index.md` (the README as the documentation's front page, links made relative to
+`docs/`), and the main job's return against training time, `docs/images/hopper-frontier.png` (`--check` compares
+the text files only).
 
     cp runs/bench/hopper/results.json docs/results/hopper-quick.json
     python benchmarks/train_throughput.py --baseline DIR --batch 128 --json docs/results/train-throughput-batch128.json
