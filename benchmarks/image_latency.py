@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ jax.config.update("jax_cpu_enable_async_dispatch", False)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from physgen.bench.protocol import machine  # noqa: E402
 from physgen.data import Normalizer  # noqa: E402
 from physgen.envs import get_task  # noqa: E402
 from physgen.policies.policy import Policy, PolicyConfig, PolicyState, observation_normalizer  # noqa: E402
@@ -87,7 +86,7 @@ def main() -> None:
     label = f"{image_runner.obs_shape[0]} x 32x32 RGB frame"
     print(f"{'encoder alone':<16} {label:<22} {p[0]:8.0f} {p[1]:8.0f} {p[2]:8.0f}")
     rows.append({"policy": "encoder alone", "input": label, "p50_us": p[0], "p95_us": p[1], "p99_us": p[2]})
-    result = {"calls": args.calls, "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+    result = {"calls": args.calls, "machine": machine(),
               "jax": jax.__version__, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -143,8 +143,8 @@ def _check_task(value, where: str) -> None:
                            "physgen.envs.Task; point it at the Task object itself")
     if value.gym_id not in gym.registry:  # Minari records the id in every dataset, after the rollouts
         raise PhysgenError(f"{where}: task {value.name!r} names Gymnasium id {value.gym_id!r}, which is not "
-                           "registered; call gymnasium.register(id=..., entry_point=...) in the task's module, "
-                           "before the Task is made (docs/howto/own-task.md)")
+                           "registered; call gymnasium.register(id=..., entry_point=...) in the task's module "
+                           "(docs/howto/own-task.md)")
 
 
 # the 2-D tasks seen through their cameras (`--obs image`), with what works for an image policy
