@@ -93,3 +93,29 @@ def test_integration_steps_are_static_in_one_compiled_program(method):
     for i in range(3):
         run(jnp.full((2, 2), float(i)))
     assert len(traces) == 1
+
+
+def test_a_clean_chunk_target_is_scored_on_the_chunk():
+    x1 = jnp.broadcast_to(jnp.array([[0.3, -0.5]]), (64, 1, 2))
+    cond = jnp.zeros((64, 1))
+    exact = lambda x, t, c: x1  # noqa: E731
+    assert float(flow.flow_matching_loss(exact, x1, cond, jax.random.key(0), target="sample")) == 0.0
+    off = lambda x, t, c: x1 + jnp.array([0.1, -0.2])  # noqa: E731
+    loss = flow.flow_matching_loss(off, x1, cond, jax.random.key(0), target="sample")
+    np.testing.assert_allclose(float(loss), (0.1**2 + 0.2**2) / 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint"])
+def test_a_clean_chunk_network_integrates_as_the_velocity_it_implies(method):
+    """The network outputting x + (1 - t) v(x, t) integrates as the velocity v; one outputting a fixed chunk
+    reaches it exactly, along the straight line, in any number of steps."""
+    x0 = jnp.array([[1.0, -2.0], [0.5, 0.25]])
+    velocity = lambda x, t, cond: x @ A.T  # noqa: E731
+    clean = lambda x, t, cond: x + (1.0 - t)[:, None] * velocity(x, t, cond)  # noqa: E731
+    np.testing.assert_allclose(flow.integrate(clean, x0, None, 8, method, target="sample"),
+                               flow.integrate(velocity, x0, None, 8, method), rtol=1e-5)
+    chunk = jnp.array([[0.3, -0.5]])
+    for steps in (1, 3, 10):
+        np.testing.assert_allclose(flow.integrate(lambda x, t, c: jnp.broadcast_to(chunk, x.shape), x0, None, steps,
+                                                  method, target="sample"), jnp.broadcast_to(chunk, x0.shape),
+                                   atol=1e-6)

@@ -40,6 +40,19 @@ def test_losses_decrease_on_a_toy_dataset(trained, method):
     assert losses.shape == (4,) and losses[-1] < 0.9 * losses[0]
 
 
+def test_a_flow_predicting_the_clean_chunk_learns_and_keeps_its_target_through_a_checkpoint(fork_train, tmp_path):
+    task = get_task("fork")
+    result = train_policies(task, PolicyConfig.of(method="flow", target="sample", **TINY), fork_train, [0],
+                            progress=False)
+    losses = result.losses[0]
+    assert losses[-1] < 0.9 * losses[0]
+    path = save_policy(tmp_path / "flow", task, result, 0)
+    loaded = PolicyRunner.from_checkpoint(path, task="fork")
+    assert loaded.policy.config.flow.target == "sample"
+    obs = np.array([[0.1, -1.0, 0, 0, 0.0, 1.0], [0.1, -0.96, 0, 1, 0.0, 1.0]], np.float32)
+    np.testing.assert_array_equal(loaded.act(obs, 5), PolicyRunner(result.policy, result.state_of(0)).act(obs, 5))
+
+
 def test_training_is_seeded_and_seeds_vmap_like_separate_runs(fork_train):
     task, config = get_task("fork"), PolicyConfig.of(method="bc", **{**TINY, "steps": 50})
     together = train_policies(task, config, fork_train, [3, 4], progress=False)
@@ -165,7 +178,7 @@ def test_configs_are_nested_by_concern_and_read_and_write_flat():
     config = PolicyConfig.of(method="flow", steps=20, exec_steps=1, hidden=8, unet_dims=[32, 64])
     assert (config.optim.steps, config.chunking.exec_steps, config.net.hidden, config.net.unet_dims) == (20, 1, 8, (32, 64))
     flat = config.as_flat()
-    assert len(flat) == 39 and flat["steps"] == 20 and flat["exec_steps"] == 1 and "optim" not in flat
+    assert len(flat) == 40 and flat["steps"] == 20 and flat["exec_steps"] == 1 and "optim" not in flat
     assert PolicyConfig.from_dict(json.loads(json.dumps(flat))) == config  # through JSON, lists back to tuples
     assert config.replace(steps=5).optim == dataclasses.replace(config.optim, steps=5)
     assert config.replace(steps=5).chunking is config.chunking  # the other parts untouched

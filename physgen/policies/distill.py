@@ -60,7 +60,8 @@ def teacher_sampler(config: PolicyConfig) -> Callable:
     (PhysgenError) when that sampler draws fresh noise along the way and so is no function of x0."""
     steps = config.inference_steps
     if config.method == "flow":
-        return lambda net, x0, cond: flow.integrate(net, x0, cond, steps, config.flow.integrator)
+        return lambda net, x0, cond: flow.integrate(net, x0, cond, steps, config.flow.integrator,
+                                                               target=config.flow.target)
     if config.method == "bc":
         raise PhysgenError("a bc policy samples nothing (it regresses the mean chunk), so there is no sampler to "
                            "distil; distil a flow or diffusion checkpoint")
@@ -89,8 +90,9 @@ def distillation_loss(student: Policy, teacher: Policy) -> Callable:
         x0 = jax.random.normal(key, batch.actions.shape)
         teacher_net, teacher_cond = teacher.conditioning(teacher_params, batch.observations)
         net, cond = student.conditioning(params, batch.observations)
-        target = jax.lax.stop_gradient(sample(teacher_net, x0, teacher_cond))
-        return jnp.mean((flow.integrate(net, x0, cond, 1, "euler") - target) ** 2)
+        chunk = jax.lax.stop_gradient(sample(teacher_net, x0, teacher_cond))
+        one_step = flow.integrate(net, x0, cond, 1, "euler", target=student.config.flow.target)
+        return jnp.mean((one_step - chunk) ** 2)
 
     return loss
 

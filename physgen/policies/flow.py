@@ -24,6 +24,7 @@ from physgen.policies.guidance import Guide, guided_estimate
 
 COUPLINGS = ("independent", "ot")
 INTEGRATORS = ("euler", "midpoint")
+TARGETS = ("velocity", "sample")  # what the network outputs: the velocity x1 - x0, or the clean chunk x1
 
 
 def pair_cost(x0: jax.Array, x1: jax.Array, c0: jax.Array | None = None, c1: jax.Array | None = None,
@@ -61,8 +62,10 @@ def ot_pairs(key: jax.Array, cost: jax.Array, epsilon: float, iterations: int):
 
 def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: jax.Array,
                        coupling: str = "independent", epsilon: float = 0.05, iterations: int = 100,
-                       condition_weight: float = 10.0) -> jax.Array:
-    """Mean squared error between the predicted and the straight-line velocity x1 - x0 at a uniform random time;
+                       condition_weight: float = 10.0, target: str = "velocity") -> jax.Array:
+    """Mean squared error between the network's output and its `target` at a uniform random time: the straight-line
+    velocity x1 - x0, or the clean chunk x1 (as diffusion's sample prediction, the error is on the chunk, not on the
+    velocity that follows from it, whose weight 1 / (1 - t)^2 would grow without bound towards the data);
     `coupling="ot"` pairs noise and data by conditional OT (module docstring)."""
     k_noise, k_pairs, k_t = jax.random.split(key, 3)
     x0 = jax.random.normal(k_noise, x1.shape)
@@ -72,14 +75,15 @@ def flow_matching_loss(velocity: Callable, x1: jax.Array, cond: jax.Array, key: 
     t = jax.random.uniform(k_t, (x1.shape[0],))
     tb = t.reshape(-1, *([1] * (x1.ndim - 1)))
     xt = (1.0 - tb) * x0 + tb * x1
-    return jnp.mean((velocity(xt, t, cond) - (x1 - x0)) ** 2)
+    return jnp.mean((velocity(xt, t, cond) - (x1 if target == "sample" else x1 - x0)) ** 2)
 
 
 def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, method: str = "euler",
-              guide: Guide | None = None) -> jax.Array:
+              guide: Guide | None = None, target: str = "velocity") -> jax.Array:
     """Integrate dx/dt = velocity(x, t, cond) from t = 0 to 1 in `steps` equal steps (one `lax.scan`; the network's
     context for every step is computed before it, in one batched pass); `guide`: real-time chunking's guidance
-    (`physgen.policies.guidance`) at every evaluation of the velocity."""
+    (`physgen.policies.guidance`) at every evaluation of the velocity. A network with `target="sample"` outputs the
+    clean chunk x1, and the velocity is (x1 - x) / (1 - t)."""
     dt = 1.0 / steps
     times = jnp.arange(steps) * dt
     contexts, apply = step_contexts(velocity, times, cond, x.shape[0])
@@ -87,10 +91,15 @@ def integrate(velocity: Callable, x: jax.Array, cond: jax.Array, steps: int, met
         contexts = contexts, step_contexts(velocity, times + 0.5 * dt, cond, x.shape[0])[0]
 
     def field(x, context, t):
-        if guide is None:
+        if guide is None and target == "velocity":
             return apply(x, context)
-        estimate = guided_estimate(lambda x: x + (1.0 - t) * apply(x, context), x, guide, t)
-        return (estimate - x) / (1.0 - t)  # the velocity whose straight line ends at the guided estimate
+
+        def clean(x):
+            output = apply(x, context)
+            return output if target == "sample" else x + (1.0 - t) * output
+
+        estimate = clean(x) if guide is None else guided_estimate(clean, x, guide, t)
+        return (estimate - x) / (1.0 - t)  # the velocity whose straight line ends at the (guided) estimate
 
     def one_step(x, inputs):
         t, context = inputs

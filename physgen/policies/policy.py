@@ -122,9 +122,11 @@ class Flow:
     sinkhorn_epsilon: float = 0.05
     sinkhorn_iterations: int = 100
     condition_weight: float = 10.0  # OT's cost of moving noise to another condition, per unit squared distance
+    target: str = "velocity"  # what the network outputs: the velocity, or the clean chunk ("sample")
 
     def __post_init__(self):
-        check(self, {"coupling": flow.COUPLINGS, "integrator": flow.INTEGRATORS}, ("sinkhorn_iterations",))
+        check(self, {"coupling": flow.COUPLINGS, "integrator": flow.INTEGRATORS, "target": flow.TARGETS},
+              ("sinkhorn_iterations",))
         if not self.condition_weight >= 0:
             raise PhysgenError(f"condition_weight must be zero or positive, got {self.condition_weight}")
 
@@ -240,7 +242,8 @@ class Policy(NamedTuple):
             return diffusion.diffusion_loss(net, schedule, config.diffusion.prediction, x1, cond, key)
         if config.method == "flow":
             return flow.flow_matching_loss(net, x1, cond, key, config.flow.coupling, config.flow.sinkhorn_epsilon,
-                                           config.flow.sinkhorn_iterations, config.flow.condition_weight)
+                                           config.flow.sinkhorn_iterations, config.flow.condition_weight,
+                                           config.flow.target)
         return jnp.mean((net(jnp.zeros_like(x1), jnp.zeros(x1.shape[0]), cond) - x1) ** 2)
 
     def sample(self, params, obs_history: jax.Array, key: jax.Array, steps: int | None = None,
@@ -266,7 +269,7 @@ class Policy(NamedTuple):
                                                guide)
         if config.method == "flow":
             x0 = jax.random.normal(key, shape) if noise is None else noise[0]
-            return flow.integrate(net, x0, cond, steps, config.flow.integrator, guide)
+            return flow.integrate(net, x0, cond, steps, config.flow.integrator, guide, config.flow.target)
         return net(jnp.zeros(shape), jnp.zeros(batch), cond)
 
 
