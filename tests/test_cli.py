@@ -14,8 +14,9 @@ def test_tasks_lists_every_task_with_its_facts(capsys):
     for fact in ("fork:", "maze:", "push:", "hopper:", "50 Hz, horizon 100", "125 Hz, horizon 1000",
                  "events: collision", "events: contact, off_table, goal_reached",
                  "success: no fall for all 1000 steps", "gymnasium id: physgen/Maze-v0",
-                 "recipe: chunks: T_o 2, T_p 4, T_a 1", "quick 16,000 steps, batch 128, width 256",
-                 "diffusion: sample prediction (epsilon on full)", "recipe: chunks: T_o 2, T_p 16, T_a 8"):
+                 "recipe: chunks: T_o 2, T_p 4, T_a 1", "quick 8,000 steps, batch 128, width 256, learning rate 0.002",
+                 "diffusion: sample prediction (epsilon on full)", "flow: sample prediction (velocity on full)",
+                 "recipe: chunks: T_o 2, T_p 16, T_a 8"):
         assert fact in out
 
 

@@ -66,21 +66,25 @@ def policy_config(task: Task, method: str, budget_name: str) -> PolicyConfig:
 
 
 def describe_recipe(task: Task) -> list[str]:
-    """The task's recipe in words: the settings shared by the offline methods, each method's own, and the budgets."""
+    """The task's recipe in words: the settings shared by the offline methods, each method's own, and the budgets
+    (a `full` value that differs from `quick`'s in brackets)."""
     c, flow = policy_config(task, "diffusion", "quick"), policy_config(task, "flow", "quick")
     sizes = {b: policy_config(task, "diffusion", b) for b in BUDGETS}
-    budgets = " / ".join(f"{b} {p.optim.steps:,} steps, batch {p.optim.batch_size}, width {p.net.hidden}"
-                         for b, p in sizes.items())
-    full = sizes["full"].diffusion.prediction
-    full_prediction = f" ({full} on full)" if full != c.diffusion.prediction else ""
+    budgets = " / ".join(f"{b} {p.optim.steps:,} steps, batch {p.optim.batch_size}, width {p.net.hidden}, "
+                         f"learning rate {p.optim.learning_rate:g}" for b, p in sizes.items())
+
+    def on_full(method: str, value) -> str:
+        full = value(policy_config(task, method, "full"))
+        return f" ({full} on full)" if full != value(policy_config(task, method, "quick")) else ""
+
     chunking, net, optim, diffusion = c.chunking, c.net, c.optim, c.diffusion
     return [f"chunks: T_o {chunking.obs_steps}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}; "
-            f"{net.network} depth {net.depth}; learning rate {optim.learning_rate:g}, warm-up {optim.warmup_steps}, "
-            f"EMA {c.ema_decay}",
+            f"{net.network} depth {net.depth}; warm-up {optim.warmup_steps}, EMA {c.ema_decay}",
             f"budgets: {budgets}",
-            f"diffusion: {diffusion.prediction} prediction{full_prediction}, {diffusion.schedule} schedule, "
-            f"{diffusion.sampler} {c.inference_steps} steps; flow: {flow.flow.coupling} pairs, "
-            f"{flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
+            f"diffusion: {diffusion.prediction} prediction{on_full('diffusion', lambda p: p.diffusion.prediction)}, "
+            f"{diffusion.schedule} schedule, {diffusion.sampler} {c.inference_steps} steps; "
+            f"flow: {flow.flow.target} prediction{on_full('flow', lambda p: p.flow.target)}, "
+            f"{flow.flow.coupling} pairs, {flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
 
 
 def row_name(method: str, varied: dict[str, str]) -> str:
