@@ -2,8 +2,10 @@
 section that embeds them."""
 
 import re
+import warnings
 
 import imageio.v2 as imageio
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -145,6 +147,14 @@ def test_a_video_is_complete_or_absent_and_falls_back_to_a_gif(tmp_path, monkeyp
     gif = video.write_video(frames, 10, tmp_path / "fallback.mp4")
     assert gif == tmp_path / "fallback.gif" and len(imageio.mimread(gif)) == 5
     assert not (tmp_path / "fallback.mp4").exists()
+
+
+def test_encoding_a_video_beside_jax_raises_no_fork_warning(tmp_path):
+    jax.numpy.ones(3).block_until_ready()  # JAX's threads running, and its at-fork hook registered
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        video.write_video([np.zeros((16, 16, 3), np.uint8)] * 3, 10, tmp_path / "clip.mp4")
+    assert not [w for w in caught if "fork" in str(w.message)]
 
 
 def test_a_frame_of_odd_size_is_padded_with_white_not_resampled(tmp_path, caplog):

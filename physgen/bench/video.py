@@ -13,6 +13,7 @@ import functools
 import io
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -196,12 +197,16 @@ def write_video(images: list[np.ndarray], fps: float, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        with imageio.get_writer(partial, fps=fps, macro_block_size=MACRO_BLOCK) as writer:
-            # each frame padded with white to whole codec blocks, which imageio would otherwise reach by resampling
-            # the frame, with a warning
-            for image in images:
-                pad = ((0, -image.shape[0] % MACRO_BLOCK), (0, -image.shape[1] % MACRO_BLOCK), (0, 0))
-                writer.append_data(np.pad(image, pad, constant_values=255))
+        with warnings.catch_warnings():
+            # imageio-ffmpeg starts ffmpeg with a preexec_fn (a process group of its own), so JAX's at-fork hook
+            # warns that forking its threads may deadlock; the child only calls setpgrp and execs ffmpeg
+            warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+            with imageio.get_writer(partial, fps=fps, macro_block_size=MACRO_BLOCK) as writer:
+                # each frame padded with white to whole codec blocks, which imageio would otherwise reach by
+                # resampling the frame, with a warning
+                for image in images:
+                    pad = ((0, -image.shape[0] % MACRO_BLOCK), (0, -image.shape[1] % MACRO_BLOCK), (0, 0))
+                    writer.append_data(np.pad(image, pad, constant_values=255))
         os.replace(partial, path)
         return path
     except (OSError, RuntimeError, ValueError):
