@@ -102,6 +102,18 @@ def test_a_ddim_teacher_maps_its_initial_noise_as_its_sampler_does():
     np.testing.assert_allclose(by_noise, policy.sample(params, obs, key), rtol=1e-5, atol=1e-6)
 
 
+def test_a_clean_chunk_flow_teacher_maps_its_initial_noise_as_its_sampler_does():
+    config = PolicyConfig.of(method="flow", target="sample", hidden=16, depth=1, time_dim=8, action_steps=4,
+                             exec_steps=2, inference_steps=5)
+    policy, params = Policy.create(config, 3, 2, jax.random.key(0))
+    obs, key = jax.random.normal(jax.random.key(1), (4, 2, 3)), jax.random.key(2)
+    drawn = jax.random.normal(key, (4, 4, 2))  # the x0 `Policy.sample` draws from `key`
+    by_noise = teacher_sampler(config)(policy.network(params), drawn, obs.reshape(4, -1))
+    np.testing.assert_allclose(by_noise, policy.sample(params, obs, key), rtol=1e-5, atol=1e-6)
+    as_velocity = teacher_sampler(config.replace(target="velocity"))(policy.network(params), drawn, obs.reshape(4, -1))
+    assert not np.allclose(by_noise, as_velocity, atol=1e-3)
+
+
 def test_a_ddim_teacher_is_distilled_from_its_own_weights():
     """A diffusion network predicts the clean chunk at a noise level, not a velocity: the student starts from it
     all the same (`start="teacher"`) and learns the DDIM map from the noise."""

@@ -61,7 +61,7 @@ def teacher_sampler(config: PolicyConfig) -> Callable:
     steps = config.inference_steps
     if config.method == "flow":
         return lambda net, x0, cond: flow.integrate(net, x0, cond, steps, config.flow.integrator,
-                                                               target=config.flow.target)
+                                                    target=config.flow.target)
     if config.method == "bc":
         raise PhysgenError("a bc policy samples nothing (it regresses the mean chunk), so there is no sampler to "
                            "distil; distil a flow or diffusion checkpoint")
