@@ -7,7 +7,7 @@ the text files only).
     cp runs/bench/hopper/results.json docs/results/hopper-quick.json
     python benchmarks/train_throughput.py --baseline DIR --batch 128 --json docs/results/train-throughput-batch128.json
     python benchmarks/coverage.py --json docs/results/coverage.json
-    cp RUN/results.json docs/results/task-NAME.json                  # a bench run on another task
+    cp RUN/results.json docs/results/task-NAME.json                  # a bench run on another task or budget
     cp RUN/results.json docs/results/deployment-NAME.json            # a bench run of deployment settings
     cp SWEEP/sweep-delay.json docs/results/sweep-delay-TASK.json     # a physgen sweep-delay,
     cp SWEEP/sweep-delay.png docs/images/sweep-delay-TASK.png        # and its figure
@@ -214,9 +214,9 @@ def _success_table(path: Path, remark: str) -> list[str]:
 
 
 def _tasks_section() -> list[str]:
-    """Bench runs on the other tasks (`docs/results/task-*.json`)."""
+    """Bench runs beside the main job: other tasks, and other budgets (`docs/results/task-*.json`)."""
     paths = sorted(RESULTS.glob("task-*.json"))
-    lines = ["## Other tasks", ""] if paths else []
+    lines = ["## Other tasks and budgets", ""] if paths else []
     for path in paths:
         lines += _success_table(path, "success per seed over its evaluation episodes.")
     return lines
