@@ -59,6 +59,7 @@ def histories():
 CASES = [  # config changes, sampler steps asked for, normal draws expected (the initial chunk, then one per step)
     (dict(method="flow"), None, 1),
     (dict(method="flow", integrator="midpoint"), None, 1),
+    (dict(method="flow", target="sample"), None, 1),
     (dict(method="diffusion"), None, 1),  # DDIM with eta = 0 draws no step noise
     (dict(method="diffusion", sampler="ddpm"), None, 1 + SMALL["inference_steps"]),
     (dict(method="diffusion", ddim_eta=0.5, prediction="epsilon", schedule="linear"), None,
