@@ -73,17 +73,17 @@ def describe_recipe(task: Task) -> list[str]:
     budgets = " / ".join(f"{b} {p.optim.steps:,} steps, batch {p.optim.batch_size}, width {p.net.hidden}, "
                          f"learning rate {p.optim.learning_rate:g}" for b, p in sizes.items())
 
-    def on_full(method: str, value) -> str:
-        full = value(policy_config(task, method, "full"))
-        return f" ({full} on full)" if full != value(policy_config(task, method, "quick")) else ""
+    def on_full(quick: PolicyConfig, value) -> str:
+        full = value(policy_config(task, quick.method, "full"))
+        return f" ({full} on full)" if full != value(quick) else ""
 
     chunking, net, optim, diffusion = c.chunking, c.net, c.optim, c.diffusion
     return [f"chunks: T_o {chunking.obs_steps}, T_p {chunking.action_steps}, T_a {chunking.exec_steps}; "
             f"{net.network} depth {net.depth}; warm-up {optim.warmup_steps}, EMA {c.ema_decay}",
             f"budgets: {budgets}",
-            f"diffusion: {diffusion.prediction} prediction{on_full('diffusion', lambda p: p.diffusion.prediction)}, "
+            f"diffusion: {diffusion.prediction} prediction{on_full(c, lambda p: p.diffusion.prediction)}, "
             f"{diffusion.schedule} schedule, {diffusion.sampler} {c.inference_steps} steps; "
-            f"flow: {flow.flow.target} prediction{on_full('flow', lambda p: p.flow.target)}, "
+            f"flow: {flow.flow.target} prediction{on_full(flow, lambda p: p.flow.target)}, "
             f"{flow.flow.coupling} pairs, {flow.flow.integrator} {flow.inference_steps} steps; bc: mean squared error"]
 
 
