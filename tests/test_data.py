@@ -306,6 +306,17 @@ def test_a_dataset_of_another_task_or_a_missing_id_is_refused_without_generating
     assert not (minari_root / "physgen/fork/typo-v0").exists()
 
 
+def test_a_dataset_from_an_earlier_expert_is_refused_and_kept(minari_root):
+    task = get_task("fork")
+    path = generate_dataset(task, episodes=2, seed=0)
+    earlier = dataclasses.replace(task, demonstrations="scripted expert: picks its side at reset")
+    generate_dataset(earlier, episodes=2, seed=0, name="old-expert-v0")
+    with pytest.raises(PhysgenError, match=r"earlier expert of 'fork' \(physgen expert: scripted expert: picks its "
+                                           r"side at reset\).*physgen data --task fork"):
+        ensure_dataset(task, "old-expert-v0")
+    assert (minari_root / "physgen/fork/old-expert-v0/data").exists()
+    assert load_dataset(task, path.name).trajectories.num_episodes == 2  # the current expert's loads
+
 def test_empty_dataset_is_refused(minari_root):
     _write_raw("empty-v0", [])
     with pytest.raises(PhysgenError, match="is empty"):

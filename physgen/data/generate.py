@@ -25,8 +25,8 @@ from minari.namespace import create_namespace, list_local_namespaces
 
 import physgen
 from physgen import interrupts
-from physgen.data.trajectories import (DATASET_FORMAT, Dataset, dataset_id, datasets_root, flatten_episodes,
-                                       load_dataset, write_array_cache)
+from physgen.data.trajectories import (DATASET_FORMAT, Dataset, dataset_id, datasets_root, demonstrator_name,
+                                       flatten_episodes, load_dataset, write_array_cache)
 from physgen.envs import Task, observes_frames
 from physgen.envs.rollout import (Episode, episode_returns, expert_policy, random_policy, rollout_gym,
                                  rollout_jax)
@@ -184,8 +184,7 @@ def _write_atomically(task: Task, dataset: str, data: list[Episode], seed: int, 
                 dataset_id=dataset,
                 buffer=_buffers(data),
                 env=task.gym_id,
-                algorithm_name=f"physgen {policy}: "
-                f"{task.demonstrations if policy == 'expert' else 'uniform random actions'}",
+                algorithm_name=demonstrator_name(task, policy),
                 author="physgen",
                 code_permalink=f"physgen {physgen.__version__}: physgen.data.generate",
                 ref_min_score=ref_min,
