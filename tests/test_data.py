@@ -28,6 +28,7 @@ from physgen.data import trajectories
 from physgen.data.trajectories import CACHE_NAME, write_array_cache
 from physgen.envs import get_task
 from physgen.envs.rollout import expert_policy, rollout_jax
+from physgen.world_models.data import generate_noisy_dataset
 
 
 def test_minari_round_trip_holds_the_exact_rollout(fork_dataset):
@@ -316,6 +317,11 @@ def test_a_dataset_from_an_earlier_expert_is_refused_and_kept(minari_root):
         ensure_dataset(task, "old-expert-v0")
     assert (minari_root / "physgen/fork/old-expert-v0/data").exists()
     assert load_dataset(task, path.name).trajectories.num_episodes == 2  # the current expert's loads
+    generate_noisy_dataset(earlier, episodes=2)
+    with pytest.raises(PhysgenError, match=r"earlier expert.*physgen data --task fork --policy noisy"):
+        ensure_dataset(task, "noisy-v0")
+    generate_noisy_dataset(task, episodes=2, name="noisy2-v0")  # a variant of today's expert loads
+    assert load_dataset(task, "noisy2-v0").trajectories.num_episodes == 2
 
 def test_empty_dataset_is_refused(minari_root):
     _write_raw("empty-v0", [])
