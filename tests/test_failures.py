@@ -12,8 +12,8 @@ from physgen.envs import fork, get_task, hopper, maze
 from physgen.envs.rollout import expert_policy, rollout_jax, rollout_gym
 from physgen.errors import PhysgenError
 
-EPISODES = 100
-SWITCH_STEP = 9  # half-way to the obstacle: the expert reaches its near edge after 16 to 20 steps
+EPISODES = 200
+SWITCH_STEP = 13  # half-way from the expert's turn (step 7 or 8) to the obstacle's near edge (step 17 to 20)
 NOISE = 1.0  # standard deviation of the noise added to the expert's actions, half the action range
 GAIN = 10.0  # the expert's actions amplified, then clipped to the action bounds
 CUT = 30  # a horizon cut short: the expert needs about 60 steps
@@ -26,7 +26,7 @@ def averaged(state, obs, key):
 
 
 def switched(state, obs, key):
-    """The expert forced to the other side half-way to the obstacle."""
+    """The expert forced to the other side half-way from its turn to the obstacle."""
     return fork.expert(state._replace(side=jnp.where(state.t >= SWITCH_STEP, -state.side, state.side)), key)
 
 
