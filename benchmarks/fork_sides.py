@@ -85,8 +85,9 @@ def main() -> None:
             state = trained.state_of(i)
             action, _ = agent.act(state, agent.start(state, centred), centred, jax.random.key(0))
             lateral.append(f"{float(action[0]):+.2f}")
+        first_held = f"{np.median([t for t, _ in held]):.0f}" if held else "-"  # no path held a side
         print(f"| {method} | {label} | {rollouts.success.mean():.2f} | {len(held) / len(first):.2f} | "
-              f"{sum(side < 0 for _, side in held)} of {len(held)} | {np.median([t for t, _ in held]):.0f} | "
+              f"{sum(side < 0 for _, side in held)} of {len(held)} | {first_held} | "
               f"{' '.join(lateral)} | {' '.join(f'{x:.4f}' for x in trained.losses[:, -1])} |", flush=True)
     print(f"{time.perf_counter() - started:.0f} s; {len(seeds)} seeds x {len(episodes)} episodes each")
 
