@@ -290,6 +290,22 @@ def test_image_vae_on_rendered_frames():
         VAEConfig.of(inputs="image", image_size=20)
 
 
+def test_the_dream_env_ends_episodes_with_the_predicted_probability(trained):
+    """A continue head set to say 0.3 everywhere ends 70% of imagined steps (binomial, 4,000 draws)."""
+    from physgen.world_models.dream import DreamConfig, Starts, dream_env
+
+    model, params = trained.model, jax.tree.map(jnp.copy, trained.params_of(0))
+    head = params["cont"]["out"]
+    head["kernel"].value = jnp.zeros_like(head["kernel"].value)
+    head["bias"].value = jnp.full_like(head["bias"].value, np.log(0.3 / 0.7) - np.log(model.config.terminal_weight))
+    start = model.initial()
+    starts = Starts(jax.tree.map(lambda x: x[None], start), model.decode(params, start)[None])
+    env = dream_env(model, params, starts, DreamConfig(horizon=100))
+    states = jax.vmap(env.reset)(jax.random.split(jax.random.key(0), 4000))[0]
+    ended = np.asarray(jax.vmap(lambda s: env.step(s, jnp.zeros(2)).terminated)(states))
+    assert abs(ended.mean() - 0.7) < 4 * np.sqrt(0.7 * 0.3 / 4000)
+
+
 def test_dream_starts_leave_out_terminal_states_and_the_dream_env_resets_to_them(trained):
     from physgen.world_models.dream import DreamConfig, dream_env, dream_starts
 

@@ -3,9 +3,11 @@
 Imagined episodes start from posterior states of recorded data (DreamerV3: imagination starts from every state of
 a training batch): `dream_starts` filters random windows of frames once and keeps their non-terminal states, and
 an episode's reset only picks one, so an imagined step costs one RSSM step. Each step samples the prior, the reward
-head gives the reward, a predicted continue probability below 0.5 terminates, and after `horizon` steps the
-episode is truncated (PPO bootstraps the value there). The policy sees decoded observations, so it acts unchanged
-on the real task.
+head gives the reward, the episode ends with the probability the continue head gives it, and after `horizon` steps
+it is truncated (PPO bootstraps the value there). The end is drawn rather than thresholded at 0.5: a head that cannot
+tell the last state before a fall from the fall itself (hopper's rates most of its falls above 0.5 to go on,
+docs/recipes.md) would otherwise never end an imagined episode, and falling would cost the dreamed policy nothing.
+The policy sees decoded observations, so it acts unchanged on the real task.
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ def dream_env(model: RSSM, params: Any, starts: Starts, config: DreamConfig) -> 
         return DreamState(jax.tree.map(lambda x: x[i], starts.latents), jnp.int32(0), k_next), starts.obs[i]
 
     def step(state: DreamState, action):
-        k_step, k_next = jax.random.split(state.key)
+        k_step, k_end, k_next = jax.random.split(state.key, 3)
         latent, _ = net.img_step(state.latent, action, k_step)
-        terminated = model.continuation(params, latent) < 0.5
+        terminated = jax.random.uniform(k_end) > model.continuation(params, latent)
         t = state.t + 1
         return TimeStep(DreamState(latent, t, k_next), model.decode(params, latent), model.reward(params, latent),
                         terminated, (t >= config.horizon) & ~terminated, {})
