@@ -29,7 +29,7 @@ from physgen.world_models.rssm import RSSM, State
 class DreamConfig:
     """How imagined episodes start and end; the PPO settings are a `PPOConfig` beside it."""
 
-    horizon: int = 64  # imagined steps before truncation
+    horizon: int = 16  # imagined steps before truncation (DreamerV3 imagines 15; docs/recipes.md measures 16 and 64)
     windows: int = 16  # recorded windows (of the RSSM's sequence length) whose states episodes start from
 
     def __post_init__(self):
