@@ -18,6 +18,7 @@ import numpy as np
 
 from physgen.data import ensure_dataset
 from physgen.envs import get_task
+from physgen.errors import PhysgenError
 from physgen.world_models.data import frames_from
 from physgen.world_models.train import load_world_model
 
@@ -56,4 +57,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PhysgenError as error:
+        raise SystemExit(f"physgen: {error}")
