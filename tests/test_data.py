@@ -77,7 +77,8 @@ def test_random_policy_dataset_for_a_gymnasium_task(minari_root):
     metadata_file = path / "data" / "metadata.json"  # as an earlier physgen wrote it: no format
     metadata = json.loads(metadata_file.read_text())
     metadata_file.write_text(json.dumps({k: v for k, v in metadata.items() if k != "physgen_format"}))
-    with pytest.raises(PhysgenError, match="stored each episode's last observation as its first; delete .*random-v0"):
+    with pytest.raises(PhysgenError, match="stored each episode's last observation as its first; delete .*random-v0 "
+                                           "and regenerate it with `physgen data --task hopper --policy random`"):
         load_dataset(task, path.name)
 
 
@@ -320,8 +321,11 @@ def test_a_dataset_from_an_earlier_expert_is_refused_and_kept(minari_root):
     generate_noisy_dataset(earlier, episodes=2)
     with pytest.raises(PhysgenError, match=r"earlier expert.*physgen data --task fork --policy noisy"):
         ensure_dataset(task, "noisy-v0")
+    with pytest.raises(PhysgenError, match=r"earlier expert.*physgen data --task fork --policy noisy`"):
+        load_dataset(task, "physgen/fork/noisy-v0")  # named by its Minari id
     generate_noisy_dataset(task, episodes=2, name="noisy2-v0")  # a variant of today's expert loads
     assert load_dataset(task, "noisy2-v0").trajectories.num_episodes == 2
+
 
 def test_empty_dataset_is_refused(minari_root):
     _write_raw("empty-v0", [])
