@@ -14,6 +14,7 @@ policy where the real episode falls is the gap the policy exploits.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -57,40 +58,46 @@ def main() -> None:
     for i, seed in enumerate(seeds):
         params = jax.tree.map(lambda x: x[i], result.model_params)
         policy = jax.tree.map(lambda x: x[i], policies)
-        gap = [imagined_and_real(result.model, params, agent, policy, *(np.asarray(x[i, e]) for x in
-                                 (obs, actions, rewards, ended)), args.horizon, args.every, jax.random.key(seed))
-               for e in range(args.episodes)]
         lengths = episode_lengths(np.asarray(ended[i]), task.horizon)
         episode_returns = [np.sum(r[:n], dtype=np.float64) for r, n in zip(np.asarray(rewards[i]), lengths)]
-        dream_return, real_return, dream_end, real_end = (np.concatenate([g[k] for g in gap]).mean() for k in
-                                                          range(4))
-        print(f"| {seed} | {np.mean(lengths):.0f} | {np.mean(episode_returns):.1f} | {dream_return:.1f} | "
-              f"{real_return:.1f} | {dream_end:.2f} | {real_end:.2f} |")
+        key = jax.random.key(seed)
+        starts, real_return, real_end = zip(*[
+            starts_and_real(result.model, params, *(np.asarray(x[i, e]) for x in (obs, actions, rewards, ended)),
+                            int(n), args.horizon, args.every, key) for e, n in enumerate(lengths)])
+        keys = jnp.concatenate([jax.random.split(key, len(s.deter)) for s in starts])  # each episode its own draws
+        starts = jax.tree.map(lambda *x: jnp.concatenate(x), *starts)
+        dream_return, dream_end = imagined(result.model, agent, params, policy, starts, keys, args.horizon)
+        print(f"| {seed} | {np.mean(lengths):.0f} | {np.mean(episode_returns):.1f} | {dream_return.mean():.1f} | "
+              f"{np.concatenate(real_return).mean():.1f} | {dream_end.mean():.2f} | "
+              f"{np.concatenate(real_end).mean():.2f} |")
 
 
-def imagined_and_real(model, params, agent, policy, obs, actions, rewards, ended, horizon, every, key):
-    """Per start state of one real episode: the imagined and the real `horizon`-step return, and the imagined
-    probability and the real indicator of an end within them."""
-    length = int(episode_lengths(ended, len(ended)))
+def starts_and_real(model, params, obs, actions, rewards, ended, length, horizon, every, key):
+    """From one real episode of `length` steps: the RSSM's posterior states at every `every`-th step, and the real
+    return and end indicator of the `horizon` steps after each."""
     prev = np.concatenate([np.zeros((1, actions.shape[-1])), actions[:length]])
     states = model.observe(params, jnp.asarray(obs[: length + 1]), jnp.asarray(prev), key)[0]
-    terminated = bool(ended.any()) and length < len(ended)  # a truncated episode's last steps see no end
-    starts = np.arange(1, length if terminated else length - horizon + 1, every)
+    last = length if length < len(ended) else length - horizon + 1  # a truncated episode's last steps see no end
+    starts = np.arange(1, last, every)
+    # real step t leads from state t to state t + 1, so the steps after state s are s .. s + horizon - 1
+    real_return = np.array([rewards[s: s + horizon].sum() for s in starts])
+    real_end = np.array([ended[s: s + horizon].any() for s in starts], float)
+    return jax.tree.map(lambda x: x[starts], states), real_return, real_end
+
+
+@partial(jax.jit, static_argnames=("model", "agent", "horizon"))
+def imagined(model, agent, params, policy, starts, keys, horizon):
+    """Per start state: the expected return of `horizon` imagined steps with the policy (rewards weighted by the
+    probability of still being in the episode) and the probability of an end within them."""
     act = lambda state, k: agent.act(policy, (), model.decode(params, state), k)[0]
 
-    @jax.jit
-    def imagine(start, k):
-        future = model.imagine(params, start, act, k, horizon)[0]
+    def one(start, key):
+        future = model.imagine(params, start, act, key, horizon)[0]
         alive = model.continuation(params, future)
         weights = jnp.concatenate([jnp.ones(1), jnp.cumprod(alive)[:-1]])
         return jnp.sum(weights * model.reward(params, future)), 1.0 - jnp.prod(alive)
 
-    start_states = jax.tree.map(lambda x: x[starts], states)
-    dream_return, dream_end = jax.vmap(imagine)(start_states, jax.random.split(key, len(starts)))
-    # real step t leads from state t to state t + 1, so the steps after state s are s .. s + horizon - 1
-    real_return = np.array([rewards[s: s + horizon].sum() for s in starts])
-    real_end = np.array([ended[s: s + horizon].any() for s in starts], float)
-    return np.asarray(dream_return), real_return, np.asarray(dream_end), real_end
+    return jax.vmap(one)(starts, keys)
 
 
 if __name__ == "__main__":
