@@ -58,6 +58,27 @@ def test_collected_steps_are_replay_frames_that_follow_the_dynamics():
     assert first[ended[ended + 1 < size] + 1].all()
 
 
+def test_returns_count_the_whole_episode_when_it_spans_collections():
+    online = OnlineConfig(real_steps=120, envs=1, collect_steps=60)  # fork's episodes last up to 100 steps
+    setup = _setup(online)
+    learning = start_learning(setup, None, jax.random.key(0))
+    learning, _ = collect(setup, learning, jax.random.key(1))
+    boundary = int(learning.size)
+    learning, mean_return = collect(setup, learning, jax.random.key(2))
+    rewards, first = (np.asarray(x)[: int(learning.size)] for x in (learning.replay.rewards, learning.replay.first))
+    # by hand from the replay: an episode ends where a reset frame follows (the second collection's own first
+    # frame is where it took over, not a reset)
+    returns, started, total = [], 0, 0.0
+    for i in range(1, len(first)):
+        if first[i] and i != boundary:
+            returns.append((started, i, total))
+            started, total = i, 0.0
+        total += rewards[i]
+    second = [r for start, end, r in returns if end > boundary]
+    assert any(start < boundary for start, end, _ in returns if end > boundary)  # one spans both collections
+    np.testing.assert_allclose(float(mean_return), np.mean(second), rtol=1e-5)
+
+
 def test_gymnasium_collection_records_what_each_environment_did():
     online = OnlineConfig(real_steps=160, envs=2, collect_steps=80)  # random hopper policies fall within 80 steps
     setup, seeds = _setup(online, "hopper"), [0, 1]

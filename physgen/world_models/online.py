@@ -88,6 +88,7 @@ class Learning(NamedTuple):
     learner: Learner  # PPO's
     env_state: Any  # the real environments
     obs: jax.Array  # (envs, obs_dim)
+    episode_return: jax.Array  # (envs,) each real episode's return so far, as episodes outlast a collection
     replay: Frames  # (capacity, ...), filled up to `size`
     size: jax.Array
 
@@ -155,11 +156,11 @@ def collect(setup: Setup, learning: Learning, key: jax.Array) -> tuple[Learning,
         return carry, (action, out.reward, out.terminated, out.obs, fresh_obs, done,
                        jnp.where(done, episode_return, 0.0))
 
-    (env_state, obs, _), (actions, rewards, terminated, arrived, fresh, done, returns) = jax.lax.scan(
-        one, (learning.env_state, learning.obs, jnp.zeros(online.envs)), jax.random.split(key, online.collect_steps))
+    (env_state, obs, episode_return), (actions, rewards, terminated, arrived, fresh, done, returns) = jax.lax.scan(
+        one, (learning.env_state, learning.obs, learning.episode_return), jax.random.split(key, online.collect_steps))
     learning, real_return = _recorded(learning, learning.obs, actions, rewards, terminated, arrived, fresh, done,
                                       returns)
-    return learning._replace(env_state=env_state, obs=obs), real_return
+    return learning._replace(env_state=env_state, obs=obs, episode_return=episode_return), real_return
 
 
 class GymCollector:
@@ -276,7 +277,7 @@ def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Lear
                     jnp.zeros(capacity), jnp.zeros(capacity, bool))
     if offline is not None:
         replay = jax.tree.map(lambda buffer, x: buffer.at[:held].set(x.astype(buffer.dtype)), replay, offline)
-    return Learning(None, learner, env_state, obs, replay, jnp.int32(held))
+    return Learning(None, learner, env_state, obs, jnp.zeros(online.envs), replay, jnp.int32(held))
 
 
 def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfig, online: OnlineConfig,
