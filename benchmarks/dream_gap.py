@@ -64,7 +64,8 @@ def main() -> None:
         starts, real_return, real_end = zip(*[
             starts_and_real(result.model, params, *(np.asarray(x[i, e]) for x in (obs, actions, rewards, ended)),
                             int(n), args.horizon, args.every, key) for e, n in enumerate(lengths)])
-        keys = jnp.concatenate([jax.random.split(key, len(s.deter)) for s in starts])  # each episode its own draws
+        # each episode's keys split from the seed's key as for that episode alone (as the rows in the docs drew them)
+        keys = jnp.concatenate([jax.random.split(key, len(s.deter)) for s in starts])
         starts = jax.tree.map(lambda *x: jnp.concatenate(x), *starts)
         dream_return, dream_end = imagined(result.model, agent, params, policy, starts, keys, args.horizon)
         print(f"| {seed} | {np.mean(lengths):.0f} | {np.mean(episode_returns):.1f} | {dream_return.mean():.1f} | "

@@ -86,9 +86,9 @@ class Learning(NamedTuple):
 
     model: TrainState
     learner: Learner  # PPO's
-    env_state: Any  # the real environments
-    obs: jax.Array  # (envs, obs_dim)
-    episode_return: jax.Array  # (envs,) each real episode's return so far, as episodes outlast a collection
+    env_state: Any  # the real environments (pure-JAX tasks; a Gymnasium task's are the `GymCollector`'s)
+    obs: jax.Array  # (envs, obs_dim), as `env_state`
+    episode_return: jax.Array  # (envs,) each real episode's return so far (episodes outlast a collection), as `obs`
     replay: Frames  # (capacity, ...), filled up to `size`
     size: jax.Array
 
@@ -269,15 +269,18 @@ def start_learning(setup: Setup, offline: Frames | None, key: jax.Array) -> Lear
     task, online = setup.task, setup.online
     k_policy, k_envs = jax.random.split(key)
     learner = new_learner(task, setup.ppo, k_policy, online.iterations * online.dream_updates)
-    env_state, obs = (None, None) if task.functional is None else jax.vmap(task.functional.reset)(
-        jax.random.split(k_envs, online.envs))  # a Gymnasium task's are the `GymCollector`'s
+    if task.functional is None:  # a Gymnasium task's environments and episode returns are the `GymCollector`'s
+        env_state = obs = episode_return = None
+    else:
+        env_state, obs = jax.vmap(task.functional.reset)(jax.random.split(k_envs, online.envs))
+        episode_return = jnp.zeros(online.envs)
     held = 0 if offline is None else offline.first.shape[0]
     capacity = held + online.iterations * online.frames_per_iteration
     replay = Frames(jnp.zeros((capacity, task.obs_dim)), jnp.zeros((capacity, task.act_dim)), jnp.zeros(capacity),
                     jnp.zeros(capacity), jnp.zeros(capacity, bool))
     if offline is not None:
         replay = jax.tree.map(lambda buffer, x: buffer.at[:held].set(x.astype(buffer.dtype)), replay, offline)
-    return Learning(None, learner, env_state, obs, jnp.zeros(online.envs), replay, jnp.int32(held))
+    return Learning(None, learner, env_state, obs, episode_return, replay, jnp.int32(held))
 
 
 def train_online(task: Task, rssm: RSSMConfig, ppo: PPOConfig, dream: DreamConfig, online: OnlineConfig,
